@@ -1,0 +1,1 @@
+"""rrr agent package (see DESIGN.md)."""

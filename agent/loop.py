@@ -1,0 +1,205 @@
+"""The reflect/retry loop of one client request (DESIGN "The request path", steps 2-6).
+
+Called by the API for every chat completion and by the evaluation harness. It calls the engine,
+verifies each answer, and on failure asks for a self-reflection and retries with the reflection in
+context, within one call budget and one deadline. It returns everything that happened; it does not
+write to the store (the caller hands the outcome to the episode writer) and does not pick the
+adapter (the caller resolves ``model``). Bad model output is a verdict here, never an exception;
+only engine failures are raised, after the attempts made so far are kept on the outcome.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agent import prompts
+from agent.engines.base import ChatRequest, ChatResult, Engine, EngineError, EngineTimeout
+from tools.parse import parse_openai_tool_calls
+from tools.spec import ToolSpec
+from tools.verify import ModelOutput, Verdict, run_verifier
+
+AttemptKind = Literal["answer", "reflection", "retry"]
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Budget and prompt options of the loop.
+
+    max_calls: model calls per request (answer + reflection + retry = 3, the paper's two stages).
+    deadline_s: one deadline for all calls of a request.
+    reflection_with_reason: append the verifier's reason to the reflection request (the paper
+        gives only binary feedback, which is the default).
+    reflection_max_tokens: cap on the reflection's length.
+    """
+
+    max_calls: int = 3
+    deadline_s: float = 60.0
+    reflection_with_reason: bool = False
+    reflection_max_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """What the client's ``rrr`` extension says about how to judge its request."""
+
+    verifier: str | dict[str, Any] = "schema"
+    expected: list[dict[str, Any]] | None = None
+    task: str | None = None
+    max_retries: int = 1
+    math: bool = False
+
+
+@dataclass
+class Attempt:
+    """One model call of the loop and, for answers and retries, its verdict."""
+
+    index: int
+    kind: AttemptKind
+    message: dict[str, Any]
+    finish_reason: str | None
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    verdict: Verdict | None = None
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        return list(self.message.get("tool_calls") or [])
+
+    @property
+    def content(self) -> str | None:
+        content = self.message.get("content")
+        return content if isinstance(content, str) else None
+
+
+@dataclass
+class Outcome:
+    """Everything one request produced: the attempts, the answer to send, the status."""
+
+    episode_id: str
+    attempts: list[Attempt] = field(default_factory=list)
+    status: str = "failed"
+    answer: Attempt | None = None
+    error: EngineError | None = None
+    latency_ms: float = 0.0
+
+    @property
+    def verified(self) -> bool:
+        return self.answer is not None and self.answer.verdict is not None and self.answer.verdict.ok
+
+
+def verify_message(
+    message: dict[str, Any],
+    finish_reason: str | None,
+    *,
+    tools: list[ToolSpec],
+    tool_choice: str | dict[str, Any],
+    options: TaskOptions,
+) -> Verdict:
+    """Parse an assistant message strictly and run the request's verifier on it."""
+    calls, parse_error = parse_openai_tool_calls(message.get("tool_calls"), message.get("content"))
+    if finish_reason == "length":
+        parse_error = parse_error or "the output was cut off at max_tokens (finish_reason=length)"
+    output = ModelOutput(tool_calls=calls, content=message.get("content"), parse_error=parse_error)
+    return run_verifier(options.verifier, output, tools=tools, tool_choice=tool_choice, expected=options.expected)
+
+
+async def run_episode(
+    engine: Engine,
+    request: ChatRequest,
+    options: TaskOptions,
+    config: LoopConfig = LoopConfig(),
+    *,
+    tools: list[ToolSpec] | None = None,
+    episode_id: str | None = None,
+) -> Outcome:
+    """Answer ``request`` with a verified call when the model can produce one within the budget."""
+    started = time.monotonic()
+    deadline = started + config.deadline_s
+    outcome = Outcome(episode_id=episode_id or str(uuid.uuid4()))
+    specs = tools if tools is not None else [ToolSpec.from_openai(t) for t in request.tools or []]
+    tool_choice: str | dict[str, Any] = request.tool_choice or ("auto" if specs else "none")
+    budget = min(config.max_calls, 1 + 2 * max(0, options.max_retries))
+
+    async def call(kind: AttemptKind, req: ChatRequest) -> Attempt:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise EngineTimeout(f"the request deadline of {config.deadline_s:g}s passed")
+        result: ChatResult = await engine.chat(req, timeout=remaining)
+        attempt = Attempt(
+            index=len(outcome.attempts),
+            kind=kind,
+            message=result.message,
+            finish_reason=result.finish_reason,
+            model=result.model,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            latency_ms=result.latency_ms,
+        )
+        if kind != "reflection":
+            attempt.verdict = verify_message(
+                result.message, result.finish_reason, tools=specs, tool_choice=tool_choice, options=options
+            )
+        outcome.attempts.append(attempt)
+        return attempt
+
+    try:
+        answer = await call("answer", request)
+        outcome.answer = answer
+        history = list(request.messages)
+        while not (answer.verdict and answer.verdict.ok) and len(outcome.attempts) + 2 <= budget:
+            if time.monotonic() >= deadline:
+                break
+            failed = prompts.failed_assistant_message(answer.content, answer.tool_calls)
+            reason = answer.verdict.reason if (answer.verdict and config.reflection_with_reason) else None
+            reflect_history = prompts.reflection_messages(history, failed, reason, math=options.math)
+            reflection = await call(
+                "reflection",
+                _derive(request, reflect_history, tool_choice="none" if specs else None,
+                        max_tokens=config.reflection_max_tokens),
+            )
+            history = prompts.retry_messages(reflect_history, reflection.content or "")
+            answer = await call("retry", _derive(request, history))
+            outcome.answer = answer
+    except EngineError as exc:
+        outcome.error = exc
+    outcome.latency_ms = (time.monotonic() - started) * 1000
+    outcome.status = _status(outcome)
+    return outcome
+
+
+def _derive(
+    request: ChatRequest,
+    messages: list[dict[str, Any]],
+    *,
+    tool_choice: str | None = None,
+    max_tokens: int | None = None,
+) -> ChatRequest:
+    return ChatRequest(
+        messages=messages,
+        model=request.model,
+        tools=request.tools,
+        tool_choice=tool_choice if tool_choice is not None else request.tool_choice,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        max_tokens=max_tokens if max_tokens is not None else request.max_tokens,
+        seed=request.seed,
+        stop=request.stop,
+        parallel_tool_calls=request.parallel_tool_calls,
+        extra=dict(request.extra),
+    )
+
+
+def _status(outcome: Outcome) -> str:
+    answers = [a for a in outcome.attempts if a.kind != "reflection"]
+    if not answers:
+        return "upstream_error"
+    if answers[0].verdict is not None and answers[0].verdict.ok:
+        return "first_ok"
+    if any(a.verdict is not None and a.verdict.ok for a in answers[1:]):
+        return "retry_ok"
+    return "failed"

@@ -1,0 +1,228 @@
+"""``POST /v1/chat/completions``: the request path of DESIGN.md, steps 1-7, for one client request.
+
+Order: key (router dependency) → body read with a cap → strict JSON → shape, limits and tool
+schemas (``api.validate``) → model name resolved (unknown: 404) → the reflect/retry loop
+(``agent.loop.run_episode``) on the engine pool → the episode handed to the writer → the answer.
+A rejection makes no model call; it is counted and, when cheap, stored as a ``rejected`` episode.
+
+The loop runs as its own task, so an episode is completed and recorded even if the client goes
+away, and shutdown can drain it. Non-streaming answers are ``chat.completion`` bodies with the
+``x-rrr-verified`` header; with no answer at all (the engine failed before one), R1's statuses:
+503 + ``Retry-After``, 504, 502. Streaming: if the loop ends within ``stream_start_s`` the
+response is decided then (an error keeps its HTTP status, the verdict header is set); otherwise the
+200 and the role chunk go out at once, SSE comments keep the connection alive, and the answer
+follows after verification — or an error frame and no ``[DONE]`` when the engine failed. The
+verdict of a stream always rides in the ``rrr`` object of its finish chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response, StreamingResponse
+
+from agent.engines.base import (
+    ChatRequest,
+    EngineError,
+    EngineProtocolError,
+    EngineRequestError,
+    EngineTimeout,
+    EngineUnavailable,
+)
+from agent.loop import Outcome, run_episode
+from agent.policy import ALIAS, Resolved
+from agent.record import outcome_to_record
+from api.auth import Principal, require_inference
+from api.errors import ApiError, error_body, json_response, sanitize
+from api.state import AppState, get_state
+from api.validate import ChatInput, Rejection, parse_chat, parse_json, read_body
+from api.wire import KEEPALIVE, ChunkWriter, completion_body, error_frame
+from store.records import EpisodeRecord
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["inference"], dependencies=[Depends(require_inference)])
+
+RETRY_AFTER_S = "1"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+_MESSAGE = {"type": "object", "required": ["role"], "properties": {
+    "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+    "content": {"anyOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}]},
+    "tool_calls": {"type": "array"}, "tool_call_id": {"type": "string"}}}
+CHAT_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["messages"],
+    "properties": {
+        "model": {"type": "string", "description": "`rrr` (the active policy, default), the base model or an adapter."},
+        "messages": {"type": "array", "items": _MESSAGE, "minItems": 1},
+        "tools": {"type": "array", "items": {"type": "object"}, "description": "OpenAI function tools."},
+        "tool_choice": {"anyOf": [{"type": "string", "enum": ["none", "auto", "required"]}, {"type": "object"}]},
+        "parallel_tool_calls": {"type": "boolean"},
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "max_completion_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number"}, "top_p": {"type": "number"}, "seed": {"type": "integer"},
+        "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "n": {"type": "integer", "enum": [1]},
+        "rrr": {"type": "object", "description": "rrr's extension.", "additionalProperties": False, "properties": {
+            "verifier": {"description": "schema (default), reference, execution, countdown or all."},
+            "expected_tool_calls": {"type": "array", "description": "The reference answer."},
+            "task": {"type": "string", "description": "A tag for inspection and statistics."},
+            "max_retries": {"type": "integer", "minimum": 0}}},
+    },
+}
+CHAT_OPENAPI: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": CHAT_REQUEST_SCHEMA}}},
+    "responses": {"200": {"description": "A `chat.completion` (or SSE `chat.completion.chunk` frames with "
+                                         "`stream: true`); header `x-rrr-verified: true|false`."}},
+}
+
+
+def upstream_error(exc: EngineError, *, model: str, deadline_s: float) -> ApiError:
+    """R1: what a client is told when the engine failed before any answer existed."""
+    if isinstance(exc, EngineUnavailable):
+        return ApiError(503, "The model engine is unavailable; retry shortly.", code="engine_unavailable",
+                        headers={"Retry-After": RETRY_AFTER_S})
+    if isinstance(exc, EngineTimeout):
+        return ApiError(504, f"The model engine did not answer within the request deadline of {deadline_s:g}s.",
+                        code="engine_timeout")
+    if isinstance(exc, EngineProtocolError):
+        return ApiError(502, "The model engine broke off its response.", code="engine_protocol_error")
+    if isinstance(exc, EngineRequestError):
+        if exc.status == 404:
+            return ApiError(404, f"The model `{model}` is not available on the engine.", param="model",
+                            code="model_not_found")
+        if exc.status in (400, 413, 422):
+            return ApiError(400, f"The model engine refused the request: {sanitize(exc.message)}",
+                            param=exc.param, code="engine_rejected_request")
+        if exc.status == 503:
+            return ApiError(503, "The model engine is overloaded or starting; retry shortly.",
+                            code="engine_unavailable", headers={"Retry-After": RETRY_AFTER_S})
+        return ApiError(502, f"The model engine failed (status {exc.status}).", code="engine_error")
+    return ApiError(502, "The model engine failed.", code="engine_error")
+
+
+def _rrr(outcome: Outcome, resolved: Resolved) -> dict[str, Any]:
+    answer = outcome.answer
+    verdict = answer.verdict if answer is not None else None
+    info: dict[str, Any] = {
+        "episode_id": outcome.episode_id,
+        "verified": outcome.verified,
+        "status": outcome.status,
+        "attempts": len(outcome.attempts),
+        "reason": verdict.reason if verdict is not None and not verdict.ok else None,
+        "adapter": resolved.adapter,
+    }
+    if outcome.error is not None:
+        info["error"] = f"the engine failed during the loop ({type(outcome.error).__name__})"
+    return info
+
+
+def _reject(state: AppState, principal: Principal, exc: ApiError, reason: str) -> None:
+    state.metrics.rejected.labels(reason).inc()
+    if state.settings.record_rejected:
+        state.writer.submit(EpisodeRecord(status="rejected", client_key_id=principal.key_id,
+                                          error=f"{exc.status}: {exc.message[:500]}"))
+
+
+async def _run(state: AppState, chat: ChatInput, request: ChatRequest, resolved: Resolved,
+               principal: Principal, episode_id: str) -> Outcome:
+    outcome = await run_episode(state.engine, request, chat.options, state.loop_config, tools=chat.specs,
+                                episode_id=episode_id)
+    record = outcome_to_record(outcome, request, chat.options, adapter=resolved.adapter,
+                               client_key_id=principal.key_id)
+    state.recent.add(episode_id, principal.key_id)
+    state.writer.submit(record)
+    state.metrics.record_outcome(outcome)
+    return outcome
+
+
+@router.post("/v1/chat/completions", openapi_extra=CHAT_OPENAPI, response_model=None,
+             summary="Create a verified chat completion")
+async def create_chat_completion(request: Request) -> Response:
+    """OpenAI's chat completions; tool calls are verified, reflected on and retried before the answer."""
+    state = get_state(request)
+    principal: Principal = request.state.principal
+    if state.draining:
+        raise ApiError(503, "rrr is shutting down; retry on another replica.", code="shutting_down",
+                       headers={"Retry-After": RETRY_AFTER_S})
+    try:
+        raw = await read_body(request, state.settings.max_body_bytes)
+        chat = parse_chat(parse_json(raw, state.settings.max_json_depth), state.settings)
+    except Rejection as exc:
+        _reject(state, principal, exc, exc.reason)
+        raise
+    try:
+        resolved = await state.models.resolve(chat.model)
+    except ApiError as exc:
+        if exc.status == 404:
+            _reject(state, principal, exc, "model")
+        raise
+    engine_request = dataclasses.replace(chat.request, model=resolved.engine_model)
+    episode_id = str(uuid.uuid4())
+    task = state.track(asyncio.get_running_loop().create_task(
+        _run(state, chat, engine_request, resolved, principal, episode_id)))
+    public_model = chat.model or ALIAS
+    created = int(time.time())
+    if chat.stream:
+        return await _stream(state, task, chat, resolved, public_model, episode_id, created)
+    outcome = await asyncio.shield(task)
+    if outcome.answer is None:
+        raise upstream_error(outcome.error or EngineError(), model=public_model,
+                             deadline_s=state.loop_config.deadline_s)
+    body = completion_body(outcome, model=public_model, created=created, rrr=_rrr(outcome, resolved))
+    return json_response(body, headers=_verdict_headers(outcome))
+
+
+def _verdict_headers(outcome: Outcome) -> dict[str, str]:
+    return {"x-rrr-verified": "true" if outcome.verified else "false", "x-rrr-episode-id": outcome.episode_id}
+
+
+async def _stream(state: AppState, task: asyncio.Task[Outcome], chat: ChatInput, resolved: Resolved,
+                  model: str, episode_id: str, created: int) -> Response:
+    writer = ChunkWriter(episode_id, model, created)
+    done, _ = await asyncio.wait({task}, timeout=state.settings.stream_start_s)
+    if done:  # decided before anything was sent: errors keep their HTTP status
+        outcome = task.result()
+        if outcome.answer is None:
+            raise upstream_error(outcome.error or EngineError(), model=model, deadline_s=state.loop_config.deadline_s)
+        frames = [writer.role(), *writer.answer(outcome, rrr=_rrr(outcome, resolved), include_usage=chat.include_usage)]
+        return StreamingResponse(_frames(frames), media_type="text/event-stream",
+                                 headers={**SSE_HEADERS, **_verdict_headers(outcome)})
+
+    async def late() -> AsyncIterator[bytes]:
+        yield writer.role()
+        while True:
+            finished, _ = await asyncio.wait({task}, timeout=state.settings.stream_keepalive_s)
+            if finished:
+                break
+            yield KEEPALIVE
+        try:
+            outcome = task.result()
+        except Exception:  # logged by the task's done callback
+            state.metrics.stream_errors.inc()
+            yield error_frame(error_body(500, "Internal error; it has been logged.", code="internal_error"))
+            return
+        if outcome.answer is None:
+            error = upstream_error(outcome.error or EngineError(), model=model, deadline_s=state.loop_config.deadline_s)
+            state.metrics.stream_errors.inc()
+            yield error_frame(error.body())
+            return  # no [DONE]: the client must not take this for a complete answer
+        for frame in writer.answer(outcome, rrr=_rrr(outcome, resolved), include_usage=chat.include_usage):
+            yield frame
+
+    return StreamingResponse(late(), media_type="text/event-stream",
+                             headers={**SSE_HEADERS, "x-rrr-episode-id": episode_id})
+
+
+async def _frames(frames: list[bytes]) -> AsyncIterator[bytes]:
+    for frame in frames:
+        yield frame

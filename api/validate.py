@@ -1,0 +1,332 @@
+"""Client input checked before any work (R10, R11): body size, JSON, shape, limits, tool schemas.
+
+The chat route calls ``read_body`` (size capped while reading), ``parse_json`` (strict JSON,
+nesting capped) and ``parse_chat`` (the request's shape, limits, tool schemas compiled safely by
+``tools.schema``, the ``rrr`` extension). Every rejection is an ``ApiError`` (400 or 413) whose
+message says what to change; ``Rejection.reason`` names the limit for the metrics. Nothing here
+calls a model, touches the database or resolves the model name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from agent.engines.base import ChatRequest
+from agent.loop import TaskOptions
+from api.errors import ApiError, bad_request
+from api.settings import Settings
+from tools.schema import SchemaError, validate_tool_specs
+from tools.spec import ToolSpec, canonical_json
+from tools.verify import normalize_expected, normalize_spec, parse_tool_choice
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+RRR_FIELDS = ("verifier", "expected_tool_calls", "task", "max_retries")
+# Sampling parameters passed through to the engine as they are (after a type check).
+PASSTHROUGH_NUMBERS = {"presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0),
+                       "repetition_penalty": (0.0, 10.0), "min_p": (0.0, 1.0)}
+MAX_MODEL_NAME = 200
+MAX_TASK_CHARS = 200
+MAX_STOP = 16
+
+
+class Rejection(ApiError):
+    """A request refused by a limit or a shape check; ``reason`` labels the metric."""
+
+    def __init__(self, status: int, message: str, reason: str, param: str | None = None) -> None:
+        super().__init__(status, message, param=param, code="request_too_large" if status == 413 else "invalid_request")
+        self.reason = reason
+
+
+def _reject(message: str, reason: str, param: str | None = None) -> Rejection:
+    return Rejection(400, message, reason, param)
+
+
+@dataclass(frozen=True)
+class ChatInput:
+    """A validated chat-completion request (``request.model`` is set once the model is resolved)."""
+
+    model: str | None
+    request: ChatRequest
+    specs: list[ToolSpec]
+    options: TaskOptions
+    stream: bool
+    include_usage: bool
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``cap`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise _reject("Invalid Content-Length header.", "content_length") from None
+        if size > cap:
+            raise Rejection(413, f"The request body is {size} bytes; the limit is {cap} bytes.", "body_size")
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > cap:
+            raise Rejection(413, f"The request body exceeds the limit of {cap} bytes.", "body_size")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
+def parse_json(raw: bytes, max_depth: int) -> Any:
+    """Strict JSON (no NaN/Infinity), nested at most ``max_depth`` levels; 400 otherwise."""
+    if not raw.strip():
+        raise _reject("The request body is empty; send a JSON object.", "json")
+    try:
+        value = json.loads(raw, parse_constant=_no_constants)
+    except RecursionError:
+        raise _reject(f"The request JSON is nested more than {max_depth} levels deep.", "json_depth") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise _reject(f"The request body is not valid JSON: {detail[:200]}.", "json") from None
+    if _depth_exceeds(value, max_depth):
+        raise _reject(f"The request JSON is nested more than {max_depth} levels deep.", "json_depth")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise _reject(f"`{name}` must be a number.", "shape", name)
+    if not low <= value <= high:
+        raise _reject(f"`{name}` must be between {low:g} and {high:g}.", "shape", name)
+    return float(value)
+
+
+def _messages(body: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _reject("`messages` must be a non-empty array of message objects.", "shape", "messages")
+    if len(messages) > limit:
+        raise _reject(f"{len(messages)} messages; the limit is {limit}.", "messages", "messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _reject(f"messages[{index}] must be an object.", "shape", "messages")
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise _reject(f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}.", "shape", "messages")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _reject(f"messages[{index}].content must be a string, an array of parts or null.", "shape",
+                          "messages")
+        calls = message.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            raise _reject(f"messages[{index}].tool_calls must be an array.", "shape", "messages")
+    return messages
+
+
+def _tools(body: dict[str, Any], settings: Settings) -> tuple[list[dict[str, Any]] | None, list[ToolSpec]]:
+    tools = body.get("tools")
+    if tools is None:
+        return None, []
+    if not isinstance(tools, list):
+        raise _reject("`tools` must be an array of function tools.", "shape", "tools")
+    if not tools:
+        raise _reject("`tools` must not be an empty array. Either provide at least one tool or omit the field.",
+                      "shape", "tools")
+    if len(tools) > settings.max_tools:
+        raise _reject(f"{len(tools)} tools; the limit is {settings.max_tools}.", "tools", "tools")
+    specs: list[ToolSpec] = []
+    for index, tool in enumerate(tools):
+        try:
+            spec = ToolSpec.from_openai(tool)
+        except (ValueError, TypeError) as exc:
+            raise _reject(f"tools[{index}]: {exc}.", "shape", "tools") from None
+        if _depth_exceeds(spec.parameters, settings.max_schema_depth):
+            raise _reject(f"tool {spec.name!r}: parameters schema is nested more than {settings.max_schema_depth} "
+                          "levels deep.", "schema_depth", "tools")
+        size = len(canonical_json(spec.parameters).encode("utf-8", "surrogatepass"))
+        if size > settings.max_schema_bytes:
+            raise _reject(f"tool {spec.name!r}: parameters schema is {size} bytes; the limit is "
+                          f"{settings.max_schema_bytes}.", "schema_size", "tools")
+        specs.append(spec)
+    try:
+        validate_tool_specs(specs)
+    except (SchemaError, ValueError, TypeError) as exc:
+        raise _reject(str(exc), "schema", "tools") from None
+    return tools, specs
+
+
+def _verifier_parts(spec: dict[str, Any]) -> list[str]:
+    if spec["type"] == "all":
+        return [kind for part in spec["of"] for kind in _verifier_parts(part)]
+    return [str(spec["type"])]
+
+
+def _task_options(body: dict[str, Any], settings: Settings) -> TaskOptions:
+    ext = body.get("rrr")
+    if ext is None:
+        return TaskOptions()
+    if not isinstance(ext, dict):
+        raise _reject("`rrr` must be an object with verifier, expected_tool_calls, task or max_retries.", "rrr", "rrr")
+    unknown = sorted(set(ext) - set(RRR_FIELDS))
+    if unknown:
+        raise _reject(f"`rrr` does not take {', '.join(unknown)} (it takes {', '.join(RRR_FIELDS)}).", "rrr", "rrr")
+    verifier_raw = ext.get("verifier", "schema")
+    try:
+        verifier = normalize_spec(verifier_raw if verifier_raw is not None else "schema")
+    except (ValueError, TypeError) as exc:
+        raise _reject(f"rrr.verifier: {exc}.", "rrr", "rrr.verifier") from None
+    expected = ext.get("expected_tool_calls")
+    if expected is not None:
+        try:
+            normalize_expected(expected)
+        except (ValueError, TypeError) as exc:
+            raise _reject(f"rrr.expected_tool_calls: {exc}.", "rrr", "rrr.expected_tool_calls") from None
+    kinds = _verifier_parts(verifier)
+    if "reference" in kinds and expected is None:
+        raise _reject("rrr.verifier 'reference' needs rrr.expected_tool_calls (the reference answer).", "rrr",
+                      "rrr.expected_tool_calls")
+    task = ext.get("task")
+    if task is not None and (not isinstance(task, str) or not task or len(task) > MAX_TASK_CHARS):
+        raise _reject(f"rrr.task must be a non-empty string of at most {MAX_TASK_CHARS} characters.", "rrr",
+                      "rrr.task")
+    retries = ext.get("max_retries", 1)
+    if not _is_int(retries) or not 0 <= retries <= settings.max_client_retries:
+        raise _reject(f"rrr.max_retries must be an integer from 0 to {settings.max_client_retries}.", "rrr",
+                      "rrr.max_retries")
+    return TaskOptions(verifier=verifier, expected=expected, task=task, max_retries=retries,
+                       math=kinds == ["countdown"])
+
+
+def _max_tokens(body: dict[str, Any], cap: int) -> int | None:
+    chosen: int | None = None
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if not _is_int(value) or value < 1:
+            raise _reject(f"`{name}` must be a positive integer.", "shape", name)
+        if value > cap:
+            raise _reject(f"`{name}` is {value}; the limit is {cap}.", "max_tokens", name)
+        chosen = value if chosen is None else min(chosen, value)
+    return chosen
+
+
+def _stop(body: dict[str, Any]) -> list[str] | None:
+    stop = body.get("stop")
+    if stop is None:
+        return None
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and len(stop) <= MAX_STOP and all(isinstance(s, str) for s in stop):
+        return list(stop)
+    raise _reject(f"`stop` must be a string or an array of at most {MAX_STOP} strings.", "shape", "stop")
+
+
+def parse_chat(body: Any, settings: Settings) -> ChatInput:
+    """Check a chat-completion body against the shape and the limits; raise Rejection if it fails."""
+    if not isinstance(body, dict):
+        raise _reject("The request body must be a JSON object.", "shape")
+    model = body.get("model")
+    if model is not None and (not isinstance(model, str) or len(model) > MAX_MODEL_NAME):
+        raise _reject("`model` must be a model name (see GET /v1/models).", "shape", "model")
+    n = body.get("n")
+    if n is not None and not (_is_int(n) and n == 1):
+        raise _reject("Only `n` = 1 is supported.", "n", "n")
+    messages = _messages(body, settings.max_messages)
+    tools, specs = _tools(body, settings)
+    tool_choice = body.get("tool_choice")
+    if tool_choice is not None:
+        if tools is None and tool_choice != "none":
+            raise _reject("When using `tool_choice`, `tools` must be set.", "shape", "tool_choice")
+        try:
+            parse_tool_choice(tool_choice, specs)
+        except (ValueError, TypeError) as exc:
+            raise _reject(str(exc), "shape", "tool_choice") from None
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _reject("`stream` must be a boolean.", "shape", "stream")
+    stream_options = body.get("stream_options")
+    include_usage = False
+    if stream_options is not None:
+        if not isinstance(stream_options, dict):
+            raise _reject("`stream_options` must be an object.", "shape", "stream_options")
+        include_usage = stream_options.get("include_usage") is True
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise _reject("`parallel_tool_calls` must be a boolean.", "shape", "parallel_tool_calls")
+    seed = body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise _reject("`seed` must be an integer.", "shape", "seed")
+    extra: dict[str, Any] = {}
+    for name, (low, high) in PASSTHROUGH_NUMBERS.items():
+        value = _number(body, name, low, high)
+        if value is not None:
+            extra[name] = value
+    top_k = body.get("top_k")
+    if top_k is not None:
+        if not _is_int(top_k) or top_k < -1:
+            raise _reject("`top_k` must be an integer (-1 or 0 for no limit).", "shape", "top_k")
+        extra["top_k"] = top_k
+    request = ChatRequest(
+        messages=messages,
+        tools=tools,
+        tool_choice=tool_choice,
+        temperature=_number(body, "temperature", 0.0, 2.0),
+        top_p=_number(body, "top_p", 0.0, 1.0),
+        max_tokens=_max_tokens(body, settings.max_tokens_cap) or settings.max_tokens_cap,
+        seed=seed,
+        stop=_stop(body),
+        parallel_tool_calls=parallel,
+        extra=extra,
+    )
+    return ChatInput(model=model or None, request=request, specs=specs, options=_task_options(body, settings),
+                     stream=stream, include_usage=include_usage)
+
+
+def parse_model(raw: bytes, model: type[BaseModel]) -> Any:
+    """A small admin/feedback body parsed from bytes; the first problem becomes a 400 naming the field."""
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        errors = exc.errors()
+        loc = ".".join(str(p) for p in errors[0]["loc"]) if errors else None
+        message = errors[0]["msg"] if errors else "invalid"
+        raise bad_request(f"Invalid request body{f' ({loc})' if loc else ''}: {message}.", loc or None) from None
+
+
+def utc(stamp: datetime | None) -> datetime | None:
+    """Query timestamps without an offset are taken as UTC."""
+    if stamp is None:
+        return None
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp

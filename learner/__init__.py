@@ -1,0 +1,1 @@
+"""rrr learner package (see DESIGN.md)."""

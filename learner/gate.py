@@ -1,0 +1,271 @@
+"""The promotion gate: is a trained candidate better than the policy in service, without forgetting?
+
+Called by the learner cycle after training. `evaluate_gate` runs both policies through the same
+reflect/retry loop the API serves with (`agent.loop.run_episode`, temperature 0, one reflection and
+one retry) on two sets: the held-out failures of the batch (their task messages, judged by each
+row's own stored verifier and expected calls) and the regression set of past successes (never drawn
+from the batch, R20). It measures first-attempt success and retry success (solved on the first
+attempt or after the retry) with counts and 95% Wilson intervals, and `decide` applies the rule:
+
+* promote only if held-out retry success improves by at least `margin`, and
+* first-attempt success on the regression set drops by no more than `tolerance`, and
+* there are at least `min_items` held-out items and no evaluation call failed on the engine.
+
+The evaluation engine is any `Engine`. The learner's default is a `LocalEngine` in its own process
+with the candidate (and the adapter in service) loaded under temporary names, so candidates never
+reach the serving engines before the gate has passed and `publish` has verified them. Pointing the
+gate at serving engines works too (the temporary names are unloaded afterwards), at the cost of
+serving capacity. This module does not store anything (the cycle stores the decision on the run)
+and does not publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.engines.base import ChatRequest, Engine
+from agent.loop import LoopConfig, TaskOptions, run_episode
+
+log = logging.getLogger(__name__)
+
+EPS = 1e-9  # rates are ratios of small integers: compare with a little slack
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """When a candidate may replace the policy in service.
+
+    margin: minimum absolute gain in held-out retry success (0.02 = two points).
+    tolerance: maximum absolute drop in first-attempt success on the regression set (the paper saw
+        under one point on general benchmarks).
+    min_items: fewer held-out items than this are too few to judge: no promotion.
+    max_tokens: cap on each answer and retry during evaluation (reflections use the loop's cap).
+    concurrency: episodes evaluated at once (a local engine runs one generation at a time anyway).
+    """
+
+    margin: float = 0.02
+    tolerance: float = 0.01
+    min_items: int = 20
+    max_tokens: int = 256
+    concurrency: int = 4
+
+    def validate(self) -> None:
+        if not 0 <= self.margin <= 1:
+            raise ValueError(f"gate margin must be in [0, 1] (a success-rate gain), got {self.margin}")
+        if not 0 <= self.tolerance <= 1:
+            raise ValueError(f"gate tolerance must be in [0, 1] (a success-rate drop), got {self.tolerance}")
+        if self.min_items < 1:
+            raise ValueError(f"gate min_items must be at least 1, got {self.min_items}")
+        if self.max_tokens < 1 or self.concurrency < 1:
+            raise ValueError("gate max_tokens and concurrency must be at least 1")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """`successes` out of `total`, with a 95% Wilson score interval."""
+
+    successes: int
+    total: int
+
+    @property
+    def rate(self) -> float:
+        return self.successes / self.total if self.total else 0.0
+
+    def wilson(self, z: float = 1.96) -> tuple[float, float]:
+        if self.total == 0:
+            return (0.0, 1.0)
+        n, p = self.total, self.rate
+        denom = 1 + z * z / n
+        centre = (p + z * z / (2 * n)) / denom
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+        return (max(0.0, centre - half), min(1.0, centre + half))
+
+    def to_dict(self) -> dict[str, Any]:
+        lo, hi = self.wilson()
+        return {"successes": self.successes, "total": self.total, "rate": round(self.rate, 6),
+                "ci95": [round(lo, 6), round(hi, 6)]}
+
+
+@dataclass(frozen=True)
+class PolicyScores:
+    """One policy's numbers on both sets. `errors` counts episodes the engine failed to serve."""
+
+    policy: str
+    heldout_first: Rate
+    heldout_retry: Rate
+    regression_first: Rate
+    regression_retry: Rate
+    errors: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "heldout_first": self.heldout_first.to_dict(),
+                "heldout_retry": self.heldout_retry.to_dict(), "regression_first": self.regression_first.to_dict(),
+                "regression_retry": self.regression_retry.to_dict(), "errors": self.errors}
+
+
+@dataclass
+class GateDecision:
+    """The verdict, every reason for it (for the run's record), and the numbers behind it."""
+
+    promote: bool
+    reasons: list[str]
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"promote": self.promote, "reasons": list(self.reasons), **self.numbers}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def decide(candidate: PolicyScores, incumbent: PolicyScores, config: GateConfig) -> GateDecision:
+    """Apply the promotion rule (module docstring) to measured numbers."""
+    reasons: list[str] = []
+    ok = True
+    n = candidate.heldout_retry.total
+    if n < config.min_items:
+        ok = False
+        reasons.append(f"only {n} held-out items; at least {config.min_items} are needed to judge")
+    gain = candidate.heldout_retry.rate - incumbent.heldout_retry.rate
+    retry_text = (f"held-out retry success {_pct(incumbent.heldout_retry.rate)} -> "
+                  f"{_pct(candidate.heldout_retry.rate)} ({gain * 100:+.1f} points")
+    if gain + EPS < config.margin:
+        ok = False
+        reasons.append(f"{retry_text}, below the margin of {config.margin * 100:.1f})")
+    else:
+        reasons.append(f"{retry_text}, margin {config.margin * 100:.1f} met)")
+    drop = incumbent.regression_first.rate - candidate.regression_first.rate
+    if candidate.regression_first.total == 0:
+        reasons.append("the regression set is empty: forgetting was not measured")
+    else:
+        reg_text = (f"regression first-attempt success {_pct(incumbent.regression_first.rate)} -> "
+                    f"{_pct(candidate.regression_first.rate)} ({-drop * 100:+.1f} points")
+        if drop - EPS > config.tolerance:
+            ok = False
+            reasons.append(f"{reg_text}, more than the tolerance of {config.tolerance * 100:.1f})")
+        else:
+            reasons.append(f"{reg_text}, within the tolerance of {config.tolerance * 100:.1f})")
+    for scores in (candidate, incumbent):
+        if scores.errors:
+            ok = False
+            reasons.append(f"{scores.errors} evaluation episodes of {scores.policy} failed on the engine")
+    numbers = {
+        "candidate": candidate.to_dict(), "incumbent": incumbent.to_dict(),
+        "retry_gain": round(gain, 6), "regression_drop": round(drop, 6),
+        "config": {"margin": config.margin, "tolerance": config.tolerance, "min_items": config.min_items},
+    }
+    return GateDecision(promote=ok, reasons=reasons, numbers=numbers)
+
+
+# --- evaluation -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One task to evaluate: the task messages (no failed attempt), tools, and how to judge it."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    verifier: str | dict[str, Any] = "schema"
+    expected: list[dict[str, Any]] | None = None
+    id: str | None = None
+
+    @property
+    def math(self) -> bool:
+        kind = self.verifier.get("type") if isinstance(self.verifier, dict) else self.verifier
+        return kind == "countdown"
+
+
+def as_eval_item(row: Any) -> EvalItem:
+    """An `EvalItem` from a dataset row (object or mapping with `task_messages` or `messages`)."""
+    def get(key: str) -> Any:
+        return row.get(key) if isinstance(row, Mapping) else getattr(row, key, None)
+
+    messages = get("task_messages") or get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("a gate item needs its task messages")
+    return EvalItem(messages=list(messages), tools=get("tools") or None, tool_choice=get("tool_choice"),
+                    verifier=get("verifier") or "schema", expected=get("expected"),
+                    id=get("episode_id") or get("id"))
+
+
+async def _outcomes(engine: Engine, model: str | None, items: Sequence[EvalItem], config: GateConfig,
+                    loop: LoopConfig, on_item: Callable[[], None] | None) -> list[str]:
+    limit = asyncio.Semaphore(config.concurrency)
+
+    async def one(item: EvalItem) -> str:
+        async with limit:
+            request = ChatRequest(messages=item.messages, model=model, tools=item.tools,
+                                  tool_choice=item.tool_choice, temperature=0.0, max_tokens=config.max_tokens)
+            options = TaskOptions(verifier=item.verifier, expected=item.expected, max_retries=1, math=item.math)
+            try:
+                outcome = await run_episode(engine, request, options, loop)
+            except ValueError as exc:  # a stored spec that no longer validates: the item cannot pass
+                log.warning("gate item %s could not be judged: %s", item.id, exc)
+                return "failed"
+            finally:
+                if on_item is not None:
+                    on_item()
+            return "upstream_error" if outcome.error is not None and outcome.status == "failed" else outcome.status
+
+    return list(await asyncio.gather(*(one(item) for item in items)))
+
+
+def _rates(statuses: Iterable[str]) -> tuple[Rate, Rate, int]:
+    statuses = list(statuses)
+    first = sum(s == "first_ok" for s in statuses)
+    retry = sum(s in ("first_ok", "retry_ok") for s in statuses)
+    return Rate(first, len(statuses)), Rate(retry, len(statuses)), sum(s == "upstream_error" for s in statuses)
+
+
+async def score_policy(engine: Engine, model: str | None, heldout: Sequence[EvalItem], regression: Sequence[EvalItem],
+                       *, config: GateConfig = GateConfig(), loop: LoopConfig = LoopConfig(),
+                       label: str | None = None, on_item: Callable[[], None] | None = None) -> PolicyScores:
+    """Evaluate one policy (`model` = an adapter name on `engine`, None = the base) on both sets."""
+    h_first, h_retry, h_err = _rates(await _outcomes(engine, model, heldout, config, loop, on_item))
+    r_first, r_retry, r_err = _rates(await _outcomes(engine, model, regression, config, loop, on_item))
+    return PolicyScores(policy=label or model or "base", heldout_first=h_first, heldout_retry=h_retry,
+                        regression_first=r_first, regression_retry=r_retry, errors=h_err + r_err)
+
+
+async def evaluate_gate(engine: Engine, *, candidate_dir: str, heldout: Sequence[Any], regression: Sequence[Any],
+                        incumbent: tuple[str, str] | None = None, config: GateConfig = GateConfig(),
+                        loop: LoopConfig = LoopConfig(), on_item: Callable[[], None] | None = None) -> GateDecision:
+    """Score the candidate folder and the incumbent (`(name, verified path)`, None = base model) and decide.
+
+    Both are loaded on `engine` under temporary names and unloaded afterwards; the candidate folder
+    must already have passed `publish.check_adapter_source` (no pickles).
+    """
+    config.validate()
+    held = [as_eval_item(r) for r in heldout]
+    reg = [as_eval_item(r) for r in regression]
+    tag = uuid.uuid4().hex[:8]
+    cand_name = f"rrr-gate-candidate-{tag}"
+    inc_name = f"rrr-gate-incumbent-{tag}" if incumbent else None
+    loaded: list[str] = []
+    try:
+        await engine.load_adapter(cand_name, candidate_dir)
+        loaded.append(cand_name)
+        if incumbent is not None and inc_name is not None:
+            await engine.load_adapter(inc_name, incumbent[1])
+            loaded.append(inc_name)
+        cand = await score_policy(engine, cand_name, held, reg, config=config, loop=loop, label="candidate",
+                                  on_item=on_item)
+        inc = await score_policy(engine, inc_name, held, reg, config=config, loop=loop,
+                                 label=incumbent[0] if incumbent else "base", on_item=on_item)
+    finally:
+        for name in loaded:
+            try:
+                await engine.unload_adapter(name)
+            except Exception:  # the evaluation engine is private to the learner: log and go on
+                log.warning("could not unload %s from the evaluation engine", name, exc_info=True)
+    decision = decide(cand, inc, config)
+    log.info("gate: %s (%s)", "promote" if decision.promote else "reject", "; ".join(decision.reasons))
+    return decision

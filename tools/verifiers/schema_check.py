@@ -1,0 +1,66 @@
+"""The default verifier: calls name offered tools, arguments satisfy their schemas, tool_choice holds.
+
+Needs no reference answer, so it runs on every request. A wrong tool choice, an unknown tool or a
+schema violation is a failed verdict whose reason names the call, the parameter and the rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tools.schema import compile_tools
+from tools.spec import ToolSpec
+from tools.verifiers.base import ModelOutput, Verdict, clip, failed, failed_with, passed
+
+MAX_LISTED_TOOLS = 10
+
+
+def parse_tool_choice(tool_choice: str | dict[str, Any], tools: list[ToolSpec]) -> str | tuple[str, str]:
+    """``"none" | "auto" | "required"`` or ``("function", name)``; ValueError for anything else."""
+    if isinstance(tool_choice, str):
+        if tool_choice in ("none", "auto", "required"):
+            return tool_choice
+        raise ValueError(f"invalid tool_choice {tool_choice!r}: use 'none', 'auto', 'required' or a named function")
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
+        fn = tool_choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if isinstance(name, str) and name:
+            if name not in {tool.name for tool in tools}:
+                raise ValueError(f"tool_choice names {name!r}, which is not among the offered tools")
+            return ("function", name)
+    raise ValueError('invalid tool_choice: a named choice is {"type": "function", "function": {"name": ...}}')
+
+
+def verify_schema(output: ModelOutput, tools: list[ToolSpec], tool_choice: str | dict[str, Any] = "auto") -> Verdict:
+    """Pass if the calls are allowed by ``tool_choice``, name offered tools and fit their schemas.
+
+    Raises ValueError (SchemaError) only for a bad ``tool_choice`` or tool list, never for output.
+    """
+    choice = parse_tool_choice(tool_choice, tools)
+    compiled = compile_tools(tools)
+    if output.parse_error:
+        return failed(f"malformed tool call: {output.parse_error}")
+    calls = output.tool_calls
+    if choice == "none" and calls:
+        return failed(f'tool_choice is "none" but the model called {output.describe_calls()}')
+    if choice == "required" and not calls:
+        return failed('tool_choice is "required" but the model made no tool call')
+    if isinstance(choice, tuple):
+        forced = choice[1]
+        if not calls:
+            return failed(f"tool_choice requires a call to {forced!r} but the model made no tool call")
+        for index, call in enumerate(calls, start=1):
+            if call.name != forced:
+                return failed(f"call {index} is to {clip(call.name)} but tool_choice allows only {forced!r}")
+
+    errors: list[str] = []
+    for index, call in enumerate(calls, start=1):
+        validator = compiled.get(call.name)
+        if validator is None:
+            offered = ", ".join(list(compiled)[:MAX_LISTED_TOOLS]) or "none"
+            errors.append(f"call {index} names unknown tool {clip(call.name)}; offered tools: {offered}")
+            continue
+        errors += [f"call {index} {call.name}: {error}" for error in validator.errors(call.arguments)]
+    if errors:
+        return failed_with(errors)
+    return passed(calls=len(calls))

@@ -1,0 +1,149 @@
+"""Serialisable verifier specs: validate them, run them, and say whether they can be re-run offline.
+
+A spec is JSON, stored with each episode so the learner can re-run the same verifier on a retry:
+``"schema"``, ``"reference"``, ``{"type": "execution", "functions": {tool: "module:function"},
+"timeout_s": 5}``, ``{"type": "countdown", "nums": [...], "target": N}`` and
+``{"type": "all", "of": [spec, ...]}`` (every one must pass; the first failure gives the reason).
+A bad spec raises ValueError with what to change; bad model output only ever yields a verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from tools.spec import ToolSpec
+from tools.verifiers.base import ModelOutput, Verdict, failed, passed
+from tools.verifiers.countdown import verify_countdown
+from tools.verifiers.execution import DEFAULT_EXECUTION_MODULES, check_target, verify_execution
+from tools.verifiers.reference import verify_reference
+from tools.verifiers.schema_check import verify_schema
+
+VERIFIER_TYPES = ("schema", "reference", "execution", "countdown", "all")
+_FIELDS = {"schema": (), "reference": (), "execution": ("functions", "timeout_s"), "countdown": ("nums", "target"), "all": ("of",)}
+DEFAULT_TIMEOUT_S = 5.0
+MAX_TIMEOUT_S = 60.0
+MAX_NESTING = 4
+MAX_PARTS = 16
+MAX_NUMS = 32
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _normalize(spec: Any, allowed_modules: tuple[str, ...], depth: int) -> dict[str, Any]:
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text.startswith("{"):
+            try:
+                spec = json.loads(text)
+            except ValueError:
+                raise ValueError("verifier spec is not valid JSON") from None
+        else:
+            spec = {"type": text}
+    if not isinstance(spec, dict):
+        raise ValueError(f"a verifier spec is a name or an object with a \"type\", got {type(spec).__name__}")
+    kind = spec.get("type")
+    if kind not in _FIELDS:
+        raise ValueError(f"unknown verifier type {kind!r}; use one of: {', '.join(VERIFIER_TYPES)}")
+    unknown = sorted(set(spec) - {"type", *_FIELDS[kind]})
+    if unknown:
+        allowed = ", ".join(_FIELDS[kind]) or "no fields"
+        raise ValueError(f"verifier {kind!r} does not take {', '.join(map(repr, unknown))} (it takes {allowed})")
+
+    if kind in ("schema", "reference"):
+        return {"type": kind}
+    if kind == "execution":
+        functions = spec.get("functions")
+        if not isinstance(functions, dict) or not functions:
+            raise ValueError('an execution verifier needs "functions": {"tool_name": "package.module:function"}')
+        for name, target in functions.items():
+            refusal = check_target(target, allowed_modules)
+            if refusal:
+                raise ValueError(f"execution verifier, tool {name!r}: {refusal}")
+        timeout = spec.get("timeout_s", DEFAULT_TIMEOUT_S)
+        if not _is_number(timeout) or not 0 < timeout <= MAX_TIMEOUT_S:
+            raise ValueError(f"execution verifier: timeout_s must be a number in (0, {MAX_TIMEOUT_S:g}]")
+        return {"type": kind, "functions": dict(sorted(functions.items())), "timeout_s": float(timeout)}
+    if kind == "countdown":
+        nums, target = spec.get("nums"), spec.get("target")
+        if (
+            not isinstance(nums, list)
+            or not 0 < len(nums) <= MAX_NUMS
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in nums)
+        ):
+            raise ValueError(f"countdown verifier: nums must be a list of 1 to {MAX_NUMS} non-negative integers")
+        if not _is_number(target):
+            raise ValueError("countdown verifier: target must be a finite number")
+        return {"type": kind, "nums": list(nums), "target": target}
+    parts = spec.get("of")
+    if not isinstance(parts, list) or not 0 < len(parts) <= MAX_PARTS:
+        raise ValueError(f'an "all" verifier needs "of": a list of 1 to {MAX_PARTS} verifier specs')
+    if depth >= MAX_NESTING:
+        raise ValueError(f'"all" verifiers nest at most {MAX_NESTING} deep')
+    return {"type": kind, "of": [_normalize(part, allowed_modules, depth + 1) for part in parts]}
+
+
+def normalize_spec(spec: str | dict[str, Any], *, allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES) -> dict[str, Any]:
+    """Validate a spec and return its canonical JSON form (defaults filled in); ValueError if bad."""
+    return _normalize(spec, allowed_modules, 0)
+
+
+def _run(
+    spec: dict[str, Any],
+    output: ModelOutput,
+    tools: list[ToolSpec],
+    tool_choice: str | dict[str, Any],
+    expected: list[Any] | None,
+    allowed_modules: tuple[str, ...],
+) -> Verdict:
+    kind = spec["type"]
+    if kind == "schema":
+        return verify_schema(output, tools, tool_choice)
+    if kind == "reference":
+        if expected is None:
+            return failed("no expected calls")
+        return verify_reference(output, expected, tools)
+    if kind == "execution":
+        return verify_execution(output, spec["functions"], spec["timeout_s"], allowed_modules=allowed_modules)
+    if kind == "countdown":
+        return verify_countdown(output.content, spec["nums"], spec["target"])
+    results = []
+    for index, part in enumerate(spec["of"]):
+        verdict = _run(part, output, tools, tool_choice, expected, allowed_modules)
+        if not verdict.ok:
+            return Verdict(False, verdict.reason, {**verdict.details, "failed": part["type"], "failed_index": index})
+        results.append({"type": part["type"], "details": verdict.details})
+    return passed(results=results)
+
+
+def run_verifier(
+    spec: str | dict[str, Any],
+    output: ModelOutput,
+    *,
+    tools: list[ToolSpec],
+    tool_choice: str | dict[str, Any] = "auto",
+    expected: list[Any] | None = None,
+    allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES,
+) -> Verdict:
+    """Run the verifier a spec describes. ValueError only for a bad spec, tool list or reference."""
+    return _run(normalize_spec(spec, allowed_modules=allowed_modules), output, tools, tool_choice, expected, allowed_modules)
+
+
+def is_rerunnable(
+    spec: str | dict[str, Any], expected: list[Any] | None, *, allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES
+) -> bool:
+    """Whether the learner can re-run this verifier offline (reference needs expected calls)."""
+    try:
+        normalized = normalize_spec(spec, allowed_modules=allowed_modules)
+    except ValueError:
+        return False
+
+    def rerunnable(part: dict[str, Any]) -> bool:
+        if part["type"] == "all":
+            return all(rerunnable(child) for child in part["of"])
+        return part["type"] != "reference" or expected is not None
+
+    return rerunnable(normalized)

@@ -1,0 +1,45 @@
+"""Verifiers: binary success/fail checks of a model's tool calls, with a reason that drives reflection.
+
+This is the import point for every caller (agent loop, API, learner reward, eval). The
+implementations live one per module in ``tools.verifiers``:
+
+* ``verify_schema`` — calls name offered tools, arguments fit their schemas, tool_choice holds;
+* ``verify_reference`` — BFCL AST-checker comparison with expected calls (``expected_from_calls``);
+* ``verify_execution`` — run registered Python functions in a subprocess with a timeout;
+* ``verify_countdown`` — TinyZero's Countdown rules on the last ``<answer>``;
+* ``normalize_spec`` / ``run_verifier`` / ``is_rerunnable`` — the serialisable specs.
+
+None of them raises on model output: a failed call is a Verdict. Bad specs raise ValueError.
+"""
+
+from tools.verifiers.base import ModelOutput, Verdict
+from tools.verifiers.countdown import verify_countdown
+from tools.verifiers.execution import DEFAULT_EXECUTION_MODULES, verify_execution
+from tools.verifiers.reference import (
+    Expected,
+    expected_from_calls,
+    normalize_expected,
+    normalize_string,
+    verify_reference,
+)
+from tools.verifiers.schema_check import parse_tool_choice, verify_schema
+from tools.verifiers.specs import VERIFIER_TYPES, is_rerunnable, normalize_spec, run_verifier
+
+__all__ = [
+    "DEFAULT_EXECUTION_MODULES",
+    "VERIFIER_TYPES",
+    "Expected",
+    "ModelOutput",
+    "Verdict",
+    "expected_from_calls",
+    "is_rerunnable",
+    "normalize_expected",
+    "normalize_spec",
+    "normalize_string",
+    "parse_tool_choice",
+    "run_verifier",
+    "verify_countdown",
+    "verify_execution",
+    "verify_reference",
+    "verify_schema",
+]
