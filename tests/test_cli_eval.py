@@ -221,14 +221,14 @@ def test_expected_failures_are_one_line(case: str, message: str, tmp_path: Path)
 def test_real_entry_point_in_a_subprocess(tmp_path: Path) -> None:
     good = _good_predictions(tmp_path)
     ok = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), "eval", "score", "--dataset", DATASETS["xlam"],
+        [sys.executable, "-m", "cli", "eval", "score", "--dataset", DATASETS["xlam"],
          "--predictions", str(good), "--json"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["accuracy"] == 1.0
     bad = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), "eval", "score", "--dataset", "nope:x.json", "--predictions", str(good)],
+        [sys.executable, "-m", "cli", "eval", "score", "--dataset", "nope:x.json", "--predictions", str(good)],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 1

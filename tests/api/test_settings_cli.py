@@ -111,12 +111,12 @@ def test_serve_refuses_a_database_without_the_schema_and_serves_after_upgrade(tm
     sqlite3.connect(tmp_path / "shared.db").close()  # reachable, but never migrated
     env = {**os.environ, "RRR_AUTO_MIGRATE": "false", "RRR_DATA_DIR": str(tmp_path / "data")}
     with ScriptedUpstream(Script(answer=[GOOD])) as up:
-        args = [sys.executable, "cli.py", "serve", "--engine-url", up.url, "--database-url", db, "--port", str(free_port())]
+        args = [sys.executable, "-m", "cli", "serve", "--engine-url", up.url, "--database-url", db, "--port", str(free_port())]
         refused = subprocess.run(args, cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True,
                                  text=True, timeout=60)
         assert refused.returncode == 1
         assert "rrr db upgrade" in refused.stderr.splitlines()[-1]
-        upgraded = subprocess.run([sys.executable, "cli.py", "db", "upgrade", "--database-url", db],
+        upgraded = subprocess.run([sys.executable, "-m", "cli", "db", "upgrade", "--database-url", db],
                                   cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60)
         assert upgraded.returncode == 0, upgraded.stderr
         with sqlite3.connect(tmp_path / "shared.db") as conn:

@@ -1,0 +1,303 @@
+"""`rrr learn` and `rrr adapters`: the learner (mine, one cycle, schedule) and the adapter registry."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from cli.base import _data_dir, _engine_pool, _engine_urls, _session_factory, app, fail
+
+# --- learner and adapters -------------------------------------------------------------------------------
+
+learn_app = typer.Typer(help="The learner: mine failures, run one cycle now, or run on a schedule.", no_args_is_help=True)
+adapters_app = typer.Typer(help="LoRA adapters: list, activate, roll back (verified, loaded and probed before any flip).",
+                           no_args_is_help=True)
+app.add_typer(learn_app, name="learn")
+app.add_typer(adapters_app, name="adapters")
+
+if TYPE_CHECKING:
+
+    from learner.cycle import CycleResult, LearnerConfig
+    from learner.mine import MineSummary
+    from store.models import Adapter
+
+_DB_OPT = typer.Option(None, "--database-url", help="SQLAlchemy URL; default $RRR_DATABASE_URL or SQLite under $RRR_DATA_DIR.")
+_ENGINES_OPT = typer.Option([], "--engine-url", envvar="RRR_ENGINE_URLS", help="Serving engine URL (vLLM or `rrr engine serve`); repeat or comma-separate replicas.")
+_ROOT_OPT = typer.Option(None, "--adapters-root", envvar="RRR_ADAPTERS_ROOT", help="Folder of published adapters (default: adapters/ under $RRR_DATA_DIR); the engines must see the same path.")
+_MODEL_OPT = typer.Option(None, "--model", envvar="RRR_MODEL", help="Base model folder the engines serve (training and the gate's local engine use it).")
+_BASE_OPT = typer.Option(None, "--base-model-name", envvar="RRR_BASE_MODEL_NAME", help="The engines' served base name (default: asked from the engines).")
+_WORK_OPT = typer.Option(None, "--work-dir", envvar="RRR_LEARNER_WORK_DIR", help="Training outputs and checkpoints (default: learner/ under $RRR_DATA_DIR).")
+_K_OPT = typer.Option(32, "--min-failures", envvar="RRR_LEARN_MIN_FAILURES", help="K: train only when at least this many new trainable failures exist.")
+_MARGIN_OPT = typer.Option(0.02, "--gate-margin", envvar="RRR_GATE_MARGIN", help="Held-out retry success must improve by at least this (0.02 = 2 points).")
+_TOL_OPT = typer.Option(0.01, "--gate-tolerance", envvar="RRR_GATE_TOLERANCE", help="Regression first-attempt success may drop by at most this.")
+_MIN_ITEMS_OPT = typer.Option(20, "--gate-min-items", envvar="RRR_GATE_MIN_ITEMS", help="Fewer held-out items than this: no promotion.")
+_DRAIN_OPT = typer.Option(120.0, "--drain-s", envvar="RRR_ADAPTER_DRAIN_S", help="Seconds a replaced adapter stays loaded (cover the API deadline + policy TTL).")
+_RANK_OPT = typer.Option(16, "--max-lora-rank", envvar="RRR_MAX_LORA_RANK", help="The engines' --max-lora-rank.")
+_SHARE_OPT = typer.Option(0.25, "--max-client-share", envvar="RRR_MAX_CLIENT_SHARE", help="Largest share of a batch from one client key (1.0 for single-tenant or mined data).")
+_LIMIT_OPT = typer.Option(512, "--dataset-limit", envvar="RRR_DATASET_LIMIT", help="Failures per training batch at most.")
+_TRAIN_OPT = typer.Option(None, "--train-config", envvar="RRR_TRAIN_CONFIG", help="JSON file of TrainConfig fields (default: the paper's defaults).")
+_INTERVAL_OPT = typer.Option(3600.0, "--interval", envvar="RRR_LEARN_INTERVAL_S", help="Seconds between scheduled cycles.")
+
+
+def _learner_config(database_url: str, engine_url: list[str], adapters_root: str | None, model: str | None,
+                    base_model_name: str | None, work_dir: str | None, min_failures: int, gate_margin: float,
+                    gate_tolerance: float, gate_min_items: int, drain_s: float, max_lora_rank: int,
+                    max_client_share: float, dataset_limit: int, train_config: str | None, interval: float
+                    ) -> LearnerConfig:
+    import json
+
+    from learner.config import TrainConfig
+    from learner.cycle import LearnerConfig
+    from learner.gate import GateConfig
+
+    if not model:
+        fail("no base model: give --model DIR (or set RRR_MODEL), the folder the engines serve")
+    train = None
+    try:
+        if train_config:
+            train = TrainConfig.from_dict(json.loads(Path(train_config).read_text(encoding="utf-8")))
+            train.max_lora_rank = max_lora_rank
+        return LearnerConfig(
+            adapters_root=adapters_root or str(_data_dir() / "adapters"), model_path=model,
+            engine_urls=_engine_urls(engine_url), database_url=database_url,
+            work_dir=work_dir or str(_data_dir() / "learner"), base_model_name=base_model_name,
+            min_new_failures=min_failures, interval_s=interval, drain_s=drain_s, max_lora_rank=max_lora_rank,
+            dataset_limit=dataset_limit, max_client_share=max_client_share, train=train,
+            gate=GateConfig(margin=gate_margin, tolerance=gate_tolerance, min_items=gate_min_items)).validate()
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+
+
+@learn_app.command("mine")
+def learn_mine(
+    dataset: str = typer.Option(..., "--dataset", help="FORMAT:PATH with FORMAT xlam, bfcl, openai or countdown."),
+    samples: int = typer.Option(8, "--samples", help="Answers sampled per query at most (sampling stops at the first failure)."),
+    engine_url: str = typer.Option(..., "--engine-url", help="The engine to sample from (vLLM or `rrr engine serve`)."),
+    database_url: str | None = _DB_OPT,
+    answers: str | None = typer.Option(None, "--answers", help="BFCL possible_answer file (default: BFCL's layout)."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (above 0)."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Cap per sampled answer."),
+    model: str | None = typer.Option(None, "--model", help="Adapter name to sample from (default: the engine's base model)."),
+    task: str = typer.Option("mined", "--task", help="Task tag stored on the episodes."),
+    concurrency: int = typer.Option(4, "--concurrency", help="Queries sampled at once."),
+    seed: int | None = typer.Option(None, "--seed", help="Base sampling seed (repeatable runs)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Rejection sampling (paper §4.3): store failed samples as trainable episodes, all-correct queries as successes."""
+    import asyncio
+    import json
+
+    from tqdm import tqdm
+
+    from learner.mine import MineConfig, mine_dataset
+    from tools.formats import load_dataset
+
+    config = MineConfig(samples=samples, temperature=temperature, max_tokens=max_tokens, concurrency=concurrency,
+                        model=model, task=task, seed=seed)
+    try:
+        config.validate()
+        items = load_dataset(dataset, answers)
+    except ValueError as exc:
+        fail(str(exc))
+    _, sessions = _session_factory(database_url)
+    pool = _engine_pool([engine_url])
+    with tqdm(total=len(items), desc="mining", unit="query", disable=None) as bar:
+        def step(summary: MineSummary) -> None:
+            bar.update(1)
+            bar.set_postfix(failures=summary.queries_with_failure, ok=summary.queries_all_ok)
+
+        async def go() -> MineSummary:
+            try:
+                return await mine_dataset(items, pool, sessions, config, on_item=step)
+            finally:
+                await pool.aclose()
+
+        summary = asyncio.run(go())
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict()))
+    else:
+        for name, value in summary.to_dict().items():
+            typer.echo(f"{name:<22} {value}")
+    if summary.queries and summary.engine_errors and not summary.samples:
+        fail(f"the engine answered none of {summary.engine_errors} requests")
+
+
+def _print_cycle(result: CycleResult, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), default=str))
+        return
+    line = f"cycle: {result.status}"
+    if result.run_id:
+        line += f" (run {result.run_id})"
+    if result.adapter and result.status == "promoted":
+        line += f"; {result.adapter} is active"
+    typer.echo(line)
+    for reason in result.reasons:
+        typer.echo(f"  - {reason}")
+
+
+@learn_app.command("run")
+def learn_run(
+    database_url: str | None = _DB_OPT, engine_url: list[str] = _ENGINES_OPT, adapters_root: str | None = _ROOT_OPT,
+    model: str | None = _MODEL_OPT, base_model_name: str | None = _BASE_OPT, work_dir: str | None = _WORK_OPT,
+    min_failures: int = _K_OPT, gate_margin: float = _MARGIN_OPT, gate_tolerance: float = _TOL_OPT,
+    gate_min_items: int = _MIN_ITEMS_OPT, drain_s: float = _DRAIN_OPT, max_lora_rank: int = _RANK_OPT,
+    max_client_share: float = _SHARE_OPT, dataset_limit: int = _LIMIT_OPT, train_config: str | None = _TRAIN_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print the cycle's result as one JSON object."),
+) -> None:
+    """One learner cycle now: count failures, train, gate, and publish or record why not."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from learner.cycle import run_cycle
+
+    url, sessions = _session_factory(database_url)
+    config = _learner_config(url, engine_url, adapters_root, model, base_model_name, work_dir, min_failures,
+                             gate_margin, gate_tolerance, gate_min_items, drain_s, max_lora_rank, max_client_share,
+                             dataset_limit, train_config, 3600.0)
+    pool = _engine_pool(config.engine_urls)
+    steps = config.train.max_steps if config.train else None
+    with tqdm(total=steps, desc="training", unit="step", disable=None, leave=False) as bar:
+        def on_step(item: dict[str, object]) -> None:
+            bar.update(1)
+            bar.set_postfix({k: item[k] for k in ("reward", "loss") if isinstance(item.get(k), int | float)})
+
+        def on_event(message: str) -> None:
+            if not as_json:
+                bar.write(message, file=sys.stderr)
+
+        async def go() -> CycleResult:
+            try:
+                return await run_cycle(config, session_factory=sessions, engines=pool, on_event=on_event,
+                                       on_step=on_step)
+            finally:
+                await pool.aclose()
+
+        result = asyncio.run(go())
+    _print_cycle(result, as_json)
+    if result.status == "failed":
+        fail(f"the learner cycle failed: {result.error}")
+
+
+@learn_app.command("schedule")
+def learn_schedule(
+    interval: float = _INTERVAL_OPT, min_failures: int = _K_OPT,
+    database_url: str | None = _DB_OPT, engine_url: list[str] = _ENGINES_OPT, adapters_root: str | None = _ROOT_OPT,
+    model: str | None = _MODEL_OPT, base_model_name: str | None = _BASE_OPT, work_dir: str | None = _WORK_OPT,
+    gate_margin: float = _MARGIN_OPT, gate_tolerance: float = _TOL_OPT, gate_min_items: int = _MIN_ITEMS_OPT,
+    drain_s: float = _DRAIN_OPT, max_lora_rank: int = _RANK_OPT, max_client_share: float = _SHARE_OPT,
+    dataset_limit: int = _LIMIT_OPT, train_config: str | None = _TRAIN_OPT,
+) -> None:
+    """Run learner cycles every --interval seconds (one at a time across processes, by store lease) until Ctrl-C."""
+    from learner.schedule import LearnerScheduler
+
+    url, sessions = _session_factory(database_url)
+    config = _learner_config(url, engine_url, adapters_root, model, base_model_name, work_dir, min_failures,
+                             gate_margin, gate_tolerance, gate_min_items, drain_s, max_lora_rank, max_client_share,
+                             dataset_limit, train_config, interval)
+    _engine_pool(config.engine_urls)  # fail fast on a missing engine
+    scheduler = LearnerScheduler(config, session_factory=sessions, make_engines=lambda: _engine_pool(config.engine_urls),
+                                 on_result=lambda r: _print_cycle(r, False),
+                                 on_event=lambda m: typer.echo(m, err=True))
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)  # leaves the scheduler's loop; shutdown waits for a running cycle
+
+    signal.signal(signal.SIGTERM, stop)
+    typer.echo(f"learner scheduled every {interval:g}s (K={min_failures}); Ctrl-C stops it", err=True)
+    scheduler.start(blocking=True)
+
+
+def _adapter_row(adapter: Adapter) -> dict[str, object]:
+    return {"name": adapter.name, "version": adapter.version, "status": adapter.status,
+            "base_model": adapter.base_model, "run_id": adapter.run_id, "path": adapter.path,
+            "created_at": adapter.created_at.isoformat() if adapter.created_at else None,
+            "activated_at": adapter.activated_at.isoformat() if adapter.activated_at else None}
+
+
+@adapters_app.command("list")
+def adapters_list(
+    database_url: str | None = _DB_OPT,
+    status: str | None = typer.Option(None, "--status", help="Only adapters with this status (candidate, active, retired, rejected)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array instead of a table."),
+) -> None:
+    """List adapters, newest version first."""
+    import json
+
+    from store import repos
+
+    _, sessions = _session_factory(database_url)
+    with sessions() as session:
+        rows = [_adapter_row(a) for a in repos.list_adapters(session, status=status)]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    if not rows:
+        typer.echo("no adapters (the base model serves)")
+    for row in rows:
+        typer.echo(f"{row['name']:<12} {row['status']:<10} {row['created_at']}  run {row['run_id'] or '-'}")
+
+
+def _adapter_admin(action: str, name: str | None, database_url: str | None, engine_url: list[str],
+                   adapters_root: str | None, unload_after: float | None) -> None:
+    import asyncio
+
+    from agent import adapters
+    from learner import publish
+    from store import repos
+
+    _, sessions = _session_factory(database_url)
+    pool = _engine_pool(_engine_urls(engine_url))
+    root = adapters_root or str(_data_dir() / "adapters")
+
+    async def go() -> str:
+        try:
+            if action == "activate":
+                assert name is not None
+                flip = await adapters.activate(name, session_factory=sessions, engines=pool, adapters_root=root)
+            else:
+                flip = await adapters.rollback(session_factory=sessions, engines=pool, adapters_root=root)
+            if flip.replaced and unload_after is not None:
+                publish.schedule_unload(pool, sessions, flip.replaced, unload_after, adapters_root=root)
+                await publish.wait_background_unloads()
+            if not flip.changed and flip.active is None:
+                return "no adapter is active: the base model serves and there is nothing to roll back"
+            return f"{flip.active.name} is active" if flip.active else "no adapter is active: the base model serves"
+        finally:
+            await pool.aclose()
+
+    try:
+        typer.echo(asyncio.run(go()))
+    except repos.AdapterNotFound:
+        fail(f"no adapter named {name}; `rrr adapters list` shows them")
+    except adapters.ActivationError as exc:
+        fail(f"{exc}; nothing changed")
+
+
+_UNLOAD_OPT = typer.Option(None, "--unload-after", help="Wait this many seconds, then unload the replaced adapter (default: leave it loaded; the learner's next cycle unloads it after its drain period).")
+
+
+@adapters_app.command("activate")
+def adapters_activate(
+    name: str = typer.Argument(..., help="The adapter to make active, e.g. rrr-v3."),
+    database_url: str | None = _DB_OPT, engine_url: list[str] = _ENGINES_OPT, adapters_root: str | None = _ROOT_OPT,
+    unload_after: float | None = _UNLOAD_OPT,
+) -> None:
+    """Verify, load and probe NAME on every engine, then make it active (the previous one is kept for rollback)."""
+    _adapter_admin("activate", name, database_url, engine_url, adapters_root, unload_after)
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(
+    database_url: str | None = _DB_OPT, engine_url: list[str] = _ENGINES_OPT, adapters_root: str | None = _ROOT_OPT,
+    unload_after: float | None = _UNLOAD_OPT,
+) -> None:
+    """Re-activate the adapter the active one replaced (reloading it first), or the base model."""
+    _adapter_admin("rollback", None, database_url, engine_url, adapters_root, unload_after)
