@@ -79,9 +79,11 @@ def pinned(cmd: list[str], core: int | None) -> list[str]:
     return cmd
 
 
-def wait_ready(url: str, timeout: float = 60.0) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with code {proc.returncode}")
         try:
             if httpx.get(url, timeout=1.0).status_code < 500:
                 return
@@ -125,15 +127,36 @@ def start_pair(delay_ms: float, workdir: Path) -> tuple[list[subprocess.Popen[by
     stub_port, rrr_port = free_port(), free_port()
     stub = subprocess.Popen(pinned([sys.executable, "-c", STUB, str(stub_port), str(delay_ms)], 0))
     stub_url = f"http://127.0.0.1:{stub_port}"
-    wait_ready(stub_url + "/v1/models")
+    procs = [stub]
+    try:
+        wait_ready(stub_url + "/v1/models", stub)
+        rrr_url = start_rrr(stub_url, rrr_port, delay_ms, workdir, procs)
+    except BaseException:
+        stop(procs)
+        raise
+    return procs, stub_url + "/v1/chat/completions", rrr_url + "/v1/chat/completions"
+
+
+def start_rrr(stub_url: str, rrr_port: int, delay_ms: float, workdir: Path, procs: list[subprocess.Popen[bytes]]) -> str:
     env = {**os.environ, "RRR_DATA_DIR": str(workdir / f"data-{delay_ms:g}"), "RRR_LOG_LEVEL": "WARNING"}
-    rrr = subprocess.Popen(pinned([sys.executable, str(ROOT / "cli.py"), "serve", "--engine-url", stub_url + "/v1",
+    rrr = subprocess.Popen(pinned([sys.executable, "-m", "cli", "serve", "--engine-url", stub_url + "/v1",
                                    "--database-url", f"sqlite:///{workdir}/rrr-{delay_ms:g}.db",
                                    "--host", "127.0.0.1", "--port", str(rrr_port)], 1), env=env,
-                           stdout=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, cwd=ROOT)
+    procs.append(rrr)
     rrr_url = f"http://127.0.0.1:{rrr_port}"
-    wait_ready(rrr_url + "/health")
-    return [stub, rrr], stub_url + "/v1/chat/completions", rrr_url + "/v1/chat/completions"
+    wait_ready(rrr_url + "/health", rrr)
+    return rrr_url
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def report(name: str, direct: dict[str, float], proxied: dict[str, float]) -> dict[str, object]:
@@ -165,10 +188,7 @@ def main() -> None:
                 proxied = asyncio.run(drive(rrr_url, clients, **kw))
                 results[name] = report(name, direct, proxied)
             finally:
-                for proc in procs:
-                    proc.terminate()
-                for proc in procs:
-                    proc.wait(timeout=30)
+                stop(procs)
     if args.json:
         print(json.dumps(results))
 

@@ -5,13 +5,18 @@ per process and ``upgrade`` to bring the schema to the newest Alembic revision. 
 read the environment or choose a URL; callers pass one.
 
 SQLite gets WAL, a 30 s busy timeout, foreign keys and ``BEGIN IMMEDIATE`` transactions (a
-transaction that reads first and writes later cannot fail on a stale snapshot), and no connection
-pool for files, so every transaction reopens the file and an outage is seen at once. PostgreSQL
+transaction that reads first and writes later cannot fail on a stale snapshot). File databases are
+pooled, and a pooled connection is checked on checkout against the file it opened (device and
+inode): a database file moved, deleted or replaced underneath is seen at once as an outage instead
+of writes going on into the old file. (Pooling matters: closing the last connection of a WAL
+database checkpoints and deletes the WAL, which reopening per transaction paid for every batch.)
+PostgreSQL
 URLs are normalised to the psycopg 3 driver and pooled with a pre-ping.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,8 +24,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.pool import StaticPool
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -49,7 +55,10 @@ def make_engine(
     if backend == "sqlite":
         connect_args: dict[str, Any] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         options["connect_args"] = connect_args
-        options["poolclass"] = StaticPool if _is_memory_sqlite(url) else NullPool
+        if _is_memory_sqlite(url):
+            options["poolclass"] = StaticPool
+        else:
+            options.update(pool_size=5, max_overflow=10, pool_timeout=30)
     elif backend == "postgresql":
         options.update(
             pool_pre_ping=True,
@@ -66,7 +75,33 @@ def make_engine(
     engine = create_engine(url, **options)
     if backend == "sqlite":
         _configure_sqlite(engine, sqlite_begin)
+        database = make_url(url).database
+        if not _is_memory_sqlite(url) and database:
+            _check_sqlite_file(engine, database)
     return engine
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_sqlite_file(engine: Engine, path: str) -> None:
+    """Discard pooled connections whose database file is no longer the one at ``path``."""
+
+    @event.listens_for(engine, "connect")
+    def _remember(_dbapi_connection: Any, record: Any) -> None:
+        record.info["rrr_file"] = _file_identity(path)
+
+    @event.listens_for(engine, "checkout")
+    def _still_there(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        now = _file_identity(path)
+        if now is None or now != record.info.get("rrr_file"):
+            # the pool closes this connection and connects afresh (which fails while the file is gone)
+            raise DisconnectionError(f"the SQLite database file {path} was moved or replaced")
 
 
 def _configure_sqlite(engine: Engine, begin: str) -> None:

@@ -198,13 +198,13 @@ class EpisodeWriter:
             batch = [self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()]
         except queue.Empty:
             return []
-        deadline = time.monotonic() + (0.0 if self._stop.is_set() else self._flush_interval_s)
+        # Linger once for the whole interval instead of waking on every put: under load a wake-up
+        # per record cost the request path a GIL hand-off each (about a tenth of its CPU).
+        if self._flush_interval_s > 0 and self._queue.qsize() < self._batch_size - 1:
+            self._stop.wait(self._flush_interval_s)
         while len(batch) < self._batch_size:
-            remaining = deadline - time.monotonic()
             try:
-                batch.append(
-                    self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                )
+                batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
         return batch
