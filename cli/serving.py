@@ -86,6 +86,17 @@ def engine_serve(
                 timeout_graceful_shutdown=5)
 
 
+class _ExpectedStartupFailure(logging.Filter):
+    """Hide uvicorn's traceback of an expected startup failure; `serve` prints it as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from api.app import StartupError
+
+        if record.exc_info and isinstance(record.exc_info[1], StartupError):
+            return False
+        return f"{StartupError.__module__}.{StartupError.__name__}:" not in record.getMessage()
+
+
 @app.command("serve")
 def serve(
     model: str | None = typer.Option(None, "--model", help="Local model directory served in-process (the embedded default)."),
@@ -158,6 +169,7 @@ def serve(
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, _stopped)
+    logging.getLogger("uvicorn.error").addFilter(_ExpectedStartupFailure())
     try:
         server.run()
     except SystemExit:

@@ -116,9 +116,20 @@ def test_serve_refuses_a_database_without_the_schema_and_serves_after_upgrade(tm
                                  text=True, timeout=60)
         assert refused.returncode == 1
         assert "rrr db upgrade" in refused.stderr.splitlines()[-1]
+        assert "Traceback" not in refused.stderr  # an expected startup failure is one line, not a stack
         upgraded = subprocess.run([sys.executable, "-m", "cli", "db", "upgrade", "--database-url", db],
                                   cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60)
         assert upgraded.returncode == 0, upgraded.stderr
         with sqlite3.connect(tmp_path / "shared.db") as conn:
             tables = {row[0] for row in conn.execute("select name from sqlite_master where type='table'")}
         assert {"episodes", "attempts", "adapters", "training_runs", "leases"} <= tables
+
+
+def test_serve_with_no_engine_answering_fails_with_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "RRR_DATA_DIR": str(tmp_path), "RRR_ENGINE_STARTUP_TIMEOUT_S": "1"}
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = subprocess.run([sys.executable, "-m", "cli", "serve", "--engine-url", dead, "--port", str(free_port())],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "rrr could not start: no engine listed a base model" in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
