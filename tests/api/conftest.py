@@ -8,7 +8,6 @@ set, for the tests that take the `backend` parameter).
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -27,9 +26,8 @@ from fastapi import FastAPI
 from api.app import create_app
 from api.settings import Settings
 from api.state import AppState
-from store.db import upgrade
 from tests.store.conftest import backend, migrated_url, pg_module_url  # noqa: F401  (shared DB fixtures)
-from tests.store.helpers import PG_ENV, create_pg_database
+from tests.support.db import backends, migrated_database
 from tests.support.upstream import Script, ScriptedUpstream, tool_call
 
 INFER = "sk-infer-test-0123456789abcdef"
@@ -196,27 +194,11 @@ def start_rrr(tmp_path: Path) -> Iterator[StartRrr]:
         manager.__exit__(None, None, None)
 
 
-def _backends() -> list[Any]:
-    params: list[Any] = [pytest.param("sqlite", id="sqlite")]
-    if os.environ.get(PG_ENV):
-        params.append(pytest.param("postgresql", id="pg", marks=pytest.mark.pg))
-    return params
-
-
-@pytest.fixture(scope="module", params=_backends())
+@pytest.fixture(scope="module", params=backends())
 def module_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One migrated database per module and backend, for tests that only read what they seeded."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'rrr.db'}"
-        upgrade(url)
+    with migrated_database(request.param, tmp_path_factory.mktemp("db")) as url:
         yield url
-        return
-    url, drop = create_pg_database()
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        drop()
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent import prompts
-from store.db import make_engine, make_session_factory, upgrade
+from store.db import make_engine, make_session_factory
 from store.records import AttemptRecord, EpisodeRecord
-from tests.store.helpers import PG_ENV, create_pg_database
+from tests.support.db import backends, migrated_database
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -27,27 +27,11 @@ WEATHER_TOOLS: list[dict[str, Any]] = [{"type": "function", "function": {
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
-def _backends() -> list[Any]:
-    params: list[Any] = [pytest.param("sqlite", id="sqlite")]
-    if os.environ.get(PG_ENV):
-        params.append(pytest.param("postgresql", id="pg", marks=pytest.mark.pg))
-    return params
-
-
-@pytest.fixture(params=_backends())
+@pytest.fixture(params=backends())
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A freshly migrated, empty store."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'rrr.db'}"
-        upgrade(url)
+    with migrated_database(request.param, tmp_path) as url:
         yield url
-        return
-    url, drop = create_pg_database()
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        drop()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ broken by the noisy candidate LoRA), which makes the gate's regression numbers k
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,11 +23,9 @@ from agent.engines.pool import EnginePool
 from learner.cycle import CycleResult, LearnerConfig, count_new_failures, run_cycle
 from learner.gate import GateConfig
 from store import repos
-from store.db import make_engine, make_session_factory, upgrade
 from store.models import Episode, TrainingRun
 from store.records import AttemptRecord, EpisodeRecord
 from tests.conftest import ToolModel
-from tests.store.helpers import PG_ENV, create_pg_database
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -36,35 +33,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:Fu
 
 Factory = Callable[[], Session]
 EXPECTED = [{"get_weather": {"city": ["Paris"]}}]
-
-
-def backends() -> list[Any]:
-    params: list[Any] = [pytest.param("sqlite", id="sqlite")]
-    if os.environ.get(PG_ENV):
-        params.append(pytest.param("postgresql", id="pg", marks=pytest.mark.pg))
-    return params
-
-
-@pytest.fixture(params=backends())
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'rrr.db'}"
-        upgrade(url)
-        yield url
-        return
-    url, drop = create_pg_database()
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        drop()
-
-
-@pytest.fixture
-def session_factory(database_url: str) -> Iterator[Factory]:
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -14,17 +12,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store.db import make_engine, make_session_factory, upgrade
 from store.records import EpisodeRecord
-from tests.store.helpers import PG_ENV, create_pg_database, make_record, reset_pg_database
+from tests.store.helpers import make_record
+from tests.support.db import backends, create_pg_database, migrated_database, reset_pg_database
 
 
-def _backends() -> list[Any]:
-    params: list[Any] = [pytest.param("sqlite", id="sqlite")]
-    if os.environ.get(PG_ENV):
-        params.append(pytest.param("postgresql", id="pg", marks=pytest.mark.pg))
-    return params
-
-
-@pytest.fixture(params=_backends())
+@pytest.fixture(params=backends())
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -46,12 +38,8 @@ def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def pg_module_url() -> Iterator[str]:
     """One migrated PostgreSQL database per test module (creating one costs ~0.5 s)."""
-    url, drop = create_pg_database()
-    try:
-        upgrade(url)
+    with migrated_database("postgresql", Path()) as url:
         yield url
-    finally:
-        drop()
 
 
 @pytest.fixture

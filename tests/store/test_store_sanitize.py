@@ -19,7 +19,8 @@ from store.db import make_engine, make_session_factory, upgrade
 from store.records import EpisodeRecord
 from store.sanitize import clamp_int32, clean_json, clean_text
 from store.writer import EpisodeWriter
-from tests.store.helpers import PG_ENV, T0, create_pg_database, make_record
+from tests.store.helpers import T0, make_record
+from tests.support.db import PG_ENV, create_pg_database
 
 NAN, INF = float("nan"), float("inf")
 
