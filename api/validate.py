@@ -27,7 +27,7 @@ from tools.spec import ToolSpec, canonical_json
 from tools.verify import normalize_expected, normalize_spec, parse_tool_choice
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-RRR_FIELDS = ("verifier", "expected_tool_calls", "task", "max_retries")
+RRR_FIELDS = ("verifier", "expected_tool_calls", "task", "max_retries", "include_attempts")
 # Sampling parameters passed through to the engine as they are (after a type check).
 PASSTHROUGH_NUMBERS = {"presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0),
                        "repetition_penalty": (0.0, 10.0), "min_p": (0.0, 1.0)}
@@ -58,6 +58,8 @@ class ChatInput:
     options: TaskOptions
     stream: bool
     include_usage: bool
+    include_attempts: bool = False
+    """``rrr.include_attempts``: the answer carries every model call of the episode (``rrr.trace``)."""
 
 
 async def read_body(request: Request, cap: int) -> bytes:
@@ -195,7 +197,7 @@ def _task_options(body: dict[str, Any], settings: Settings) -> TaskOptions:
     if ext is None:
         return TaskOptions()
     if not isinstance(ext, dict):
-        raise _reject("`rrr` must be an object with verifier, expected_tool_calls, task or max_retries.", "rrr", "rrr")
+        raise _reject(f"`rrr` must be an object with {', '.join(RRR_FIELDS[:-1])} or {RRR_FIELDS[-1]}.", "rrr", "rrr")
     unknown = sorted(set(ext) - set(RRR_FIELDS))
     if unknown:
         raise _reject(f"`rrr` does not take {', '.join(unknown)} (it takes {', '.join(RRR_FIELDS)}).", "rrr", "rrr")
@@ -224,6 +226,16 @@ def _task_options(body: dict[str, Any], settings: Settings) -> TaskOptions:
                       "rrr.max_retries")
     return TaskOptions(verifier=verifier, expected=expected, task=task, max_retries=retries,
                        math=kinds == ["countdown"])
+
+
+def _include_attempts(body: dict[str, Any]) -> bool:
+    ext = body.get("rrr")
+    value = ext.get("include_attempts", False) if isinstance(ext, dict) else False
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _reject("rrr.include_attempts must be a boolean.", "rrr", "rrr.include_attempts")
+    return value
 
 
 def _max_tokens(body: dict[str, Any], cap: int) -> int | None:
@@ -311,7 +323,7 @@ def parse_chat(body: Any, settings: Settings) -> ChatInput:
         extra=extra,
     )
     return ChatInput(model=model or None, request=request, specs=specs, options=_task_options(body, settings),
-                     stream=stream, include_usage=include_usage)
+                     stream=stream, include_usage=include_usage, include_attempts=_include_attempts(body))
 
 
 def parse_model(raw: bytes, model: type[BaseModel]) -> Any:

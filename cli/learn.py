@@ -40,14 +40,16 @@ _SHARE_OPT = typer.Option(0.25, "--max-client-share", envvar="RRR_MAX_CLIENT_SHA
 _LIMIT_OPT = typer.Option(512, "--dataset-limit", envvar="RRR_DATASET_LIMIT", help="Failures per training batch at most.")
 _TRAIN_OPT = typer.Option(None, "--train-config", envvar="RRR_TRAIN_CONFIG", help="JSON file of TrainConfig fields (default: the paper's defaults).")
 _INTERVAL_OPT = typer.Option(3600.0, "--interval", envvar="RRR_LEARN_INTERVAL_S", help="Seconds between scheduled cycles.")
+_LAUNCHER_OPT = typer.Option(None, "--train-launcher", envvar="RRR_TRAIN_LAUNCHER", help="Command that starts the training process in place of `python`, e.g. 'accelerate launch --num_processes 4' for multi-GPU training.")
 
 
 def _learner_config(database_url: str, engine_url: list[str], adapters_root: str | None, model: str | None,
                     base_model_name: str | None, work_dir: str | None, min_failures: int, gate_margin: float,
                     gate_tolerance: float, gate_min_items: int, drain_s: float, max_lora_rank: int,
-                    max_client_share: float, dataset_limit: int, train_config: str | None, interval: float
-                    ) -> LearnerConfig:
+                    max_client_share: float, dataset_limit: int, train_config: str | None, interval: float,
+                    train_launcher: str | None = None) -> LearnerConfig:
     import json
+    import shlex
 
     from learner.config import TrainConfig
     from learner.cycle import LearnerConfig
@@ -66,7 +68,8 @@ def _learner_config(database_url: str, engine_url: list[str], adapters_root: str
             work_dir=work_dir or str(_data_dir() / "learner"), base_model_name=base_model_name,
             min_new_failures=min_failures, interval_s=interval, drain_s=drain_s, max_lora_rank=max_lora_rank,
             dataset_limit=dataset_limit, max_client_share=max_client_share, train=train,
-            gate=GateConfig(margin=gate_margin, tolerance=gate_tolerance, min_items=gate_min_items)).validate()
+            gate=GateConfig(margin=gate_margin, tolerance=gate_tolerance, min_items=gate_min_items),
+            train_launcher=tuple(shlex.split(train_launcher or ""))).validate()
     except (OSError, ValueError) as exc:
         fail(str(exc))
 
@@ -148,6 +151,7 @@ def learn_run(
     min_failures: int = _K_OPT, gate_margin: float = _MARGIN_OPT, gate_tolerance: float = _TOL_OPT,
     gate_min_items: int = _MIN_ITEMS_OPT, drain_s: float = _DRAIN_OPT, max_lora_rank: int = _RANK_OPT,
     max_client_share: float = _SHARE_OPT, dataset_limit: int = _LIMIT_OPT, train_config: str | None = _TRAIN_OPT,
+    train_launcher: str | None = _LAUNCHER_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print the cycle's result as one JSON object."),
 ) -> None:
     """One learner cycle now: count failures, train, gate, and publish or record why not."""
@@ -160,7 +164,7 @@ def learn_run(
     url, sessions = _session_factory(database_url)
     config = _learner_config(url, engine_url, adapters_root, model, base_model_name, work_dir, min_failures,
                              gate_margin, gate_tolerance, gate_min_items, drain_s, max_lora_rank, max_client_share,
-                             dataset_limit, train_config, 3600.0)
+                             dataset_limit, train_config, 3600.0, train_launcher)
     pool = _engine_pool(config.engine_urls)
     steps = config.train.max_steps if config.train else None
     with tqdm(total=steps, desc="training", unit="step", disable=None, leave=False) as bar:
@@ -192,7 +196,7 @@ def learn_schedule(
     model: str | None = _MODEL_OPT, base_model_name: str | None = _BASE_OPT, work_dir: str | None = _WORK_OPT,
     gate_margin: float = _MARGIN_OPT, gate_tolerance: float = _TOL_OPT, gate_min_items: int = _MIN_ITEMS_OPT,
     drain_s: float = _DRAIN_OPT, max_lora_rank: int = _RANK_OPT, max_client_share: float = _SHARE_OPT,
-    dataset_limit: int = _LIMIT_OPT, train_config: str | None = _TRAIN_OPT,
+    dataset_limit: int = _LIMIT_OPT, train_config: str | None = _TRAIN_OPT, train_launcher: str | None = _LAUNCHER_OPT,
 ) -> None:
     """Run learner cycles every --interval seconds (one at a time across processes, by store lease) until Ctrl-C."""
     from learner.schedule import LearnerScheduler
@@ -200,7 +204,7 @@ def learn_schedule(
     url, sessions = _session_factory(database_url)
     config = _learner_config(url, engine_url, adapters_root, model, base_model_name, work_dir, min_failures,
                              gate_margin, gate_tolerance, gate_min_items, drain_s, max_lora_rank, max_client_share,
-                             dataset_limit, train_config, interval)
+                             dataset_limit, train_config, interval, train_launcher)
     _engine_pool(config.engine_urls)  # fail fast on a missing engine
     scheduler = LearnerScheduler(config, session_factory=sessions, make_engines=lambda: _engine_pool(config.engine_urls),
                                  on_result=lambda r: _print_cycle(r, False),

@@ -79,6 +79,10 @@ class LearnerConfig:
     max_lora_rank: the engines' `--max-lora-rank` (the evaluation engine enforces the same).
     dataset_limit, max_client_share, heldout_fraction, seed: the failure dataset (R20); mined
         data all comes from one "client", so single-tenant setups use max_client_share=1.0.
+    regression_limit: past successes the gate re-checks for forgetting (default: dataset_limit);
+        each costs two evaluation episodes, so a short cycle (the laptop demo) caps it.
+    train_launcher: the command that starts the training child in place of `python`, e.g.
+        `("accelerate", "launch", "--num_processes", "4")` for multi-GPU training (default: one process).
     """
 
     adapters_root: str
@@ -98,11 +102,13 @@ class LearnerConfig:
     dataset_limit: int = 512
     max_client_share: float = 0.25
     heldout_fraction: float = 0.2
+    regression_limit: int | None = None
     seed: int = 0
     gate: GateConfig = field(default_factory=GateConfig)
     gate_loop: LoopConfig = field(default_factory=LoopConfig)
     train: TrainConfig | None = None
     probe_timeout_s: float = 60.0
+    train_launcher: tuple[str, ...] = ()
 
     def validate(self) -> LearnerConfig:
         if self.min_new_failures < 1:
@@ -115,6 +121,8 @@ class LearnerConfig:
             raise ValueError("drain_s must be >= 0 and keep_cycles >= 1")
         if self.dataset_limit < 1:
             raise ValueError(f"dataset_limit must be at least 1, got {self.dataset_limit}")
+        if self.regression_limit is not None and self.regression_limit < 0:
+            raise ValueError(f"regression_limit must be >= 0, got {self.regression_limit}")
         self.gate.validate()
         if self.train is not None:
             self.train.validate()
@@ -358,12 +366,14 @@ async def run_cycle(
     holder: str | None = None,
     on_event: Callable[[str], None] | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    on_gate_item: Callable[[], None] | None = None,
 ) -> CycleResult:
     """Run one cycle (module docstring). Never raises for a failed step: see `CycleResult.status`.
 
     `eval_engine` defaults to a `LocalEngine` over `config.model_path` created for this cycle;
     `trainer` defaults to `learner.train.launch_training` (which reports each step to `on_step`).
-    `on_event` receives one line per stage (progress output).
+    `on_event` receives one line per stage (progress output); `on_gate_item` is called after each
+    gate evaluation episode (a progress bar: 2 x (held-out + regression) episodes in all).
     """
     def say(message: str) -> None:
         log.info("%s", message)
@@ -382,15 +392,15 @@ async def run_cycle(
         if trainer is None:
             from learner.train import launch_training
 
-            trainer = functools.partial(launch_training, on_step=on_step)
-        return await _run_locked(config, session_factory, engines, eval_engine, trainer, lease, say)
+            trainer = functools.partial(launch_training, on_step=on_step, launcher=config.train_launcher or None)
+        return await _run_locked(config, session_factory, engines, eval_engine, trainer, lease, say, on_gate_item)
     finally:
         await lease.release()
 
 
 async def _run_locked(config: LearnerConfig, session_factory: SessionFactory, engines: Engine,
                       eval_engine: Engine | None, trainer: Trainer, lease: _Lease,
-                      say: Callable[[str], None]) -> CycleResult:
+                      say: Callable[[str], None], on_gate_item: Callable[[], None] | None = None) -> CycleResult:
     await _housekeeping(config, session_factory, engines)
     try:
         with session_factory() as session:
@@ -406,7 +416,8 @@ async def _run_locked(config: LearnerConfig, session_factory: SessionFactory, en
         run_id = repos.create_training_run(session, config=config.to_dict()).id
     result = CycleResult(status="failed", run_id=run_id, new_failures=new)
     try:
-        await _train_gate_publish(config, session_factory, engines, eval_engine, trainer, lease, say, result)
+        await _train_gate_publish(config, session_factory, engines, eval_engine, trainer, lease, say, result,
+                                  on_gate_item)
     except Exception as exc:
         log.exception("learner cycle %s failed", run_id)
         result.status, result.error = "failed", _error_text(exc)
@@ -417,7 +428,8 @@ async def _run_locked(config: LearnerConfig, session_factory: SessionFactory, en
 
 async def _train_gate_publish(config: LearnerConfig, session_factory: SessionFactory, engines: Engine,
                               eval_engine: Engine | None, trainer: Trainer, lease: _Lease,
-                              say: Callable[[str], None], result: CycleResult) -> None:
+                              say: Callable[[str], None], result: CycleResult,
+                              on_gate_item: Callable[[], None] | None = None) -> None:
     from learner.config import TrainConfig
     from learner.dataset import build_failure_dataset, write_rows
 
@@ -426,7 +438,7 @@ async def _train_gate_publish(config: LearnerConfig, session_factory: SessionFac
     with session_factory() as session:
         dataset: FailureDataset = build_failure_dataset(
             session, limit=config.dataset_limit, max_client_share=config.max_client_share,
-            heldout_fraction=config.heldout_fraction, seed=config.seed)
+            heldout_fraction=config.heldout_fraction, seed=config.seed, regression_limit=config.regression_limit)
     result.dataset = dataset.summary()
     _set_run(session_factory, run_id, status="running", dataset_size=len(dataset.train))
     say(f"run {run_id}: dataset {dataset.summary()}")
@@ -448,7 +460,7 @@ async def _train_gate_publish(config: LearnerConfig, session_factory: SessionFac
     try:
         decision = await evaluate_gate(engine, candidate_dir=adapter_dir, heldout=dataset.heldout,
                                        regression=dataset.regression, incumbent=incumbent, config=config.gate,
-                                       loop=config.gate_loop)
+                                       loop=config.gate_loop, on_item=on_gate_item)
     except AdapterError as exc:  # the candidate itself cannot be served: a rejection, not a crash
         decision = GateDecision(promote=False, reasons=[f"the candidate cannot be loaded: {exc.message}"])
     finally:

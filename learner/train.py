@@ -18,7 +18,8 @@ resumed from and partial ones are deleted. The final adapter is written to a tem
 renamed, so `adapter/` is complete whenever it exists. A crash loses at most `save_steps` steps.
 
 Multi-GPU: run the child under `accelerate launch -m learner.train --run-id ... --model ...
---work-dir ...` (DDP or ZeRO-2; only rank 0 writes metrics, heartbeats and the adapter). GPU:
+--work-dir ...` (`launch_training(launcher=...)`, `rrr learn ... --train-launcher`; DDP or ZeRO-2;
+only rank 0 writes metrics, heartbeats and the adapter). GPU:
 bf16 and gradient checkpointing turn on automatically; `use_vllm=True` generates reflections and
 retries with TRL's colocated vLLM.
 
@@ -321,7 +322,8 @@ def _read_result(result_path: Path, adapter: Path) -> TrainResult:
 
 def launch_training(run_id: str, database_url: str, model_path: str, work_dir: Path, config: TrainConfig, *,
                     on_step: Callable[[dict[str, Any]], None] | None = None, timeout_s: float | None = None,
-                    heartbeat_s: float = 30.0, poll_s: float = 0.5, env: dict[str, str] | None = None) -> TrainResult:
+                    heartbeat_s: float = 30.0, poll_s: float = 0.5, env: dict[str, str] | None = None,
+                    launcher: Sequence[str] | None = None) -> TrainResult:
     """Run training for `run_id` in a child process (`python -m learner.train`) and wait for it.
 
     The caller has written the rows with `learner.dataset.write_rows(work_dir / "train.jsonl", rows)`.
@@ -330,6 +332,8 @@ def launch_training(run_id: str, database_url: str, model_path: str, work_dir: P
     step as the child finishes it (for a progress bar; the stored metrics are authoritative).
     `env` adds environment variables for the child (e.g. `CUDA_VISIBLE_DEVICES`, or
     `OMP_NUM_THREADS=1`, which trains tiny CPU models several times faster on a busy machine).
+    `launcher` replaces `python` in front of `-m learner.train ...`: `["accelerate", "launch",
+    "--num_processes", "4"]` trains on four GPUs (default: one process, this interpreter).
     Raises TrainingFailed with the child's last error line when it fails, is killed or times out.
     """
     work = Path(work_dir)
@@ -342,7 +346,7 @@ def launch_training(run_id: str, database_url: str, model_path: str, work_dir: P
     child_env["PYTHONUNBUFFERED"] = "1"
     root = str(Path(__file__).resolve().parents[1])
     child_env["PYTHONPATH"] = root + (os.pathsep + child_env["PYTHONPATH"] if child_env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "learner.train", "--run-id", run_id, "--model", str(model_path),
+    cmd = [*(launcher or [sys.executable]), "-m", "learner.train", "--run-id", run_id, "--model", str(model_path),
            "--work-dir", str(work), "--heartbeat-s", str(heartbeat_s)]
     log_path = work / "train.log"
     deadline = None if timeout_s is None else time.monotonic() + timeout_s

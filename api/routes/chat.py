@@ -12,7 +12,9 @@ away, and shutdown can drain it. Non-streaming answers are ``chat.completion`` b
 response is decided then (an error keeps its HTTP status, the verdict header is set); otherwise the
 200 and the role chunk go out at once, SSE comments keep the connection alive, and the answer
 follows after verification — or an error frame and no ``[DONE]`` when the engine failed. The
-verdict of a stream always rides in the ``rrr`` object of its finish chunk.
+verdict of a stream always rides in the ``rrr`` object of its finish chunk. With
+``rrr.include_attempts`` that object also lists every model call of the episode (``trace``: answer,
+reflection, retry, each with its verdict), which is what ``rrr eval run`` scores.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from api.auth import Principal, require_inference
 from api.errors import ApiError, error_body, json_response, sanitize
 from api.state import AppState, get_state
 from api.validate import ChatInput, Rejection, parse_chat, parse_json, read_body
-from api.wire import KEEPALIVE, ChunkWriter, completion_body, error_frame
+from api.wire import KEEPALIVE, ChunkWriter, completion_body, error_frame, wire_message
 from store.records import EpisodeRecord
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,9 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
             "verifier": {"description": "schema (default), reference, execution, countdown or all."},
             "expected_tool_calls": {"type": "array", "description": "The reference answer."},
             "task": {"type": "string", "description": "A tag for inspection and statistics."},
-            "max_retries": {"type": "integer", "minimum": 0}}},
+            "max_retries": {"type": "integer", "minimum": 0},
+            "include_attempts": {"type": "boolean", "description": "Add `rrr.trace`: every model call of the "
+                                 "episode (answer, reflection, retry) with its verdict."}}},
     },
 }
 CHAT_OPENAPI: dict[str, Any] = {
@@ -110,7 +114,14 @@ def upstream_error(exc: EngineError, *, model: str, deadline_s: float) -> ApiErr
     return ApiError(502, "The model engine failed.", code="engine_error")
 
 
-def _rrr(outcome: Outcome, resolved: Resolved) -> dict[str, Any]:
+def _trace(outcome: Outcome) -> list[dict[str, Any]]:
+    """Every model call of the episode as the client may see it (``rrr.include_attempts``)."""
+    return [{"index": a.index, "kind": a.kind, "message": wire_message(a.message), "finish_reason": a.finish_reason,
+             "verdict": None if a.verdict is None else {"ok": a.verdict.ok, "reason": a.verdict.reason or None}}
+            for a in outcome.attempts]
+
+
+def _rrr(outcome: Outcome, resolved: Resolved, *, trace: bool = False) -> dict[str, Any]:
     answer = outcome.answer
     verdict = answer.verdict if answer is not None else None
     info: dict[str, Any] = {
@@ -123,6 +134,8 @@ def _rrr(outcome: Outcome, resolved: Resolved) -> dict[str, Any]:
     }
     if outcome.error is not None:
         info["error"] = f"the engine failed during the loop ({type(outcome.error).__name__})"
+    if trace:
+        info["trace"] = _trace(outcome)
     return info
 
 
@@ -178,7 +191,8 @@ async def create_chat_completion(request: Request) -> Response:
     if outcome.answer is None:
         raise upstream_error(outcome.error or EngineError(), model=public_model,
                              deadline_s=state.loop_config.deadline_s)
-    body = completion_body(outcome, model=public_model, created=created, rrr=_rrr(outcome, resolved))
+    rrr = _rrr(outcome, resolved, trace=chat.include_attempts)
+    body = completion_body(outcome, model=public_model, created=created, rrr=rrr)
     return json_response(body, headers=_verdict_headers(outcome))
 
 
@@ -194,7 +208,8 @@ async def _stream(state: AppState, task: asyncio.Task[Outcome], chat: ChatInput,
         outcome = task.result()
         if outcome.answer is None:
             raise upstream_error(outcome.error or EngineError(), model=model, deadline_s=state.loop_config.deadline_s)
-        frames = [writer.role(), *writer.answer(outcome, rrr=_rrr(outcome, resolved), include_usage=chat.include_usage)]
+        rrr = _rrr(outcome, resolved, trace=chat.include_attempts)
+        frames = [writer.role(), *writer.answer(outcome, rrr=rrr, include_usage=chat.include_usage)]
         return StreamingResponse(_frames(frames), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **_verdict_headers(outcome)})
 
@@ -216,7 +231,8 @@ async def _stream(state: AppState, task: asyncio.Task[Outcome], chat: ChatInput,
             state.metrics.stream_errors.inc()
             yield error_frame(error.body())
             return  # no [DONE]: the client must not take this for a complete answer
-        for frame in writer.answer(outcome, rrr=_rrr(outcome, resolved), include_usage=chat.include_usage):
+        rrr = _rrr(outcome, resolved, trace=chat.include_attempts)
+        for frame in writer.answer(outcome, rrr=rrr, include_usage=chat.include_usage):
             yield frame
 
     return StreamingResponse(late(), media_type="text/event-stream",

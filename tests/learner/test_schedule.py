@@ -26,7 +26,7 @@ from learner.schedule import JOB_ID, LearnerScheduler, build_scheduler
 from store import repos
 from store.db import make_engine, make_session_factory
 from tests.conftest import ToolModel
-from tests.learner.test_cycle import StandInTrainer, add_episodes, database_url, make_config  # noqa: F401
+from tests.learner.test_cycle import StandInTrainer, add_episodes, make_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 

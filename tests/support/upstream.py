@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from agent.prompts import REFLECTION_PROMPT, RETRY_PROMPT
+from agent.prompts import MATH_REFLECTION_PROMPT, REFLECTION_PROMPT, RETRY_PROMPT
 
 Reply = dict[str, Any] | str  # an assistant message, or a fault name
 
@@ -43,7 +43,7 @@ def text(content: str) -> dict[str, Any]:
 
 def classify(messages: list[dict[str, Any]]) -> str:
     last = messages[-1].get("content") if messages else None
-    if isinstance(last, str) and last.startswith(REFLECTION_PROMPT[:40]):
+    if isinstance(last, str) and last.startswith((REFLECTION_PROMPT[:40], MATH_REFLECTION_PROMPT[:40])):
         return "reflection"
     if last == RETRY_PROMPT:
         return "retry"

@@ -1,0 +1,123 @@
+"""The evaluation harness: every dataset item, on every model name, through rrr's reflect/retry loop.
+
+Who calls it: ``rrr eval run`` (and anything that wants the paper's numbers for a model or an
+adapter). For each (model, item) not yet in the output folder it asks the runner for one episode,
+scores each answer attempt with the reference scorer (``agent.evaluation.tasks``), and appends the
+result to ``items.jsonl`` at once, so an interrupted run resumes where it stopped. At the end it
+writes the summary, the table and the chart over everything the folder holds for these items.
+
+Items the target could not run (``ItemError``) are reported, not written: the next run with the
+same ``--out`` retries them. A ``TargetError`` stops the run (results so far are kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.evaluation.report import Reports, summarize, write_reports
+from agent.evaluation.results import EvalOutput, ItemResult, score_trace
+from agent.evaluation.runners import ItemError, Runner, TargetError
+from agent.evaluation.tasks import EvalTask
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """attempts: answer attempts per item (2 = the paper's first try and retry after reflection).
+    concurrency: items in flight at once (the server batches them; a local engine queues them)."""
+
+    attempts: int = 2
+    concurrency: int = 4
+
+    def validate(self) -> EvalConfig:
+        if not 1 <= self.attempts <= MAX_ATTEMPTS:
+            raise ValueError(f"--attempts must be between 1 and {MAX_ATTEMPTS} (2 = first try and one retry), "
+                             f"got {self.attempts}")
+        if self.concurrency < 1:
+            raise ValueError(f"--concurrency must be at least 1, got {self.concurrency}")
+        return self
+
+
+@dataclass
+class EvalRun:
+    """What a run did: results of the selected items (old and new), the failures, the files."""
+
+    summary: dict[str, Any]
+    results: list[ItemResult]
+    new: int
+    resumed: int
+    errors: list[tuple[str, str, str]] = field(default_factory=list)
+    """(model, item id, message) of items that could not be run this time."""
+    reports: Reports | None = None
+
+
+async def run_evaluation(tasks: Sequence[EvalTask], runner: Runner, models: Sequence[str], out_dir: str | Path,
+                         *, dataset: str, config: EvalConfig = EvalConfig(),
+                         on_start: Callable[[int, int], None] | None = None,
+                         on_item: Callable[[ItemResult | None], None] | None = None) -> EvalRun:
+    """Evaluate ``tasks`` on each of ``models``; see the module docstring.
+
+    ``on_start(todo, resumed)`` is called once the output folder is read; ``on_item`` after every
+    item (None for an item that could not be run). Raises ``TargetError`` and ``OutputError``.
+    """
+    config.validate()
+    if not models:
+        raise ValueError("no model names to evaluate")
+    if len(set(models)) != len(models):
+        raise ValueError("each --model-name may be given once")
+    output = EvalOutput(out_dir)
+    existing = output.open({"dataset": dataset, "attempts": config.attempts})
+    ids = [t.id for t in tasks]
+    wanted = set(ids)
+    done = {(r.model, r.id) for r in existing}
+    todo = [(m, t) for m in models for t in tasks if (m, t.id) not in done]
+    resumed = sum(1 for m in models for i in ids if (m, i) in done)
+    if on_start is not None:
+        on_start(len(todo), resumed)
+    results = list(existing)
+    errors: list[tuple[str, str, str]] = []
+    fatal: list[TargetError] = []
+    if todo:
+        await runner.start(sorted({m for m, _ in todo}, key=list(models).index))
+        jobs = iter(todo)
+
+        async def worker() -> None:
+            for model, task in jobs:
+                if fatal:
+                    return
+                try:
+                    trace = await runner.run(task, model, config.attempts)
+                except TargetError as exc:
+                    fatal.append(exc)
+                    return
+                except ItemError as exc:
+                    errors.append((model, task.id, str(exc)))
+                    log.warning("item %s on %s could not be run: %s", task.id, model, exc)
+                    if on_item is not None:
+                        on_item(None)
+                    continue
+                result = score_trace(task, model, trace, config.attempts)
+                output.append(result, config.attempts)
+                results.append(result)
+                if on_item is not None:
+                    on_item(result)
+
+        await asyncio.gather(*(worker() for _ in range(min(config.concurrency, len(todo)))))
+        if fatal:
+            raise fatal[0]
+    # Report every model the folder holds results for (an earlier run's adapter next to this one's).
+    names = list(dict.fromkeys([*(r.model for r in existing if r.id in wanted), *models]))
+    summary = summarize(results, models=names, item_ids=ids, attempts=config.attempts, dataset=dataset,
+                        target=runner.target)
+    reports = write_reports(output.folder, summary)
+    selected = [r for r in results if r.id in wanted]
+    return EvalRun(summary=summary, results=selected, new=len(results) - len(existing), resumed=resumed,
+                   errors=errors, reports=reports)

@@ -1,0 +1,66 @@
+"""The evaluation report on hand-made results: Wilson intervals, accuracy at attempt k, the tables, the chart."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.evaluation import (
+    AttemptResult,
+    ItemResult,
+    format_markdown,
+    format_table,
+    summarize,
+    wilson_interval,
+    write_reports,
+)
+from learner.gate import Rate
+
+
+def test_wilson_interval_known_values() -> None:
+    lo, hi = wilson_interval(5, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(0, 20)
+    assert lo == 0.0 and round(hi, 4) == 0.1611
+    lo, hi = wilson_interval(20, 20)
+    assert hi == 1.0 and round(lo, 4) == 0.8389
+    for k, n in ((3, 7), (1, 50), (49, 50)):  # the learner's gate uses the same interval
+        assert wilson_interval(k, n) == pytest.approx(Rate(k, n).wilson(), abs=1e-6)
+
+
+def _result(model: str, item: str, oks: list[bool], category: str | None = None) -> ItemResult:
+    return ItemResult(model=model, id=item, task="tool_call", category=category,
+                      attempts=[AttemptResult(number=i + 1, ok=ok, reason="" if ok else "wrong")
+                                for i, ok in enumerate(oks)])
+
+
+def test_accuracy_at_attempt_k_is_solved_within_k() -> None:
+    results = [_result("a", "1", [True], "simple"), _result("a", "2", [False, True], "simple"),
+               _result("a", "3", [False, False], "parallel"), _result("a", "9", [True]),  # 9: not selected
+               _result("b", "1", [False, False])]
+    summary = summarize(results, models=["a", "b", "c"], item_ids=["1", "2", "3"], attempts=2, dataset="xlam:x")
+    a, b, c = summary["models"]
+    assert [(x["correct"], x["total"]) for x in a["accuracy"]] == [(1, 3), (2, 3)]
+    assert a["categories"]["simple"][1]["accuracy"] == 1.0 and a["categories"]["parallel"][0]["correct"] == 0
+    assert (b["n"], c["n"]) == (1, 0)
+    table = format_table(summary).splitlines()
+    assert table[0].split() == ["model", "n", "attempt", "1", "attempt", "2", "gain", "1->2"]
+    assert table[1].split() == ["a", "3", "33.3%", "[6.1,", "79.2]", "66.7%", "[20.8,", "93.9]", "+33.3", "pts"]
+    assert table[2].split()[1] == "1/3" and table[3].split()[1] == "0/3"  # incomplete rows say so
+    assert "| a | 3 | 33.3% [6.1, 79.2] | 66.7% [20.8, 93.9] | +33.3 pts |" in format_markdown(summary)
+
+
+def test_reports_without_matplotlib_skip_only_the_chart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    summary = summarize([_result("a", "1", [True])], models=["a"], item_ids=["1"], attempts=1, dataset="xlam:x")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.delitem(sys.modules, "matplotlib.figure", raising=False)
+    monkeypatch.delitem(sys.modules, "matplotlib.backends.backend_agg", raising=False)
+    reports = write_reports(tmp_path, summary)
+    assert reports.chart is None and reports.chart_note and "matplotlib" in reports.chart_note
+    assert json.loads(reports.summary.read_text())["models"][0]["n"] == 1
+    assert reports.table.read_text().count("| a |") == 1
+    assert not (tmp_path / "chart.png").exists()
