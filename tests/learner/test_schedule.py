@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,6 @@ from learner.cycle import CycleResult
 from learner.gate import GateConfig
 from learner.schedule import JOB_ID, LearnerScheduler, build_scheduler
 from store import repos
-from store.db import make_engine, make_session_factory
 from tests.conftest import ToolModel
 from tests.learner.test_cycle import StandInTrainer, add_episodes, make_config
 
@@ -101,15 +100,8 @@ def test_a_tick_that_outlasts_the_interval_is_never_run_twice_at_once() -> None:
     assert 1 <= counter.runs <= 3  # about one per 0.6 s, not one per 0.1 s interval
 
 
-@pytest.fixture
-def session_factory(database_url: str) -> Iterator[Callable[[], Session]]:  # noqa: F811
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
 def test_two_schedulers_racing_for_one_lease_make_exactly_one_run(
-        tmp_path: Path, database_url: str, session_factory: Callable[[], Session],  # noqa: F811
+        tmp_path: Path, database_url: str, session_factory: Callable[[], Session],
         tiny_tool_model: ToolModel, tiny_adapter_dir: Path) -> None:
     from agent.engines.local import LocalEngine
 
@@ -154,7 +146,7 @@ def test_two_schedulers_racing_for_one_lease_make_exactly_one_run(
     assert len(trainer.calls) == 1
 
 
-def test_a_crashing_cycle_does_not_kill_the_scheduler(tmp_path: Path, database_url: str,  # noqa: F811
+def test_a_crashing_cycle_does_not_kill_the_scheduler(tmp_path: Path, database_url: str,
                                                       session_factory: Callable[[], Session],
                                                       tiny_tool_model: ToolModel) -> None:
     config = make_config(tmp_path, database_url, tiny_tool_model.path)

@@ -1,0 +1,177 @@
+"""The demo's base policy: build it reproducibly, find it, and measure it the way the product serves.
+
+Who calls it: ``rrr demo build-policy`` / ``rrr demo eval-policy``, the demo orchestration (before
+and after the learner cycle), tests.
+
+* ``build_policy`` trains the policy (``learner.demo.sft``) into a temporary folder next to the
+  target, keeps only the files a server needs (safetensors, tokenizer, chat template, configs,
+  ``sft.json`` with the recipe) and renames it into place, so a half-built policy is never seen.
+* ``evaluate_policy`` sends tasks through the real reflect/retry loop (``agent.loop.run_episode``)
+  on a ``LocalEngine`` with the reference verifier, greedy, one reflection and one retry, and
+  reports first-attempt success, success after reflection and retry, and the share of first-attempt
+  failures the retry rescued, each with a 95% Wilson interval, plus per-tool numbers.
+
+The shipped policy lives in ``demo/policy`` at the repository root (``SHIPPED_POLICY``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.engines.base import ChatRequest
+from agent.engines.local import LocalEngine
+from agent.loop import LoopConfig, Outcome, TaskOptions, run_episode
+from learner.demo.corpus import DemoItem, split_items
+from learner.demo.sft import SFTConfig, SFTResult, train_policy
+from learner.gate import Rate
+
+log = logging.getLogger(__name__)
+
+SHIPPED_POLICY = Path(__file__).resolve().parents[2] / "demo" / "policy"
+POLICY_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json", "chat_template.jinja", "sft.json")
+EVAL_LOOP = LoopConfig(max_calls=3, deadline_s=120.0, reflection_max_tokens=128)
+"""The loop settings of every demo measurement: one reflection, one retry, paper prompt, no reason."""
+
+
+def build_policy(out_dir: str | Path, config: SFTConfig = SFTConfig(), *, num_threads: int | None = None,
+                 progress: bool = True) -> SFTResult:
+    """Train the policy and move it into ``out_dir`` atomically (an existing policy is replaced)."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        result = train_policy(work / "train", config, num_threads=num_threads, progress=progress)
+        final = work / "policy"
+        final.mkdir()
+        for name in POLICY_FILES:
+            shutil.copy2(work / "train" / name, final / name)
+        if out.exists():
+            shutil.rmtree(out)
+        final.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result.out_dir = out
+    return result
+
+
+def policy_size_bytes(policy_dir: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(policy_dir).iterdir() if p.is_file())
+
+
+def held_out_items(n: int, config: SFTConfig = SFTConfig()) -> list[DemoItem]:
+    """``n`` held-out tasks of the policy built with ``config`` (never seen in its training)."""
+    return split_items(config.n_train_items, n, config.seed)[1]
+
+
+def _as_task(item: DemoItem | dict[str, Any]) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]], Any, str]:
+    if isinstance(item, DemoItem):
+        return item.id, item.messages, item.tools, item.expected, item.name
+    return (str(item.get("id")), item["messages"], item["tools"], item["expected_tool_calls"],
+            str(item.get("category") or "all"))
+
+
+def _rate_dict(rate: Rate) -> dict[str, Any]:
+    lo, hi = rate.wilson()
+    return {"rate": rate.rate, "successes": rate.successes, "n": rate.total, "ci95": [lo, hi]}
+
+
+async def evaluate_items(engine: Any, items: Sequence[DemoItem | dict[str, Any]], *, model: str | None = None,
+                         max_tokens: int = 128, loop: LoopConfig = EVAL_LOOP,
+                         progress: bool = True) -> dict[str, Any]:
+    """Run every item through ``run_episode`` on ``engine`` (any Engine) and summarise the outcomes."""
+    from tqdm.auto import tqdm
+
+    outcomes: list[tuple[str, str, Outcome]] = []
+    for item in tqdm(items, desc="evaluating", unit="task", disable=not progress):
+        item_id, messages, tools, expected, tag = _as_task(item)
+        request = ChatRequest(messages=messages, model=model, tools=tools, temperature=0.0, max_tokens=max_tokens)
+        outcome = await run_episode(engine, request, TaskOptions(verifier="reference", expected=expected), loop)
+        outcomes.append((item_id, tag, outcome))
+    return summarize(outcomes)
+
+
+def summarize(outcomes: Sequence[tuple[str, str, Outcome]]) -> dict[str, Any]:
+    """first_attempt, after_retry and retry_rescued rates with Wilson intervals, overall and per tag."""
+    def rates(rows: Sequence[tuple[str, str, Outcome]]) -> dict[str, Any]:
+        status = Counter(o.status for _, _, o in rows)
+        n = len(rows)
+        first = status["first_ok"]
+        failed_first = n - first
+        return {
+            "n": n,
+            "first_attempt": _rate_dict(Rate(first, n)),
+            "after_retry": _rate_dict(Rate(first + status["retry_ok"], n)),
+            "retry_rescued": _rate_dict(Rate(status["retry_ok"], failed_first)),
+            "engine_errors": sum(o.error is not None for _, _, o in rows),
+        }
+
+    summary = rates(outcomes)
+    tags = sorted({tag for _, tag, _ in outcomes})
+    summary["per_tool"] = {tag: rates([row for row in outcomes if row[1] == tag]) for tag in tags}
+    failures: list[dict[str, Any]] = []
+    for item_id, tag, outcome in outcomes:
+        if outcome.status == "first_ok" or len(failures) >= 20:
+            continue
+        first = outcome.attempts[0] if outcome.attempts else None
+        failures.append({"id": item_id, "tool": tag, "status": outcome.status,
+                         "first_reason": first.verdict.reason if first and first.verdict else None,
+                         "attempts": [{"kind": a.kind, "content": a.content, "tool_calls": a.tool_calls}
+                                      for a in outcome.attempts]})
+    summary["sample_failures"] = failures
+    return summary
+
+
+def evaluate_policy(model_dir: str | Path, items: Sequence[DemoItem | dict[str, Any]], *,
+                    adapter_dir: str | Path | None = None, max_tokens: int = 128, loop: LoopConfig = EVAL_LOOP,
+                    num_threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Measure a policy (optionally with a LoRA adapter) on ``items`` through LocalEngine + run_episode.
+
+    Returns ``{"n", "first_attempt", "after_retry", "retry_rescued", "per_tool", ...}`` where each
+    rate is ``{"rate", "successes", "n", "ci95": [lo, hi]}`` (95% Wilson score interval).
+    """
+    engine = LocalEngine(str(model_dir), served_name="demo-base", num_threads=num_threads, max_model_len=2048)
+    model = None
+
+    async def run() -> dict[str, Any]:
+        nonlocal model
+        if adapter_dir is not None:
+            await engine.load_adapter("demo-adapter", str(adapter_dir))
+            model = "demo-adapter"
+        try:
+            return await evaluate_items(engine, items, model=model, max_tokens=max_tokens, loop=loop,
+                                        progress=progress)
+        finally:
+            await engine.aclose()
+
+    summary = asyncio.run(run())
+    log.info("policy %s: first attempt %.1f%%, after retry %.1f%% (n=%d)", model_dir,
+             100 * summary["first_attempt"]["rate"], 100 * summary["after_retry"]["rate"], summary["n"])
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A few human lines: overall rates with intervals, then per tool."""
+    def pct(rate: dict[str, Any]) -> str:
+        lo, hi = rate["ci95"]
+        return f"{100 * rate['rate']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+    lines = [f"n={summary['n']}  first attempt {pct(summary['first_attempt'])}  "
+             f"after retry {pct(summary['after_retry'])}  retry rescued {pct(summary['retry_rescued'])} "
+             f"of {summary['retry_rescued']['n']}"]
+    for tag, row in summary.get("per_tool", {}).items():
+        lines.append(f"  {tag:18s} n={row['n']:4d}  first {100 * row['first_attempt']['rate']:5.1f}%  "
+                     f"after retry {100 * row['after_retry']['rate']:5.1f}%")
+    return "\n".join(lines)
+
+
+def write_summary(path: str | Path, summary: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")

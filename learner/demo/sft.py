@@ -1,0 +1,428 @@
+"""Supervised training from scratch of the demo's base policy: a tiny Qwen2 that calls the demo tools.
+
+Who calls it: ``rrr demo build-policy`` (via ``learner.demo.policy.build_policy``) and tests.
+
+``train_policy`` builds the tiny model and its tokenizer (``learner.tiny``; the tokenizer is trained
+on the catalog corpus too, spaces and digits isolated so values are copyable), renders the
+corpus with the model's own chat template, and trains every weight with AdamW (linear warm-up,
+cosine decay) on the answer tokens only: the tool call, and in reflection-shaped examples the
+reflection and the retried call. Batches are bucketed by length to waste little on padding, and
+logits are computed only where there is a loss, which on a 2-core CPU is most of the speed.
+The same config and seed give the same weights (single process, fixed thread count).
+
+The chat template is the tiny model's hermes template with compact tool JSON (no spaces after
+separators): a quarter fewer prompt tokens, i.e. a quarter less training time, and any hermes
+server (vLLM included) renders it the same way since it ships in the tokenizer files.
+
+Not here: sampling-based evaluation (``learner.demo.policy``), RL (``learner.train``).
+torch/transformers are imported lazily.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from agent.engines.wire import normalize_messages
+from learner.demo.corpus import Conversation, DemoItem, answer_example, split_items, training_conversations
+from learner.tiny import CHAT_TEMPLATE, TinyModelConfig, build_tiny_model
+
+log = logging.getLogger(__name__)
+
+_SPACED_TOOLS = "tool | tojson"
+DEMO_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(_SPACED_TOOLS, "tool | tojson(separators=(',', ':'))")
+assert DEMO_CHAT_TEMPLATE != CHAT_TEMPLATE, "learner.tiny.CHAT_TEMPLATE no longer renders tools with tojson"
+EOS = "<|im_end|>"
+
+
+def default_model_config() -> TinyModelConfig:
+    return TinyModelConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                           intermediate_size=512, vocab_size=2048, max_position_embeddings=2048)
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Everything that decides the trained weights. The defaults are the shipped demo policy.
+
+    seed: corpus split, weight init, batch order.
+    n_train_items: distinct training tasks drawn (each used once per epoch).
+    reflection_share: fraction of training conversations that are reflection-shaped.
+    steps: optimiser steps.
+    batch_size: tasks per step, as ``batch_size // group_size`` groups of ``group_size`` tasks that
+        share one tool list (reflection-shaped conversations ride along with their task's group).
+    lr, warmup_steps, decay_fraction, min_lr_ratio: AdamW peak rate, linear warm-up, constant rate,
+        then a cosine decay to ``min_lr_ratio * lr`` over the last ``decay_fraction`` of the steps.
+    weight_decay, betas, grad_clip: AdamW and clipping.
+    toolless_steps: a curriculum: the first steps train on the same conversations with the tool list
+        left out of the prompt (a 20-token system turn instead of a 300-token one). Copying values
+        from the query is learnt there several times faster, because attention has a few dozen
+        positions to search instead of hundreds; the rest of training adds the tool lists back.
+    eval_items, eval_every: teacher-forced exact match on that many held-out tasks every N steps
+        (0 = never); a cheap progress signal equal to greedy exact match, not the final measurement.
+    tokenizer_texts: corpus lines added to the tokenizer's training text.
+    """
+
+    seed: int = 0
+    n_train_items: int = 20000
+    reflection_share: float = 0.1
+    steps: int = 1200
+    batch_size: int = 32
+    group_size: int = 16
+    lr: float = 3e-3
+    warmup_steps: int = 40
+    decay_fraction: float = 0.25
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    toolless_steps: int = 500
+    eval_items: int = 240
+    eval_every: int = 100
+    tokenizer_texts: int = 4000
+    model: TinyModelConfig = field(default_factory=default_model_config)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or not 1 <= self.group_size <= self.batch_size:
+            raise ValueError("steps and batch_size must be at least 1, group_size in [1, batch_size]")
+        if not 0 <= self.reflection_share < 1:
+            raise ValueError("reflection_share must be in [0, 1); 0.1 is the demo's setting")
+        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.decay_fraction <= 1:
+            raise ValueError("warmup_steps must be >= 0, min_lr_ratio and decay_fraction in [0, 1]")
+        if self.model.hidden_size // self.model.num_attention_heads < 32:
+            log.warning("head size below 32: vLLM could not serve this model")
+
+    @property
+    def groups_per_step(self) -> int:
+        return max(1, self.batch_size // self.group_size)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SFTResult:
+    out_dir: Path
+    parameters: int
+    steps: int
+    seconds: float
+    losses: list[float]
+    evals: list[dict[str, float]]
+    held_out: list[DemoItem]
+
+
+# --- rendering and tokenising ---------------------------------------------------------------------
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+    """The prompt exactly as ``LocalEngine.render_prompt`` (and vLLM) renders it."""
+    return str(tokenizer.apply_chat_template(normalize_messages(messages), tools=tools or None,
+                                             add_generation_prompt=True, tokenize=False))
+
+
+# A line break followed by a non-space character ends every pre-token of the tokenizer (spaces are
+# isolated, digits split, and no pattern of Qwen2's split runs from a line break into the next
+# line's text), so text cut there tokenises piece by piece exactly as a whole. Prompts repeat the
+# same template lines and tool schemas, so caching the pieces makes encoding about ten times faster.
+_PIECE_BREAK = re.compile(r"(?<=\n)(?=\S)")
+
+
+class SegmentEncoder:
+    """Tokenise text (no special tokens added) with a cache over line pieces; same ids as the tokenizer."""
+
+    def __init__(self, tokenizer: Any, cache_size: int = 8192) -> None:
+        self.tokenizer = tokenizer
+        self._encode_piece = functools.lru_cache(maxsize=cache_size)(self._piece)
+
+    def _piece(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def __call__(self, text: str) -> list[int]:
+        out: list[int] = []
+        for piece in _PIECE_BREAK.split(text):
+            if piece:
+                out += self._encode_piece(piece)
+        return out
+
+
+def encode_conversation(tokenizer: Any, conversation: Conversation,
+                        encode: Callable[[str], list[int]] | None = None) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of a whole conversation; labels are -100 except on the targets (+ EOS)."""
+    encode = encode or SegmentEncoder(tokenizer)
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    for messages, target in conversation.steps:
+        prompt = render_prompt(tokenizer, messages, conversation.tools)
+        if not prompt.startswith(done):
+            raise ValueError("a conversation step does not extend the previous one")
+        new = encode(prompt[len(done):])
+        answer = encode(target + EOS)
+        ids += new + answer
+        labels += [-100] * len(new) + answer
+        done = prompt + target + EOS
+    return ids, labels
+
+
+def tokenizer_corpus(items: Sequence[DemoItem], conversations: Sequence[Conversation], n: int) -> list[str]:
+    """Catalog text for the tokenizer: compact tool JSON, queries, calls and reflections."""
+    from tools.catalog.demo import TOOLS
+
+    texts = [json.dumps(t, ensure_ascii=False, separators=(",", ":")) for t in TOOLS]
+    texts += [item.query for item in items[:n]]
+    for conversation in conversations[:n]:
+        texts += [str(m.get("content") or "") for m in conversation.steps[-1][0][1:]]
+        texts.append(conversation.steps[-1][1])
+    return texts
+
+
+@dataclass
+class PromptGroup:
+    """Conversations that share one rendered prompt prefix (system turn with the same tool list).
+
+    ``rows`` hold each conversation's ids and labels after the prefix, sorted by length and cut into
+    sub-batches of similar width (a reflection-shaped row is three times an answer row).
+    """
+
+    prefix: list[int]
+    rows: list[tuple[list[int], list[int]]]
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+
+def _tools_key(conversation: Conversation) -> tuple[str, ...]:
+    return tuple(t["function"]["name"] for t in conversation.tools)
+
+
+def shared_prefix_text(tokenizer: Any, tools: list[dict[str, Any]]) -> str:
+    """The prompt text every task offering ``tools`` starts with: up to the user's words."""
+    marker = "<|im_start|>user\n"
+    text = render_prompt(tokenizer, [{"role": "user", "content": ""}], tools)
+    return text[: text.rindex(marker) + len(marker)]
+
+
+def build_groups(tokenizer: Any, conversations: Sequence[Conversation], max_group: int,
+                 encode: Callable[[str], list[int]] | None = None) -> list[PromptGroup]:
+    """Group conversations by their tool list (at most ``max_group`` per group) and encode them."""
+    encode = encode or SegmentEncoder(tokenizer)
+    by_tools: dict[tuple[str, ...], list[Conversation]] = {}
+    for conversation in conversations:
+        by_tools.setdefault(_tools_key(conversation), []).append(conversation)
+    groups = []
+    for members in by_tools.values():
+        prefix = encode(shared_prefix_text(tokenizer, members[0].tools))
+        for start in range(0, len(members), max_group):
+            rows = []
+            for conversation in members[start:start + max_group]:
+                ids, labels = encode_conversation(tokenizer, conversation, encode)
+                if ids[: len(prefix)] != prefix:
+                    raise ValueError("a conversation does not start with its tool list's shared prompt")
+                rows.append((ids[len(prefix):], labels[len(prefix):]))
+            groups.append(PromptGroup(prefix=prefix, rows=sorted(rows, key=lambda r: len(r[0]))))
+    return groups
+
+
+def _sub_batches(rows: list[tuple[list[int], list[int]]], ratio: float = 1.5) -> list[list[tuple[list[int], list[int]]]]:
+    """Cut length-sorted rows where the width grows past ``ratio`` times the sub-batch's first row."""
+    out: list[list[tuple[list[int], list[int]]]] = []
+    for row in rows:
+        if out and len(row[0]) <= ratio * len(out[-1][0][0]):
+            out[-1].append(row)
+        else:
+            out.append([row])
+    return out
+
+
+def _collate(rows: list[tuple[list[int], list[int]]], pad: int) -> tuple[Any, Any]:
+    import torch
+
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+    return input_ids, labels
+
+
+def group_loss(model: Any, groups: Sequence[PromptGroup], pad: int) -> Any:
+    """Mean cross-entropy over the target tokens of ``groups``, each shared prompt computed once.
+
+    The prefix's keys and values are computed for one row and broadcast to every conversation of
+    its group (gradients flow back through the broadcast), which gives exactly the loss and
+    gradients of running each conversation in full, at a fraction of the cost: the shared system
+    turn with its tool schemas is most of every prompt.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    total: Any = 0.0
+    count = 0
+    for group in groups:
+        out = model.model(input_ids=torch.tensor([group.prefix]), use_cache=True)
+        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        for rows in _sub_batches(group.rows):
+            input_ids, labels = _collate(rows, pad)
+            n = input_ids.shape[0]
+            cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])
+            # Rows are right-padded: under the causal mask no real token sees a pad, so no padding mask.
+            hidden = model.model(input_ids=input_ids, past_key_values=cache, use_cache=True).last_hidden_state
+            targets = labels[:, 1:]
+            where = targets != -100
+            logits = model.lm_head(hidden[:, :-1][where])
+            total = total + torch.nn.functional.cross_entropy(logits.float(), targets[where], reduction="sum")
+            count += int(where.sum())
+    return total / max(1, count)
+
+
+def answer_loss(model: Any, input_ids: Any, labels: Any) -> tuple[Any, Any]:
+    """Mean cross-entropy over target tokens, with logits computed only at target positions.
+
+    Also returns, per row, whether every target token is the argmax (teacher-forced exact match,
+    which equals greedy exact match of the answer).
+    """
+    import torch
+
+    # Rows are right-padded, so under the causal mask no real token ever sees a pad: the padding
+    # mask can be left out, which lets SDPA take its fast causal path. Pad positions carry no loss.
+    hidden = model.model(input_ids=input_ids).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    where = targets != -100
+    logits = model.lm_head(hidden[where])
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets[where])
+    with torch.no_grad():
+        wrong = torch.zeros_like(targets, dtype=torch.bool)
+        wrong[where] = logits.argmax(-1) != targets[where]
+        exact = ~wrong.any(dim=1)
+    return loss, exact
+
+
+def teacher_forced_accuracy(model: Any, tokenizer: Any, items: Sequence[DemoItem], batch_size: int = 32) -> float:
+    """Share of ``items`` whose whole answer is the argmax at every position (= greedy exact match)."""
+    import torch
+
+    encode = SegmentEncoder(tokenizer)
+    rows = [encode_conversation(tokenizer, answer_example(item), encode) for item in items]
+    hits = 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            _, exact = answer_loss(model, *_collate(rows[start:start + batch_size], tokenizer.pad_token_id))
+            hits += int(exact.sum())
+    model.train(was_training)
+    return hits / max(1, len(rows))
+
+
+# --- training -------------------------------------------------------------------------------------
+
+def _lr_at(step: int, config: SFTConfig) -> float:
+    """Warm-up, constant, then a cosine decay over the last ``decay_fraction`` of the steps.
+
+    The copying skill arrives in a jump after a few hundred steps at full rate (see
+    shared/demo-notes.md); decaying early only delays it, decaying at the end polishes it.
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    decay_start = config.steps * (1 - config.decay_fraction)
+    if step < decay_start:
+        return config.lr
+    progress = (step - decay_start) / max(1.0, config.steps - decay_start)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def train_policy(out_dir: str | Path, config: SFTConfig = SFTConfig(), *, num_threads: int | None = None,
+                 progress: bool = True, on_step: Callable[[int, float], None] | None = None,
+                 held_out: Sequence[DemoItem] | None = None) -> SFTResult:
+    """Build and train the demo policy into ``out_dir`` (model, tokenizer, template, sft.json)."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.monotonic()
+    out = Path(out_dir)
+    train_items, default_held_out = split_items(config.n_train_items, max(config.eval_items, 12), config.seed,
+                                                group_size=config.group_size)
+    eval_items = list(held_out if held_out is not None else default_held_out)[: config.eval_items]
+    conversations = training_conversations(train_items, reflection_share=config.reflection_share, seed=config.seed)
+    build_tiny_model(out, seed=config.seed, config=config.model,
+                     extra_corpus=tokenizer_corpus(train_items, conversations, config.tokenizer_texts))
+    (out / "chat_template.jinja").write_text(DEMO_CHAT_TEMPLATE, encoding="utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    groups = build_groups(tokenizer, conversations, max_group=config.group_size * 2)
+    n_toolless = config.toolless_steps * config.batch_size
+    toolless = build_groups(tokenizer, [replace(c, tools=[]) for c in conversations[:n_toolless]],
+                            max_group=config.batch_size) if n_toolless else []
+    pad = tokenizer.pad_token_id
+    threads = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    losses: list[float] = []
+    evals: list[dict[str, float]] = []
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model: Any = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+            model.train()
+            n_params = sum(p.numel() for p in model.parameters())
+            decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+            no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
+            optim = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}],
+                                      lr=config.lr, betas=config.betas)
+            rng = random.Random(f"rrr-demo-sft/{config.seed}")
+            log.info("demo SFT: %d parameters, %d conversations (%d reflection-shaped) in %d prompt groups, "
+                     "%d steps of %d groups", n_params, len(conversations),
+                     sum(c.kind != "answer" for c in conversations), len(groups), config.steps,
+                     config.groups_per_step)
+            queue: list[PromptGroup] = []
+            bar = tqdm(total=config.steps, desc="training the demo policy", unit="step", disable=not progress)
+            for step in range(config.steps):
+                if step < config.toolless_steps:
+                    batch = [toolless[step % len(toolless)]]
+                else:
+                    batch = []
+                    for _ in range(config.groups_per_step):
+                        if not queue:
+                            queue = list(groups)
+                            rng.shuffle(queue)
+                        batch.append(queue.pop())
+                for group in optim.param_groups:
+                    group["lr"] = _lr_at(step, config)
+                loss = group_loss(model, batch, pad)
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optim.step()
+                value = float(loss.item())
+                losses.append(value)
+                if on_step is not None:
+                    on_step(step + 1, value)
+                postfix = {"loss": f"{value:.3f}"}
+                if config.eval_every and eval_items and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
+                    acc = teacher_forced_accuracy(model, tokenizer, eval_items)
+                    evals.append({"step": step + 1, "exact_match": acc, "seconds": time.monotonic() - started})
+                    log.info("step %d: loss %.4f, held-out exact match %.3f", step + 1, value, acc)
+                    postfix["held-out"] = f"{acc:.1%}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+            bar.close()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    model.save_pretrained(out)
+    seconds = time.monotonic() - started
+    meta = {"config": config.to_json(), "parameters": n_params, "seconds": round(seconds, 1),
+            "final_loss": losses[-1], "evals": evals}
+    (out / "sft.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log.info("demo policy trained in %.0f s into %s", seconds, out)
+    return SFTResult(out_dir=out, parameters=n_params, steps=config.steps, seconds=seconds, losses=losses,
+                     evals=evals, held_out=eval_items)
