@@ -84,3 +84,89 @@ def demo_tasks(
         for record in items_to_records(items):
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
     typer.echo(f"{len(items)} {split} tasks written to {out}")
+
+
+@demo_app.command("run")
+def demo_run(
+    out: Path = typer.Option(Path(".rrr-demo"), "--out", help="Demo folder (git-ignored; cleaned before each run)."),
+    policy: Path | None = typer.Option(None, "--policy", help="Base policy (default: demo/policy, else built once)."),
+    train: int | None = typer.Option(None, "--train", help="Training tasks sent before the learner cycle (default 500)."),
+    heldout: int | None = typer.Option(None, "--heldout", help="Held-out tasks measured per policy (default 500)."),
+    steps: int | None = typer.Option(None, "--steps", help="GRPO steps (default: the demo's setting)."),
+    seed: int = typer.Option(0, "--seed", help="Traffic and learner seed."),
+    concurrency: int | None = typer.Option(None, "--concurrency", help="Requests in flight at once (default 4)."),
+    no_build: bool = typer.Option(False, "--no-build", help="Fail instead of training a missing base policy."),
+    keep_serving: bool = typer.Option(False, "--keep-serving", help="Keep the API up after the table until Ctrl-C."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of the table."),
+) -> None:
+    """The closed loop in one command: serve, record failures, learn, hot-swap, measure before/after."""
+    import json
+    import signal
+    import time
+
+    try:
+        from learner.demo.client import ClientError
+        from learner.demo.run import (
+            DemoConfig,
+            DemoError,
+            DemoResult,
+            demo_train_config,
+            format_result,
+            run_demo,
+        )
+        from learner.demo.servers import DemoServers, ServerStartError
+    except ImportError as exc:
+        fail(f"the ml extra is not installed ({exc.name}); install with: pip install -e '.[ml]'")
+    config = DemoConfig(out_dir=out, policy=policy, build_policy_if_missing=not no_build, seed=seed)
+    config.n_train = train if train is not None else config.n_train
+    config.n_heldout = heldout if heldout is not None else config.n_heldout
+    config.concurrency = concurrency if concurrency is not None else config.concurrency
+    if steps is not None:
+        config.train = demo_train_config(steps)
+    config.train.seed = seed
+
+    def stopped(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds through the stages: the servers are stopped on the way out
+
+    signal.signal(signal.SIGTERM, stopped)
+    _quiet_libraries()
+
+    shown = False
+
+    def hold(servers: DemoServers, result: DemoResult) -> None:
+        nonlocal shown
+        typer.echo(json.dumps(result.to_dict(), default=str) if as_json else format_result(result))
+        shown = True
+        typer.echo(f"\nserving at {servers.api_url}/v1 (the inspection URLs above are live) until Ctrl-C", err=True)
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+    try:
+        config.validate()
+        result = run_demo(config, say=lambda m: typer.echo(m, err=True), hold=hold if keep_serving else None)
+    except (DemoError, ClientError, ServerStartError, ValueError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; the demo's servers were stopped")
+    if not shown:
+        typer.echo(json.dumps(result.to_dict(), default=str) if as_json else format_result(result))
+    if result.table is None:
+        fail(f"no trained adapter to compare (learner cycle: {result.cycle.get('status')})")
+
+
+def _quiet_libraries() -> None:
+    """The demo shows its own progress bars: no weight-loading bars or deprecation notes from transformers."""
+    import os
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.engines.base import ChatRequest, Engine
+from agent.evaluation.report import Z95, wilson_interval
 from agent.loop import LoopConfig, TaskOptions, run_episode
 
 log = logging.getLogger(__name__)
@@ -77,14 +77,8 @@ class Rate:
     def rate(self) -> float:
         return self.successes / self.total if self.total else 0.0
 
-    def wilson(self, z: float = 1.96) -> tuple[float, float]:
-        if self.total == 0:
-            return (0.0, 1.0)
-        n, p = self.total, self.rate
-        denom = 1 + z * z / n
-        centre = (p + z * z / (2 * n)) / denom
-        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-        return (max(0.0, centre - half), min(1.0, centre + half))
+    def wilson(self, z: float = Z95) -> tuple[float, float]:
+        return wilson_interval(self.successes, self.total, z)
 
     def to_dict(self) -> dict[str, Any]:
         lo, hi = self.wilson()

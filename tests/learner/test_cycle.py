@@ -314,3 +314,21 @@ def test_rrr_learn_run_cli_reports_the_cycle(tmp_path: Path, database_url: str, 
     assert no_engine.exit_code == 1 and "no serving engine" in no_engine.output
     bad = runner.invoke(app, [*base, "--model", "m", "--engine-url", "http://127.0.0.1:9", "--gate-margin", "3"])
     assert bad.exit_code == 1 and "gate margin" in bad.output
+
+
+def test_regression_limit_caps_the_gate_and_each_gate_episode_is_reported(
+        tmp_path: Path, database_url: str, session_factory: Factory, tiny_tool_model: ToolModel,
+        tiny_adapter_dir: Path, serving: Any, evaluator: Any) -> None:
+    config = make_config(tmp_path, database_url, tiny_tool_model.path, regression_limit=2)
+    add_episodes(session_factory, tiny_tool_model, 6)
+    add_episodes(session_factory, tiny_tool_model, 5, ok=True)
+    seen: list[int] = []
+    result = cycle(config, session_factory, serving, evaluator, StandInTrainer(tiny_adapter_dir),
+                   on_gate_item=lambda: seen.append(1))
+    assert result.dataset is not None and result.dataset["regression"] == 2
+    gate = run_row(session_factory, result.run_id).gate_result
+    assert gate is not None and gate["candidate"]["regression_first"]["total"] == 2
+    # candidate and incumbent each answer every held-out and regression item once
+    assert len(seen) == 2 * (result.dataset["heldout"] + 2)
+    with pytest.raises(ValueError, match="regression_limit"):
+        make_config(tmp_path, database_url, tiny_tool_model.path, regression_limit=-1)

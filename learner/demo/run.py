@@ -1,0 +1,579 @@
+"""`rrr demo run`: the closed loop on a laptop, stage by stage, with measured before/after numbers.
+
+Who calls it: ``rrr demo run`` (``make demo``) and tests (tiny settings). ``run_demo`` reads top
+to bottom; every stage is a function (here, or the API client side in ``learner.demo.client``) and
+its time is recorded in ``demo.json``:
+
+1. ``resolve_policy``: the base policy (``--policy``, else the shipped ``demo/policy``, else a
+   copy built once into ``<out>/policy`` with ``learner.demo.policy.build_policy``).
+2. ``learner.demo.servers.demo_servers``: ``rrr engine serve`` (runtime LoRA updating on) and
+   ``rrr serve`` on it, SQLite under ``<out>/data``, free loopback ports, always torn down.
+3. ``client.send_tasks``: the training split through the official ``openai`` SDK (``model="rrr"``, the
+   ``rrr`` extension selecting the reference verifier with the expected calls); the API reflects,
+   retries and records every attempt.
+4. ``run_learner``: one ``learner.cycle.run_cycle`` (failure dataset -> GRPO on reflection tokens
+   in a subprocess -> gate on the batch's held-out failures and past successes -> publish and
+   hot-swap into the engine), with per-step metrics.
+5. The held-out split through the same endpoint twice: the base pinned by name ("before") and the
+   promoted adapter via ``model="rrr"`` — or, when the gate rejected it, the candidate registered
+   as a ``candidate`` row, loaded and pinned by name, then marked rejected ("after"). Both are
+   measured after the cycle on purpose: the API records every request and the learner trains on
+   recorded failures, so held-out requests sent before training would leak into the training set.
+   The base model's weights are untouched by training and generation is greedy, so "the base
+   pinned after the cycle" answers exactly as "the base before training".
+6. ``learner.demo.report`` / ``learner.demo.chart``: the table (95% Wilson intervals, paired
+   difference with its interval), ``demo.json``, ``demo.png``, and JSON snapshots of the
+   inspection endpoints taken while the API was up.
+
+What it deliberately does not do: train the base policy itself (``learner.demo.policy``), reach
+into the API's process (everything goes over HTTP or through the shared SQLite file), or print.
+
+``DemoConfig`` holds every setting in one place; ``demo_train_config`` documents the learner
+settings and what they did when measured. Progress is shown with tqdm (``progress=False`` turns
+it off) and stage lines go to the ``say`` callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.loop import LoopConfig
+from learner.config import TrainConfig
+from learner.demo.client import (
+    Sent,
+    sample_episode,
+    send_tasks,
+    snapshot_inspection,
+    wait_model_listed,
+    wait_recorded,
+)
+from learner.demo.corpus import DemoItem, generate_items
+from learner.demo.report import compare, format_table, summarize_statuses
+from learner.demo.servers import DemoServers, demo_servers
+from learner.gate import GateConfig
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from agent.engines.base import Engine
+    from learner.cycle import CycleResult
+
+log = logging.getLogger(__name__)
+
+MARKER = ".rrr-demo"
+"""File that marks a folder as a demo output folder (only such a folder is cleaned before a run)."""
+MANAGED = ("data", "learner", "logs", "inspection", "demo.json", "demo.png", "heldout.json")
+SERVED_NAME = "demo-policy"
+TRAIN_TAG, BEFORE_TAG, AFTER_TAG = "demo-train", "demo-heldout-before", "demo-heldout-after"
+
+Say = Callable[[str], None]
+
+
+class DemoError(RuntimeError):
+    """An expected failure of the demo (the CLI prints the message and exits 1)."""
+
+
+def demo_train_config(max_steps: int = 30) -> TrainConfig:
+    """The demo's GRPO settings, chosen by measurement (2-core CPU, the demo policy's recipe).
+
+    Each choice:
+
+    * completion = the reflection, capped at 96 tokens (``max_completion_length``, also the API's
+      ``RRR_REFLECTION_MAX_TOKENS`` and the gate's cap): the policy's reflections average 50-60
+      tokens and restate the whole corrected call; a cap below that truncates the call it restates.
+    * retry greedy (``retry_temperature=0``), 128 tokens: the reward asks what serving does, a
+      temperature-0 retry. A sampled retry (1.0) cut zero-variance groups only from 95% to 89% and
+      changed nothing on held-out tasks.
+    * G = 8 reflections at temperature 1.0, 4 failed prompts per step (32 completions): G = 16 (2
+      prompts) and temperature 1.5 were no better; on CPU one step costs about the same for 16 or
+      32 completions (generation is per-token bound), so fewer prompts per step only loses signal.
+    * LoRA r = 8, alpha 16, all linear projections (vLLM-servable), beta 0.001 (the paper's KL).
+    * lr 1e-3, constant after 5 warm-up steps, 30 steps (about 6-9 s each, 3-4 minutes, what the
+      15-minute budget leaves): at 3e-4 the adapter barely moved in so few steps (held-out retry
+      rescue 1.6% -> 1.7%); 1e-3 and 2e-3 did not lower first-attempt accuracy at 30-40 steps
+      (the prototype's drop came after 120 steps at 1e-3), and the gate's regression check would
+      reject an adapter that did. 40 steps were no better than 30.
+    * one checkpoint at the end (``save_steps=max_steps``): a demo run is short, resuming is moot.
+
+    Measured (300 held-out tasks, first attempt / after reflection + retry / retry rescues of
+    first-attempt failures; base 59.0% / 59.7% / 1.6%; each after 30-40 steps on the same 331
+    failures): lr 3e-4: 59.7 / 60.3 / 1.7; lr 1e-3: 60.0 / 61.3 / 3.3; lr 1e-3 + temperature 1.3
+    (40 steps): 60.0 / 60.7 / 1.7; lr 2e-3 (40 steps): 59.7 / 60.3 / 1.7; G 16: 59.3 / 60.0 / 1.6;
+    retry temperature 1.0: 59.3 / 60.0 / 1.6; temperature 1.5: 59.0 / 59.7 / 1.6. Every difference
+    is within noise (a 95% interval at n = 300 is about +-5.5 points). What limits the demo is
+    the reward, not the optimiser: the policy's reflections rarely fix its own errors (mostly
+    multi-digit numbers copied wrong, the same skill on both attempts), so 90-95% of groups have
+    zero reward variance and the training reward stays at 1-3%.
+    """
+    return TrainConfig(
+        learning_rate=1e-3, lr_scheduler_type="constant_with_warmup", warmup_steps=5, max_steps=max_steps,
+        beta=0.001, num_generations=8, per_device_train_batch_size=32, gradient_accumulation_steps=1,
+        max_completion_length=96, retry_max_tokens=128, temperature=1.0, retry_temperature=0.0,
+        lora_r=8, lora_alpha=16, max_lora_rank=16, save_steps=max(1, max_steps), keep_checkpoints=1,
+    )
+
+
+def demo_gate_config() -> GateConfig:
+    """The gate as the product ships it (2-point margin, 1-point tolerance), answers capped like the demo's."""
+    return GateConfig(margin=0.02, tolerance=0.01, min_items=20, max_tokens=128, concurrency=1)
+
+
+@dataclass
+class DemoConfig:
+    """Every setting of one demo run.
+
+    out_dir: the demo's folder (git-ignored): ``data/`` (SQLite, spool, published adapters),
+        ``learner/`` (training runs), ``logs/``, ``inspection/``, ``demo.json``, ``demo.png``.
+    policy: the base policy folder; None = ``demo/policy``, else a copy built once into
+        ``<out>/policy`` (``build_policy_if_missing``; otherwise the demo stops with a hint).
+    n_train / n_heldout: tasks sent before training (their failures are the learner's data) and
+        held-out tasks measured per policy (balanced over the twelve tools, never in training).
+        500 traffic tasks give about 200 failures (150 to train on, 50 for the gate); 500 held-out
+        tasks give Wilson intervals of about +-4.3 points and, because both policies answer the
+        same tasks, paired intervals on the difference of about +-1-2 points. Both cost about
+        1.5 minutes each on 2 quiet cores (about 6 tasks a second through the API).
+    concurrency: requests in flight at once (the local engine generates one at a time; a few in
+        flight keep it busy while the API verifies and records).
+    max_tokens / reflection_max_tokens: caps of each answer and each reflection, the same in serving,
+        training (``train.max_completion_length``) and the gate.
+    train / gate: the learner's GRPO and gate settings (``demo_train_config``, ``demo_gate_config``).
+    dataset_limit / heldout_fraction: the failure batch and the share of it the gate holds out.
+    regression_limit: past first-attempt successes the gate re-asks to catch forgetting (each
+        costs two evaluation episodes; the gate's own time is most of the learner stage after training).
+    train_threads: OMP threads of the training child (it runs alone; both cores are free).
+    """
+
+    out_dir: Path = Path(".rrr-demo")
+    policy: Path | None = None
+    build_policy_if_missing: bool = True
+    n_train: int = 500
+    n_heldout: int = 500
+    seed: int = 0
+    concurrency: int = 4
+    max_tokens: int = 128
+    reflection_max_tokens: int = 96
+    train: TrainConfig = field(default_factory=demo_train_config)
+    gate: GateConfig = field(default_factory=demo_gate_config)
+    dataset_limit: int = 512
+    heldout_fraction: float = 0.25
+    regression_limit: int = 100
+    max_lora_rank: int = 16
+    train_threads: int = 2
+    startup_timeout_s: float = 180.0
+    request_timeout_s: float = 180.0
+
+    def validate(self) -> DemoConfig:
+        if self.n_train < 1 or self.n_heldout < 1:
+            raise ValueError("n_train and n_heldout must be at least 1")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.train.max_completion_length != self.reflection_max_tokens:
+            raise ValueError("train.max_completion_length must equal reflection_max_tokens: the learner must "
+                             "train reflections of the length serving lets the model write")
+        if self.train.max_lora_rank != self.max_lora_rank:
+            raise ValueError("train.max_lora_rank must equal max_lora_rank (the engine's --max-lora-rank)")
+        self.train.validate()
+        self.gate.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k not in ("train", "gate")}
+        data["out_dir"], data["policy"] = str(self.out_dir), str(self.policy) if self.policy else None
+        data["train"], data["gate"] = self.train.to_dict(), asdict(self.gate)
+        return data
+
+
+@dataclass
+class DemoResult:
+    """What a run measured; ``to_dict`` is ``demo.json``."""
+
+    policy: str
+    api_url: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    traffic: dict[str, Any] = field(default_factory=dict)
+    cycle: dict[str, Any] = field(default_factory=dict)
+    training_steps: list[dict[str, Any]] = field(default_factory=list)
+    before_label: str = ""
+    after_label: str | None = None
+    after_kind: str | None = None
+    """promoted | candidate (the gate rejected it; measured pinned by name) | None (no adapter)."""
+    table: dict[str, Any] | None = None
+    before: dict[str, Any] = field(default_factory=dict)
+    served_by: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per measurement, the adapters the API reported in each answer's `rrr` object (base = none)."""
+    inspection: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- stage 1: the policy -----------------------------------------------------------------------------
+
+def resolve_policy(config: DemoConfig, *, say: Say, progress: bool = True) -> Path:
+    """The base policy folder (see DemoConfig.policy); builds the cached copy when allowed."""
+    from learner.demo.policy import SHIPPED_POLICY
+
+    if config.policy is not None:
+        if not (config.policy / "config.json").is_file():
+            raise DemoError(f"no policy at {config.policy}; build one with: rrr demo build-policy --out {config.policy}")
+        return config.policy
+    for folder in (SHIPPED_POLICY, config.out_dir / "policy"):
+        if (folder / "config.json").is_file():
+            return folder
+    cache = config.out_dir / "policy"
+    if not config.build_policy_if_missing:
+        raise DemoError(f"the shipped policy {SHIPPED_POLICY} is missing; build it with: rrr demo build-policy")
+    from learner.demo.policy import build_policy
+
+    say(f"the shipped policy {SHIPPED_POLICY} is missing: training one from scratch into {cache} "
+        "(about 6 minutes on 2 cores, once)")
+    build_policy(cache, num_threads=config.train_threads, progress=progress)
+    return cache
+
+
+def demo_items(config: DemoConfig, policy: Path) -> tuple[list[DemoItem], list[DemoItem]]:
+    """(training traffic, held-out tasks): the held-out split of the policy's own corpus (never
+    trained on), and traffic from another seed that shares no query with it."""
+    from learner.demo.policy import held_out_items
+    from learner.demo.sft import SFTConfig
+
+    sft = SFTConfig()
+    meta = policy / "sft.json"
+    if meta.is_file():
+        recipe = json.loads(meta.read_text(encoding="utf-8")).get("config", {})
+        sft = SFTConfig(seed=int(recipe.get("seed", sft.seed)),
+                        n_train_items=int(recipe.get("n_train_items", sft.n_train_items)))
+    heldout = held_out_items(config.n_heldout, sft)
+    train = generate_items(config.n_train, seed=10_000 + config.seed, prefix="traffic",
+                           exclude_queries={item.query for item in heldout})
+    return train, heldout
+
+
+# --- stage 4: the learner ----------------------------------------------------------------------------
+
+async def run_learner(config: DemoConfig, policy: Path, servers: DemoServers, database_url: str,
+                      sessions: sessionmaker[Session], engines: Engine, *, say: Say,
+                      progress: bool = True) -> tuple[CycleResult, list[dict[str, Any]], dict[str, float]]:
+    """One learner cycle against the demo's engine; returns the result, per-step metrics, sub-timings."""
+    from tqdm.auto import tqdm
+
+    from learner.cycle import LearnerConfig, run_cycle
+    from learner.train import launch_training
+
+    learner = LearnerConfig(
+        adapters_root=str(config.out_dir / "data" / "adapters"), model_path=str(policy),
+        engine_urls=[servers.engine_url], database_url=database_url, work_dir=str(config.out_dir / "learner"),
+        base_model_name=servers.served_name, min_new_failures=1, max_lora_rank=config.max_lora_rank,
+        dataset_limit=config.dataset_limit, max_client_share=1.0, heldout_fraction=config.heldout_fraction,
+        regression_limit=config.regression_limit, seed=config.seed, gate=config.gate, train=config.train, drain_s=0.0,
+        gate_loop=LoopConfig(reflection_max_tokens=config.reflection_max_tokens)).validate()
+    steps: list[dict[str, Any]] = []
+    marks: dict[str, float] = {}
+    gate_episodes = 2 * sum(_batch_sizes(learner, sessions)[k] for k in ("heldout", "regression"))
+    bar = tqdm(total=config.train.max_steps, desc="GRPO", unit="step", disable=not progress, leave=True)
+    gate_bar: Any = None
+
+    def on_gate_item() -> None:
+        nonlocal gate_bar
+        if gate_bar is None:
+            bar.close()
+            gate_bar = tqdm(total=gate_episodes, desc="gate", unit="episode", disable=not progress, leave=True)
+        gate_bar.update(1)
+
+    def on_step(item: dict[str, Any]) -> None:
+        steps.append(item)
+        bar.update(1)
+        bar.set_postfix({k: round(float(item[k]), 3) for k in ("reward_mean", "frac_reward_zero_std", "kl") if k in item},
+                        refresh=False)
+
+    def on_event(message: str) -> None:
+        now = time.monotonic()
+        if ": training (" in message:
+            marks["train_start"] = now
+        elif ": gate against" in message:
+            marks["gate_start"] = now
+        elif ": gate " in message:
+            marks["gate_end"] = now
+            if gate_bar is not None:
+                gate_bar.close()
+        tqdm.write(message, file=sys.stderr) if progress else say(message)
+
+    trainer = functools.partial(launch_training, on_step=on_step, env={"OMP_NUM_THREADS": str(config.train_threads)})
+    try:
+        result = await run_cycle(learner, session_factory=sessions, engines=engines, trainer=trainer,
+                                 on_event=on_event, on_step=on_step, on_gate_item=on_gate_item)
+    except BaseException:
+        # Cancelled (Ctrl-C, SIGTERM): the training child runs in a worker thread that asyncio cannot
+        # interrupt, and the event loop would wait for it at shutdown. Stop it; the thread then ends.
+        _stop_training_children(Path(learner.work_dir))
+        raise
+    finally:
+        bar.close()
+        if gate_bar is not None:
+            gate_bar.close()
+    timings = {}
+    if "train_start" in marks and "gate_start" in marks:
+        timings["train"] = marks["gate_start"] - marks["train_start"]
+    if "gate_start" in marks and "gate_end" in marks:
+        timings["gate"] = marks["gate_end"] - marks["gate_start"]
+    return result, steps, timings
+
+
+def _stop_training_children(work_dir: Path) -> None:
+    """Kill the `python -m learner.train` children of this process recorded under `work_dir`."""
+    import os
+    import signal
+
+    for pid_file in work_dir.glob("*/train.pid"):
+        try:
+            pid = int(pid_file.read_text().strip())
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone already, or not a Linux /proc: nothing we can safely check
+        if parent == os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _batch_sizes(learner: Any, sessions: sessionmaker[Session]) -> dict[str, int]:
+    """The sizes of the batch the cycle is about to draw (the same deterministic query), for the gate's bar."""
+    from learner.dataset import build_failure_dataset
+
+    with sessions() as session:
+        return build_failure_dataset(session, limit=learner.dataset_limit, max_client_share=learner.max_client_share,
+                                     heldout_fraction=learner.heldout_fraction, seed=learner.seed,
+                                     regression_limit=learner.regression_limit).summary()
+
+
+async def stage_candidate(adapter_dir: Path, *, config: DemoConfig, sessions: sessionmaker[Session],
+                          engines: Engine, run_id: str | None) -> str:
+    """Register a gate-rejected candidate (status `candidate`, never active), load and probe it on
+    the engine, so the held-out split can pin it by name; `retire_candidate` marks it rejected."""
+    from agent.adapters import adapter_name, prepare
+    from learner import publish
+    from store import repos
+
+    root = (config.out_dir / "data" / "adapters").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    with sessions() as session:
+        version = max(repos.next_adapter_version(session), max(publish.folder_versions(root), default=0) + 1)
+    final, manifest = publish.write_adapter_folder(adapter_dir, root, version, base_model=SERVED_NAME, run_id=run_id)
+    name = adapter_name(version)
+    with sessions() as session, session.begin():
+        repos.create_adapter(session, name=name, version=version, path=str(final), base_model=SERVED_NAME,
+                             run_id=run_id, manifest_sha256=manifest,
+                             metrics={"note": "the gate rejected this candidate; the demo loaded it only to "
+                                              "measure it pinned by name"})
+    await prepare(engines, name, str(final), adapters_root=root, manifest_sha256=manifest)
+    return name
+
+
+async def retire_candidate(name: str, reasons: Sequence[str], *, sessions: sessionmaker[Session],
+                           engines: Engine) -> None:
+    from agent.adapters import unload_everywhere
+    from store import repos
+
+    with sessions() as session, session.begin():
+        row = repos.get_adapter(session, name)
+        metrics = dict(row.metrics or {}) if row is not None else {}
+        repos.set_adapter_status(session, name, "rejected",
+                                 metrics={**metrics, "rejected_reason": "gate: " + "; ".join(reasons)})
+    await unload_everywhere(engines, name)
+
+
+# --- the run -----------------------------------------------------------------------------------------
+
+def prepare_out_dir(out: Path) -> None:
+    """Create `out`, or clean the outputs of a previous demo run in it (the built policy is kept)."""
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise DemoError(f"{out} exists and is not a demo folder; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("rrr demo output folder; `rrr demo run` cleans it\n", encoding="utf-8")
+    for name in MANAGED:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def run_demo(config: DemoConfig, *, say: Say = log.info, progress: bool = True,
+             hold: Callable[[DemoServers, DemoResult], None] | None = None) -> DemoResult:
+    """Run every stage (module docstring); `hold` is called with the servers still up and the
+    finished result (outputs written), e.g. to keep serving until Ctrl-C. Raises DemoError for
+    expected failures; the servers are always stopped."""
+    config.validate()
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+
+    def timed(name: str, since: float) -> float:
+        timings[name] = round(time.monotonic() - since, 1)
+        return time.monotonic()
+
+    out = config.out_dir
+    prepare_out_dir(out)
+    t = time.monotonic()
+    policy = resolve_policy(config, say=say, progress=progress)
+    train_items, heldout_items = demo_items(config, policy)
+    result = DemoResult(policy=str(policy), config=config.to_dict())
+    t = timed("policy", t)
+    say(f"base policy: {policy}; {len(train_items)} training tasks, {len(heldout_items)} held-out tasks")
+    api_env = {"RRR_REFLECTION_MAX_TOKENS": str(config.reflection_max_tokens), "RRR_DEADLINE_S": "120",
+               "RRR_POLICY_TTL_S": "0.5"}
+    with demo_servers(policy, out / "data", out / "logs", served_name=SERVED_NAME,
+                      max_lora_rank=config.max_lora_rank, api_env=api_env,
+                      startup_timeout_s=config.startup_timeout_s) as servers:
+        result.api_url = servers.api_url
+        t = timed("servers", t)
+        say(f"rrr API: {servers.api_url}/v1 (engine {servers.engine_url}); data in {out / 'data'}")
+        asyncio.run(_serve_stages(config, policy, servers, train_items, heldout_items, result, timings, say,
+                                  progress))
+        timings["total"] = round(time.monotonic() - started, 1)
+        result.timings = timings
+        _write_outputs(config, result)
+        if hold is not None:
+            hold(servers, result)
+    return result
+
+
+async def _serve_stages(config: DemoConfig, policy: Path, servers: DemoServers, train_items: list[DemoItem],
+                        heldout_items: list[DemoItem], result: DemoResult, timings: dict[str, float], say: Say,
+                        progress: bool) -> None:
+    from agent.engines.pool import EnginePool
+    from agent.engines.vllm import VLLMEngine
+    from store.db import make_engine, make_session_factory
+
+    database_url = f"sqlite:///{(config.out_dir / 'data' / 'rrr.db').resolve()}"
+    db = make_engine(database_url)
+    sessions = make_session_factory(db)
+    engines = EnginePool([VLLMEngine(servers.engine_url, None, name="demo-engine")])
+    t = time.monotonic()
+    try:
+        # 3. training traffic
+        traffic = await send_tasks(servers.api_url, train_items, model="rrr", task=TRAIN_TAG, **_client_args(config),
+                                   desc="training traffic", progress=progress)
+        stored = await asyncio.to_thread(wait_recorded, sessions, TRAIN_TAG, len(train_items))
+        result.traffic = {**summarize_statuses(traffic.statuses), "recorded": stored,
+                          "request_errors": traffic.errors[:5]}
+        timings["traffic"] = round(time.monotonic() - t, 1)
+        say(f"training traffic: {_line(result.traffic)}; {stored} episodes recorded")
+
+        # 4. one learner cycle
+        t = time.monotonic()
+        cycle, steps, sub = await run_learner(config, policy, servers, database_url, sessions, engines, say=say,
+                                              progress=progress)
+        result.cycle, result.training_steps = cycle.to_dict(), steps
+        timings["learner"] = round(time.monotonic() - t, 1)
+        timings.update({f"learner_{k}": round(v, 1) for k, v in sub.items()})
+        say(f"learner cycle: {cycle.status}" + (f" ({cycle.adapter})" if cycle.adapter else "")
+            + "".join(f"\n  - {reason}" for reason in cycle.reasons))
+        if cycle.status == "failed":
+            raise DemoError(f"the learner cycle failed: {cycle.error}")
+
+        # 5. held-out, base pinned ("before") then the trained adapter ("after")
+        t = time.monotonic()
+        before = await send_tasks(servers.api_url, heldout_items, model=SERVED_NAME, task=BEFORE_TAG, **_client_args(config),
+                                  desc="held-out, base", progress=progress)
+        result.before_label = f"base ({SERVED_NAME})"
+        result.before = summarize_statuses(before.statuses)
+        result.served_by["before"] = dict(before.adapters)
+        timings["heldout_base"] = round(time.monotonic() - t, 1)
+        after = await _measure_after(config, cycle, servers, heldout_items, sessions, engines, result, timings,
+                                     progress)
+        if after is not None:
+            result.served_by["after"] = dict(after.adapters)
+            result.table = compare(before.statuses, after.statuses)
+            (config.out_dir / "heldout.json").write_text(json.dumps(
+                {i: {"before": before.statuses.get(i), "after": after.statuses.get(i)} for i in before.statuses},
+                indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+        # inspection snapshots while the API is still up
+        result.inspection = await snapshot_inspection(servers.api_url, config.out_dir / "inspection",
+                                                      sample_episode=sample_episode(traffic), run_id=cycle.run_id)
+    finally:
+        await engines.aclose()
+        db.dispose()
+
+
+async def _measure_after(config: DemoConfig, cycle: CycleResult, servers: DemoServers,
+                         heldout_items: list[DemoItem], sessions: sessionmaker[Session], engines: Engine,
+                         result: DemoResult, timings: dict[str, float], progress: bool) -> Sent | None:
+    t = time.monotonic()
+    if cycle.status == "promoted" and cycle.adapter:
+        await wait_model_listed(servers.api_url, cycle.adapter)
+        result.after_label, result.after_kind = f"{cycle.adapter} (promoted)", "promoted"
+        after = await send_tasks(servers.api_url, heldout_items, model="rrr", task=AFTER_TAG, **_client_args(config),
+                                 desc=f"held-out, {cycle.adapter}", progress=progress)
+    elif cycle.gate is not None and not cycle.gate.get("promote") and cycle.run_id:
+        adapter_dir = config.out_dir / "learner" / cycle.run_id / "adapter"
+        name = await stage_candidate(adapter_dir, config=config, sessions=sessions, engines=engines,
+                                     run_id=cycle.run_id)
+        try:
+            await wait_model_listed(servers.api_url, name)
+            result.after_label, result.after_kind = f"{name} (candidate, gate rejected)", "candidate"
+            after = await send_tasks(servers.api_url, heldout_items, model=name, task=AFTER_TAG, **_client_args(config),
+                                     desc=f"held-out, {name}", progress=progress)
+        finally:
+            await retire_candidate(name, cycle.reasons, sessions=sessions, engines=engines)
+    else:
+        return None
+    timings["heldout_adapter"] = round(time.monotonic() - t, 1)
+    return after
+
+
+def _client_args(config: DemoConfig) -> dict[str, Any]:
+    return {"concurrency": config.concurrency, "max_tokens": config.max_tokens, "timeout_s": config.request_timeout_s}
+
+
+def _line(summary: dict[str, Any]) -> str:
+    first, after = summary["first_attempt"], summary["after_retry"]
+    return (f"n={summary['n']}, first attempt {100 * first['rate']:.1f}%, after reflection + retry "
+            f"{100 * after['rate']:.1f}%, errors {summary['errors']}")
+
+
+def _write_outputs(config: DemoConfig, result: DemoResult) -> None:
+    from learner.demo.chart import write_chart
+
+    json_path, png_path = config.out_dir / "demo.json", config.out_dir / "demo.png"
+    result.files = {"json": str(json_path), "png": str(png_path)}
+    if result.table is not None and result.after_label:
+        write_chart(png_path, result.table, before_label=result.before_label, after_label=result.after_label,
+                    steps=result.training_steps, title="rrr demo: one learner cycle on the demo policy")
+    else:
+        result.files.pop("png")
+    json_path.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def format_result(result: DemoResult) -> str:
+    """The human summary: the before/after table, the gate's decision, stage times, files and URLs."""
+    lines = []
+    if result.table is not None and result.after_label:
+        lines += ["", "held-out tasks through the rrr API (reference verifier, greedy, one reflection + one retry;",
+                  "rates with 95% Wilson intervals; difference with a 95% paired Newcombe interval):", "",
+                  format_table(result.table, result.before_label, result.after_label)]
+    else:
+        lines += ["", f"held-out, base only: {_line(result.before)}" if result.before else ""]
+    gate = result.cycle.get("gate") or {}
+    decision = f"gate: {'promote' if gate.get('promote') else 'reject'}" if gate else "gate: not reached"
+    lines += ["", f"{decision} (learner cycle: {result.cycle.get('status')})"]
+    lines += [f"  - {reason}" for reason in result.cycle.get("reasons", [])]
+    lines += ["", "stage times (s): " + ", ".join(f"{k} {v:g}" for k, v in result.timings.items())]
+    lines += ["", *(f"{kind}: {path}" for kind, path in result.files.items())]
+    if result.inspection:
+        lines += ["", "inspection (saved under inspection/; live while the servers run):"]
+        lines += [f"  {name:<24} {url}" for name, url in result.inspection.items()]
+    return "\n".join(lines)
