@@ -44,7 +44,7 @@ def demo_build_policy(
 def demo_eval_policy(
     policy: Path = typer.Option(Path("demo/policy"), "--policy", help="The policy directory to measure."),
     adapter: Path | None = typer.Option(None, "--adapter", help="A LoRA adapter directory to apply."),
-    n: int = typer.Option(600, "--n", help="Held-out tasks (balanced over the twelve tools)."),
+    n: int = typer.Option(600, "--n", help="Held-out tasks of the policy's recipe (balanced over the twelve tools)."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for generation."),
     out: Path | None = typer.Option(None, "--out", help="Also write the full summary as JSON here."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
@@ -53,12 +53,19 @@ def demo_eval_policy(
     import json
 
     try:
-        from learner.demo.policy import evaluate_policy, format_summary, held_out_items, write_summary
+        from learner.demo.policy import (
+            evaluate_policy,
+            format_summary,
+            held_out_items,
+            policy_recipe,
+            write_summary,
+        )
     except ImportError as exc:
         fail(f"the ml extra is not installed ({exc.name}); install with: pip install -e '.[ml]'")
     if not (policy / "config.json").is_file():
         fail(f"no policy at {policy}; build one with: rrr demo build-policy --out {policy}")
-    summary = evaluate_policy(policy, held_out_items(n), adapter_dir=adapter, num_threads=threads)
+    summary = evaluate_policy(policy, held_out_items(n, policy_recipe(policy)), adapter_dir=adapter,
+                              num_threads=threads)
     if out is not None:
         write_summary(out, summary)
     typer.echo(json.dumps(summary, ensure_ascii=False) if as_json else format_summary(summary))

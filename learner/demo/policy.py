@@ -6,12 +6,16 @@ and after the learner cycle), tests.
 * ``build_policy`` trains the policy (``learner.demo.sft``) into a temporary folder next to the
   target, keeps only the files a server needs (safetensors, tokenizer, chat template, configs,
   ``sft.json`` with the recipe) and renames it into place, so a half-built policy is never seen.
+  ``policy_recipe`` reads that recipe back; ``held_out_items`` gives the tasks a recipe never
+  trained on (pass the policy's recipe, or the held-out set may overlap its training set).
 * ``evaluate_policy`` sends tasks through the real reflect/retry loop (``agent.loop.run_episode``)
   on a ``LocalEngine`` with the reference verifier, greedy, one reflection and one retry, and
   reports first-attempt success, success after reflection and retry, and the share of first-attempt
   failures the retry rescued, each with a 95% Wilson interval, plus per-tool numbers.
 
 The shipped policy lives in ``demo/policy`` at the repository root (``SHIPPED_POLICY``).
+Not here: the training itself (``learner.demo.sft``), serving over HTTP and the learner cycle
+(``learner.demo.run``). torch/transformers load only inside ``LocalEngine`` and the trainer.
 """
 
 from __future__ import annotations
@@ -67,9 +71,20 @@ def policy_size_bytes(policy_dir: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(policy_dir).iterdir() if p.is_file())
 
 
+def policy_recipe(policy_dir: str | Path) -> SFTConfig:
+    """The SFTConfig a policy was built with (its ``sft.json``); the defaults if it has none."""
+    meta = Path(policy_dir) / "sft.json"
+    if not meta.is_file():
+        return SFTConfig()
+    return SFTConfig.from_json(json.loads(meta.read_text(encoding="utf-8"))["config"])
+
+
 def held_out_items(n: int, config: SFTConfig = SFTConfig()) -> list[DemoItem]:
-    """``n`` held-out tasks of the policy built with ``config`` (never seen in its training)."""
-    return split_items(config.n_train_items, n, config.seed)[1]
+    """``n`` held-out tasks of the policy built with ``config``: no query of its training set.
+
+    Balanced over the tools, and the first ``k`` of ``n`` are the ``k`` tasks ``held_out_items(k)`` gives.
+    """
+    return split_items(config.n_train_items, n, config.seed, group_size=config.group_size)[1]
 
 
 def _as_task(item: DemoItem | dict[str, Any]) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]], Any, str]:
@@ -130,7 +145,7 @@ def summarize(outcomes: Sequence[tuple[str, str, Outcome]]) -> dict[str, Any]:
     return summary
 
 
-def evaluate_policy(model_dir: str | Path, items: Sequence[DemoItem | dict[str, Any]], *,
+def evaluate_policy(policy_dir: str | Path, items: Sequence[DemoItem | dict[str, Any]], *,
                     adapter_dir: str | Path | None = None, max_tokens: int = 128, loop: LoopConfig = EVAL_LOOP,
                     num_threads: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Measure a policy (optionally with a LoRA adapter) on ``items`` through LocalEngine + run_episode.
@@ -138,7 +153,7 @@ def evaluate_policy(model_dir: str | Path, items: Sequence[DemoItem | dict[str, 
     Returns ``{"n", "first_attempt", "after_retry", "retry_rescued", "per_tool", ...}`` where each
     rate is ``{"rate", "successes", "n", "ci95": [lo, hi]}`` (95% Wilson score interval).
     """
-    engine = LocalEngine(str(model_dir), served_name="demo-base", num_threads=num_threads, max_model_len=2048)
+    engine = LocalEngine(str(policy_dir), served_name="demo-base", num_threads=num_threads, max_model_len=2048)
     model = None
 
     async def run() -> dict[str, Any]:
@@ -153,7 +168,7 @@ def evaluate_policy(model_dir: str | Path, items: Sequence[DemoItem | dict[str, 
             await engine.aclose()
 
     summary = asyncio.run(run())
-    log.info("policy %s: first attempt %.1f%%, after retry %.1f%% (n=%d)", model_dir,
+    log.info("policy %s: first attempt %.1f%%, after retry %.1f%% (n=%d)", policy_dir,
              100 * summary["first_attempt"]["rate"], 100 * summary["after_retry"]["rate"], summary["n"])
     return summary
 

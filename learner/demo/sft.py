@@ -107,6 +107,16 @@ class SFTConfig:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SFTConfig:
+        """The config ``to_json`` wrote (``sft.json``'s ``config``); missing keys take the defaults."""
+        values = dict(data)
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        if "model" in values:
+            values["model"] = TinyModelConfig(**values["model"])
+        return cls(**values)
+
 
 @dataclass
 class SFTResult:
@@ -116,7 +126,6 @@ class SFTResult:
     seconds: float
     losses: list[float]
     evals: list[dict[str, float]]
-    held_out: list[DemoItem]
 
 
 # --- rendering and tokenising ---------------------------------------------------------------------
@@ -339,18 +348,17 @@ def _lr_at(step: int, config: SFTConfig) -> float:
 
 
 def train_policy(out_dir: str | Path, config: SFTConfig = SFTConfig(), *, num_threads: int | None = None,
-                 progress: bool = True, on_step: Callable[[int, float], None] | None = None,
-                 held_out: Sequence[DemoItem] | None = None) -> SFTResult:
+                 progress: bool = True) -> SFTResult:
     """Build and train the demo policy into ``out_dir`` (model, tokenizer, template, sft.json)."""
     import torch
+    import transformers
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
     out = Path(out_dir)
-    train_items, default_held_out = split_items(config.n_train_items, max(config.eval_items, 12), config.seed,
-                                                group_size=config.group_size)
-    eval_items = list(held_out if held_out is not None else default_held_out)[: config.eval_items]
+    train_items, eval_items = split_items(config.n_train_items, config.eval_items, config.seed,
+                                          group_size=config.group_size)
     conversations = training_conversations(train_items, reflection_share=config.reflection_share, seed=config.seed)
     build_tiny_model(out, seed=config.seed, config=config.model,
                      extra_corpus=tokenizer_corpus(train_items, conversations, config.tokenizer_texts))
@@ -404,8 +412,6 @@ def train_policy(out_dir: str | Path, config: SFTConfig = SFTConfig(), *, num_th
                 optim.step()
                 value = float(loss.item())
                 losses.append(value)
-                if on_step is not None:
-                    on_step(step + 1, value)
                 postfix = {"loss": f"{value:.3f}"}
                 if config.eval_every and eval_items and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
                     acc = teacher_forced_accuracy(model, tokenizer, eval_items)
@@ -420,9 +426,11 @@ def train_policy(out_dir: str | Path, config: SFTConfig = SFTConfig(), *, num_th
     model.eval()
     model.save_pretrained(out)
     seconds = time.monotonic() - started
-    meta = {"config": config.to_json(), "parameters": n_params, "seconds": round(seconds, 1),
-            "final_loss": losses[-1], "evals": evals}
+    # Weights depend on the thread count only through floating-point summation order: recorded.
+    meta = {"config": config.to_json(), "num_threads": num_threads or threads,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+            "parameters": n_params, "seconds": round(seconds, 1), "final_loss": losses[-1], "evals": evals}
     (out / "sft.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     log.info("demo policy trained in %.0f s into %s", seconds, out)
     return SFTResult(out_dir=out, parameters=n_params, steps=config.steps, seconds=seconds, losses=losses,
-                     evals=evals, held_out=eval_items)
+                     evals=evals)

@@ -1,11 +1,15 @@
-"""learner/demo/sft.py: rendering equals serving, the answer-only loss, and a few real training steps.
+"""learner/demo/sft.py and policy.py: rendering equals serving, the answer-only loss, a few real training
+steps, the recorded recipe, and the measurement through the real loop.
 
-Trains a throwaway model of a few thousand parameters on a slice of the corpus (seconds); makes no
-accuracy claim (see learner/demo/policy.py and `rrr demo eval-policy` for measured numbers).
+Builds a throwaway policy of a few thousand parameters on a slice of the corpus (seconds); makes no
+accuracy claim about it (`rrr demo eval-policy` measures the shipped policy). The measurement is
+checked against a scripted upstream whose answers are known.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -19,11 +23,23 @@ pytest.importorskip("transformers")
 from transformers import AutoTokenizer  # noqa: E402
 
 from agent.engines.local import LocalEngine  # noqa: E402
+from agent.engines.vllm import VLLMEngine  # noqa: E402
 from learner.demo.corpus import (  # noqa: E402
     answer_example,
     generate_items,
     reflection_example,
+    split_items,
     training_conversations,
+)
+from learner.demo.policy import (  # noqa: E402
+    POLICY_FILES,
+    build_policy,
+    evaluate_items,
+    evaluate_policy,
+    format_summary,
+    held_out_items,
+    policy_recipe,
+    write_summary,
 )
 from learner.demo.sft import (  # noqa: E402
     DEMO_CHAT_TEMPLATE,
@@ -33,9 +49,9 @@ from learner.demo.sft import (  # noqa: E402
     build_groups,
     encode_conversation,
     group_loss,
-    train_policy,
 )
 from learner.tiny import TinyModelConfig  # noqa: E402
+from tests.support.upstream import Script, ScriptedUpstream, classify, text, tool_call  # noqa: E402
 
 SLICE = SFTConfig(seed=1, n_train_items=240, steps=12, batch_size=8, group_size=4, toolless_steps=4, lr=3e-3,
                   warmup_steps=2, eval_items=24, eval_every=12, tokenizer_texts=240,
@@ -46,7 +62,7 @@ SLICE = SFTConfig(seed=1, n_train_items=240, steps=12, batch_size=8, group_size=
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return train_policy(tmp_path_factory.mktemp("demo-sft") / "policy", SLICE, num_threads=1, progress=False)
+    return build_policy(tmp_path_factory.mktemp("demo-sft") / "policy", SLICE, num_threads=1, progress=False)
 
 
 def test_a_few_steps_on_a_slice_reduce_the_loss(trained: Any) -> None:
@@ -54,8 +70,24 @@ def test_a_few_steps_on_a_slice_reduce_the_loss(trained: Any) -> None:
     assert len(losses) == SLICE.steps
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
     assert trained.evals and trained.evals[-1]["step"] == SLICE.steps
-    assert {"model.safetensors", "tokenizer.json", "chat_template.jinja", "sft.json"} <= {
-        p.name for p in Path(trained.out_dir).iterdir()}
+
+
+def test_the_policy_folder_holds_the_server_files_and_a_path_free_recipe(trained: Any) -> None:
+    out = Path(trained.out_dir)
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no half-built leftovers
+    assert sorted(p.name for p in out.iterdir()) == sorted(POLICY_FILES)
+    recipe = (out / "sft.json").read_text(encoding="utf-8")
+    assert str(out.parent) not in recipe and '"/' not in recipe
+    assert json.loads(recipe)["num_threads"] == 1
+    assert policy_recipe(out) == SLICE
+
+
+def test_held_out_items_share_no_query_with_the_training_set() -> None:
+    train, _ = split_items(SLICE.n_train_items * 8, 1, SLICE.seed, group_size=SLICE.group_size)  # as train_policy
+    config = SFTConfig.from_json({**SLICE.to_json(), "n_train_items": SLICE.n_train_items * 8})
+    held_out = held_out_items(240, config)
+    assert not {i.query for i in train} & {i.query for i in held_out}
+    assert held_out[:24] == held_out_items(24, config)
 
 
 def test_prompts_render_exactly_as_the_local_engine_renders_them(trained: Any) -> None:
@@ -112,3 +144,36 @@ def test_shared_prompt_groups_give_the_loss_and_gradients_of_full_sequences(trai
     params = [p for p in model.parameters() if p.requires_grad]
     for a, b in zip(torch.autograd.grad(grouped, params), torch.autograd.grad(full, params), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_evaluation_counts_first_attempts_retries_and_rescues_through_the_loop(tmp_path: Path) -> None:
+    items = held_out_items(6, SLICE)
+    right_first, rescued = {items[0].query, items[1].query}, {items[2].query, items[3].query}
+
+    def responder(body: dict[str, Any]) -> Any:
+        item = next(i for i in items if i.query == body["messages"][0]["content"])
+        kind = classify(body["messages"])
+        if kind == "reflection":
+            return text("I wrote the wrong value.")
+        ok = item.query in right_first or (kind == "retry" and item.query in rescued)
+        return tool_call(item.name, item.arguments if ok else {"nope": 1})
+
+    with ScriptedUpstream(Script(responder=responder)) as up:
+        summary = asyncio.run(evaluate_items(VLLMEngine(up.url), items, model="base", progress=False))
+    assert (summary["n"], summary["engine_errors"]) == (6, 0)
+    assert summary["first_attempt"]["successes"] == 2 and summary["after_retry"]["successes"] == 4
+    assert (summary["retry_rescued"]["successes"], summary["retry_rescued"]["n"]) == (2, 4)
+    lo, hi = summary["retry_rescued"]["ci95"]
+    assert lo < 0.5 < hi
+    assert sorted(summary["per_tool"]) == sorted(i.name for i in items)
+    assert [f["status"] for f in summary["sample_failures"]] == ["retry_ok", "retry_ok", "failed", "failed"]
+    write_summary(tmp_path / "s.json", summary)
+    assert json.loads((tmp_path / "s.json").read_text()) == summary
+    assert "first attempt  33.3%" in format_summary(summary)
+
+
+def test_evaluate_policy_runs_the_trained_policy_on_the_local_engine(trained: Any) -> None:
+    summary = evaluate_policy(trained.out_dir, held_out_items(2, SLICE), max_tokens=16, num_threads=1,
+                              progress=False)
+    assert summary["n"] == 2 and summary["engine_errors"] == 0
+    assert summary["first_attempt"]["n"] == summary["after_retry"]["n"] == 2
