@@ -73,19 +73,29 @@ def demo_eval_policy(
 
 @demo_app.command("tasks")
 def demo_tasks(
-    split: str = typer.Option("heldout", "--split", help="train or heldout."),
+    split: str = typer.Option("heldout", "--split", help="train (the demo's traffic) or heldout."),
     n: int = typer.Option(600, "--n", help="How many tasks."),
     out: Path = typer.Option(..., "--out", help="JSON Lines file to write (the repo's openai format)."),
+    policy: Path = typer.Option(Path("demo/policy"), "--policy",
+                                help="The policy whose recipe decides the held-out set (its sft.json)."),
+    heldout: int = typer.Option(500, "--heldout", help="With --split train: held-out tasks the traffic must "
+                                "not share a query with (as `rrr demo run --heldout`)."),
+    seed: int = typer.Option(0, "--seed", help="Traffic seed (as `rrr demo run --seed`)."),
 ) -> None:
     """Write demo tasks with their reference answers (`rrr eval`/`--dataset openai:PATH` reads them)."""
     import json
 
-    from learner.demo.corpus import generate_items, items_to_records
-    from learner.demo.policy import held_out_items
+    from learner.demo.corpus import items_to_records
+    from learner.demo.policy import demo_splits
 
     if split not in ("train", "heldout"):
         fail("--split must be train or heldout")
-    items = held_out_items(n) if split == "heldout" else generate_items(n, seed=10_000, prefix="traffic")
+    if n < 1 or heldout < 1:
+        fail("--n and --heldout must be at least 1")
+    if split == "train":
+        items = demo_splits(policy, n, heldout, seed=seed)[0]
+    else:
+        items = demo_splits(policy, 0, n, seed=seed)[1]
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as fh:
         for record in items_to_records(items):

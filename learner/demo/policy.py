@@ -33,7 +33,7 @@ from typing import Any
 from agent.engines.base import ChatRequest
 from agent.engines.local import LocalEngine
 from agent.loop import LoopConfig, Outcome, TaskOptions, run_episode
-from learner.demo.corpus import DemoItem, split_items
+from learner.demo.corpus import DemoItem, generate_items, split_items
 from learner.demo.sft import SFTConfig, SFTResult, train_policy
 from learner.gate import Rate
 
@@ -85,6 +85,20 @@ def held_out_items(n: int, config: SFTConfig = SFTConfig()) -> list[DemoItem]:
     Balanced over the tools, and the first ``k`` of ``n`` are the ``k`` tasks ``held_out_items(k)`` gives.
     """
     return split_items(config.n_train_items, n, config.seed, group_size=config.group_size)[1]
+
+
+def demo_splits(policy_dir: str | Path, n_train: int, n_held_out: int, *,
+                seed: int = 0) -> tuple[list[DemoItem], list[DemoItem]]:
+    """(traffic, held-out tasks) for the policy in ``policy_dir``.
+
+    The held-out tasks are ``held_out_items`` of the policy's own recipe (never trained on); the
+    traffic comes from another seed and shares no query with them, so the learner never trains on
+    a task it is then measured on.
+    """
+    held_out = held_out_items(n_held_out, policy_recipe(policy_dir))
+    traffic = generate_items(n_train, seed=10_000 + seed, prefix="traffic",
+                             exclude_queries={item.query for item in held_out})
+    return traffic, held_out
 
 
 def _as_task(item: DemoItem | dict[str, Any]) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]], Any, str]:

@@ -58,7 +58,7 @@ from learner.demo.client import (
     wait_model_listed,
     wait_recorded,
 )
-from learner.demo.corpus import DemoItem, generate_items
+from learner.demo.corpus import DemoItem
 from learner.demo.report import compare, format_table, summarize_statuses
 from learner.demo.servers import DemoServers, demo_servers
 from learner.gate import GateConfig
@@ -245,21 +245,10 @@ def resolve_policy(config: DemoConfig, *, say: Say, progress: bool = True) -> Pa
 
 
 def demo_items(config: DemoConfig, policy: Path) -> tuple[list[DemoItem], list[DemoItem]]:
-    """(training traffic, held-out tasks): the held-out split of the policy's own corpus (never
-    trained on), and traffic from another seed that shares no query with it."""
-    from learner.demo.policy import held_out_items
-    from learner.demo.sft import SFTConfig
+    """(training traffic, held-out tasks) for ``policy``: see ``learner.demo.policy.demo_splits``."""
+    from learner.demo.policy import demo_splits
 
-    sft = SFTConfig()
-    meta = policy / "sft.json"
-    if meta.is_file():
-        recipe = json.loads(meta.read_text(encoding="utf-8")).get("config", {})
-        sft = SFTConfig(seed=int(recipe.get("seed", sft.seed)),
-                        n_train_items=int(recipe.get("n_train_items", sft.n_train_items)))
-    heldout = held_out_items(config.n_heldout, sft)
-    train = generate_items(config.n_train, seed=10_000 + config.seed, prefix="traffic",
-                           exclude_queries={item.query for item in heldout})
-    return train, heldout
+    return demo_splits(policy, config.n_train, config.n_heldout, seed=config.seed)
 
 
 # --- stage 4: the learner ----------------------------------------------------------------------------

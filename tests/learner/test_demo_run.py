@@ -251,3 +251,31 @@ def test_cli_names_the_missing_policy(tmp_path: Path) -> None:
                                       str(tmp_path / "demo")])
     assert result.exit_code == 1
     assert "no policy at" in result.output and "rrr demo build-policy" in result.output
+
+
+def test_cli_tasks_traffic_shares_no_query_with_the_held_out_set_of_the_policys_recipe(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+    from learner.demo.policy import demo_splits
+    from learner.demo.sft import SFTConfig
+
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    recipe = SFTConfig(seed=3, n_train_items=400, group_size=4)
+    (policy / "sft.json").write_text(json.dumps({"config": recipe.to_json()}), encoding="utf-8")
+
+    def tasks(split: str, n: int) -> list[dict[str, Any]]:
+        out = tmp_path / f"{split}.jsonl"
+        result = CliRunner().invoke(app, ["demo", "tasks", "--split", split, "--n", str(n), "--heldout", "240",
+                                          "--policy", str(policy), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+    train, heldout = tasks("train", 300), tasks("heldout", 240)
+    assert (len(train), len(heldout)) == (300, 240)
+    assert not {r["messages"][0]["content"] for r in train} & {r["messages"][0]["content"] for r in heldout}
+    expected_train, expected_heldout = demo_splits(policy, 300, 240)  # exactly what `rrr demo run` sends
+    assert [r["id"] for r in train] == [i.id for i in expected_train]
+    assert [r["messages"] for r in heldout] == [i.messages for i in expected_heldout]
+    assert all(r["expected_tool_calls"] and r["tools"] for r in train + heldout)
