@@ -9,7 +9,9 @@ a tiny model a few fixed answers (tests use it to make tool-call output determin
 
 Tokenizer choice (see shared/demo-notes.md): spaces are split into their own tokens before the
 byte-level step, so a value in a query and the same value inside a JSON string are the same token,
-and every digit is its own token, so numbers are copied digit by digit.
+and every digit is its own token, so numbers are copied digit by digit. With
+`TinyModelConfig.number_tokens_below` (the demo policy uses 1000) whole numbers are single added
+tokens instead, and a number is copied like a word: the demo-notes' dominant error, fixed.
 
 This module does not train a useful model: outputs are gibberish until a learner trains it.
 torch/transformers/tokenizers/peft are imported lazily inside the functions.
@@ -119,6 +121,10 @@ class TinyModelConfig:
     intermediate_size: int = 512
     vocab_size: int = 1024
     """Target BPE vocabulary (specials and tool tags included); the trainer may stop a little short."""
+    number_tokens_below: int = 0
+    """Whole-number tokens: every integer from 10 up to this bound (exclusive) becomes one token, on top
+    of ``vocab_size`` (0 = digits only, one token each). A number is then copied from a query as one
+    token instead of digit by digit, which a model this small learns far more reliably."""
     max_position_embeddings: int = 4096
 
     def __post_init__(self) -> None:
@@ -128,6 +134,8 @@ class TinyModelConfig:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         if self.vocab_size < 512:
             raise ValueError("vocab_size must be at least 512 (256 bytes plus merges and special tokens)")
+        if not (self.number_tokens_below == 0 or 10 < self.number_tokens_below <= 100_000):
+            raise ValueError("number_tokens_below must be 0 (off) or in (10, 100000]")
 
 
 # --- the built-in corpus -------------------------------------------------------------------------
@@ -225,8 +233,14 @@ def tiny_corpus(n_conversations: int = 600, seed: int = 0) -> list[str]:
 
 # --- tokenizer and model -------------------------------------------------------------------------
 
-def build_tiny_tokenizer(vocab_size: int = 1024, extra_corpus: Sequence[str] = ()) -> Any:
+def build_tiny_tokenizer(vocab_size: int = 1024, extra_corpus: Sequence[str] = (), *,
+                         number_tokens_below: int = 0) -> Any:
     """A byte-level BPE tokenizer (spaces and digits as their own tokens) wrapped for transformers.
+
+    With ``number_tokens_below`` N, the integers 10..N-1 are added tokens (not special, not
+    normalised), matched before pre-tokenisation leftmost-longest: with N = 1000, "3200" is "320" "0"
+    and "19:05" is "19" ":" "0" "5" wherever they appear, in a query or in a call's JSON. Added tokens survive every loader
+    (transformers 4 and 5, vLLM) unchanged, as the tool tags do.
 
     The pre-tokenizer is Qwen2's split followed by isolating every space. No merge can therefore
     contain a space, which makes the tokenizer give identical ids whether it is loaded from
@@ -259,6 +273,8 @@ def build_tiny_tokenizer(vocab_size: int = 1024, extra_corpus: Sequence[str] = (
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator([*tiny_corpus(), *extra_corpus], trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])
+    if number_tokens_below:
+        tok.add_tokens([AddedToken(str(n), special=False, normalized=False) for n in range(10, number_tokens_below)])
     fast: Any = PreTrainedTokenizerFast  # untyped in transformers
     hf = fast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
@@ -280,7 +296,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, config: TinyModelConfig
     cfg = config or TinyModelConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer(cfg.vocab_size, extra_corpus)
+    tokenizer = build_tiny_tokenizer(cfg.vocab_size, extra_corpus, number_tokens_below=cfg.number_tokens_below)
     tokenizer.model_max_length = cfg.max_position_embeddings
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     eot_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")

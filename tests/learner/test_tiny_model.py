@@ -122,6 +122,28 @@ def test_tokenizer_json_as_is_and_transformers_qwen2_tokenizer_agree(tiny_model_
         assert raw.encode(text).ids == tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def test_number_tokens_make_a_number_one_token_in_the_query_and_in_the_call(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    from learner.tiny import TinyModelConfig
+
+    out = build_tiny_model(tmp_path / "numbers", config=TinyModelConfig(number_tokens_below=1000))
+    tokenizer = AutoTokenizer.from_pretrained(out)
+
+    def tokens(text: str) -> list[str]:
+        return list(tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"]))
+
+    assert {"18", "740", "19"} <= set(tokens("Tip 18% on $740 at 19:05"))
+    assert "740" in tokens('{"bill": 740}') and "740" in tokens("Tip on $740")
+    assert tokens("3200") == ["320", "0"] and tokens("7") == ["7"]  # leftmost-longest, single digits as before
+    raw = Tokenizer.from_file(str(out / "tokenizer.json"))  # vLLM on transformers 4 reads this as is
+    for text in ["Tip 18% on $740 at 19:05", "2026-11-21 12.5 1000000", *tiny_corpus(10, seed=5)]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert raw.encode(text).ids == ids and tokenizer.decode(ids) == text
+    with pytest.raises(ValueError, match="number_tokens_below"):
+        TinyModelConfig(number_tokens_below=5)
+
+
 def test_tiny_lora_is_a_vllm_servable_peft_adapter(tiny_model_dir: Path, tiny_adapter_dir: Path,
                                                    tmp_path: Path) -> None:
     from safetensors.torch import load_file
