@@ -4,7 +4,8 @@ One generator per tool of ``tools.catalog.demo``: each picks one of its 3-5 temp
 values from the lists below, and returns the query together with the exact arguments a correct
 call carries. Some values must be mapped rather than copied ("°F" -> fahrenheit, "yen" -> JPY,
 "on foot" -> walking, "Apple" -> AAPL, "four" -> 4, "7 pm" -> 19:00). Numbers are written in the
-query exactly as JSON writes them, so copying digit by digit is always right.
+query exactly as JSON writes them, so copying is always right (token by token: the demo policy's
+tokenizer makes every whole number below 1000 one token).
 
 Called by ``learner.demo.corpus`` only. Deliberately plain data and small functions: adding a
 template or a value is a one-line change, and nothing here knows about tokenizers or training.
