@@ -107,7 +107,7 @@ def demo_tasks(
 def demo_run(
     out: Path = typer.Option(Path(".rrr-demo"), "--out", help="Demo folder (git-ignored; cleaned before each run)."),
     policy: Path | None = typer.Option(None, "--policy", help="Base policy (default: demo/policy, else built once)."),
-    train: int | None = typer.Option(None, "--train", help="Training tasks sent before the learner cycle (default 500)."),
+    train: int | None = typer.Option(None, "--train", help="Training tasks sent before the learner cycle (default 1000)."),
     heldout: int | None = typer.Option(None, "--heldout", help="Held-out tasks measured per policy (default 500)."),
     steps: int | None = typer.Option(None, "--steps", help="GRPO steps (default: the demo's setting)."),
     seed: int = typer.Option(0, "--seed", help="Traffic and learner seed."),
