@@ -257,6 +257,7 @@ def test_cli_tasks_traffic_shares_no_query_with_the_held_out_set_of_the_policys_
     from typer.testing import CliRunner
 
     from cli import app
+    from learner.demo.corpus import generate_items
     from learner.demo.policy import demo_splits
     from learner.demo.sft import SFTConfig
 
@@ -274,6 +275,8 @@ def test_cli_tasks_traffic_shares_no_query_with_the_held_out_set_of_the_policys_
 
     train, heldout = tasks("train", 300), tasks("heldout", 240)
     assert (len(train), len(heldout)) == (300, 240)
+    unfiltered = {i.query for i in generate_items(300, seed=10_000, prefix="traffic")}
+    assert unfiltered & {r["messages"][0]["content"] for r in heldout}  # the exclusion has work to do here
     assert not {r["messages"][0]["content"] for r in train} & {r["messages"][0]["content"] for r in heldout}
     expected_train, expected_heldout = demo_splits(policy, 300, 240)  # exactly what `rrr demo run` sends
     assert [r["id"] for r in train] == [i.id for i in expected_train]
