@@ -254,13 +254,6 @@ def resolve_policy(config: DemoConfig, *, say: Say, progress: bool = True) -> Pa
     return cache
 
 
-def demo_items(config: DemoConfig, policy: Path) -> tuple[list[DemoItem], list[DemoItem]]:
-    """(training traffic, held-out tasks) for ``policy``: see ``learner.demo.policy.demo_splits``."""
-    from learner.demo.policy import demo_splits
-
-    return demo_splits(policy, config.n_train, config.n_heldout, seed=config.seed)
-
-
 # --- stage 4: the learner ----------------------------------------------------------------------------
 
 async def run_learner(config: DemoConfig, policy: Path, servers: DemoServers, database_url: str,
@@ -426,8 +419,10 @@ def run_demo(config: DemoConfig, *, say: Say = log.info, progress: bool = True,
     out = config.out_dir
     prepare_out_dir(out)
     t = time.monotonic()
+    from learner.demo.policy import demo_splits
+
     policy = resolve_policy(config, say=say, progress=progress)
-    train_items, heldout_items = demo_items(config, policy)
+    train_items, heldout_items = demo_splits(policy, config.n_train, config.n_heldout, seed=config.seed)
     result = DemoResult(policy=str(policy), config=config.to_dict())
     t = timed("policy", t)
     say(f"base policy: {policy}; {len(train_items)} training tasks, {len(heldout_items)} held-out tasks")
