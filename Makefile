@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy tools store agent api learner cli
+	$(BIN)/mypy $(wildcard tools store engines adapters agent evals learner api demo cli)
 
 pytest: $(STAMP) compose-tool
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -22,7 +22,7 @@ Filesystem and database work runs in worker threads, off the event loop. The cal
 comes after a flip: invalidating caches (the API), unloading the replaced adapter after a drain
 (`learner.publish.schedule_unload`). This module does not write adapter folders, create or reject
 registry rows, unload anything on a timer or delete folders (all `learner.publish` / `learner.cycle`),
-and it imports no torch: engines are reached through `agent.engines.base.Engine` only.
+and it imports no torch: engines are reached through `engines.base.Engine` only.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from typing import Any, Literal, TypeVar
 
 from sqlalchemy.orm import Session
 
-from agent.engines.base import AdapterError, ChatRequest, Engine, EngineError, EngineTimeout
-from agent.engines.pool import EnginePool
+from engines.base import AdapterError, ChatRequest, Engine, EngineError, EngineTimeout
+from engines.pool import EnginePool
 from store import repos
 from store.models import Adapter
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agent import prompts
-from agent.engines.base import ChatRequest, ChatResult, Engine, EngineError, EngineTimeout
+from engines.base import ChatRequest, ChatResult, Engine, EngineError, EngineTimeout
 from tools.parse import parse_openai_tool_calls
 from tools.spec import ToolSpec
 from tools.verify import ModelOutput, Verdict, run_verifier

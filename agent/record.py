@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.engines.base import ChatRequest
 from agent.loop import Outcome, TaskOptions
+from engines.base import ChatRequest
 from store.records import AttemptRecord, EpisodeRecord
 from tools.verify import is_rerunnable, normalize_spec
 

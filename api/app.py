@@ -28,9 +28,6 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.orm import Session, sessionmaker
 
-from agent.engines.base import Engine, EngineError
-from agent.engines.pool import EnginePool
-from agent.engines.vllm import VLLMEngine
 from agent.loop import LoopConfig
 from agent.policy import PolicyResolver
 from api.auth import KeyRing, check_bind
@@ -39,6 +36,9 @@ from api.metrics import Metrics, MetricsMiddleware
 from api.routes import adapters, chat, episodes, health, models, runs, stats
 from api.settings import Settings
 from api.state import AppState, ModelResolver
+from engines.base import Engine, EngineError
+from engines.pool import EnginePool
+from engines.vllm import VLLMEngine
 from store.db import make_engine, make_session_factory, schema_state, upgrade
 from store.writer import EpisodeWriter, SpoolInUse
 
@@ -74,7 +74,7 @@ async def _build_engine(settings: Settings) -> tuple[Engine, str | None]:
         ]
         return pool(engines), settings.base_model_name
     if settings.model:
-        from agent.engines.local import LocalEngine  # torch is imported lazily inside
+        from engines.local import LocalEngine  # torch is imported lazily inside
 
         name = settings.base_model_name or Path(settings.model).name
         try:

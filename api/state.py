@@ -28,14 +28,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from agent.engines.base import Engine
-from agent.engines.pool import EnginePool
 from agent.loop import LoopConfig
 from agent.policy import ALIAS, PolicyResolver, Resolved, UnknownModel
 from api.auth import KeyRing
 from api.errors import ApiError, database_unavailable
 from api.metrics import Metrics
 from api.settings import Settings
+from engines.base import Engine
+from engines.pool import EnginePool
 from store.writer import EpisodeWriter
 
 log = logging.getLogger(__name__)

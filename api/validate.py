@@ -18,10 +18,10 @@ from typing import Any
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from agent.engines.base import ChatRequest
 from agent.loop import TaskOptions
 from api.errors import ApiError, bad_request
 from api.settings import Settings
+from engines.base import ChatRequest
 from tools.schema import SchemaError, validate_tool_specs
 from tools.spec import ToolSpec, canonical_json
 from tools.verify import normalize_expected, normalize_spec, parse_tool_choice

@@ -11,7 +11,7 @@ import typer
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
-    from agent.engines.pool import EnginePool
+    from engines.pool import EnginePool
 
 app = typer.Typer(help="rrr: a self-improving tool-calling backend (Reflect, Retry, Reward).", no_args_is_help=True)
 
@@ -49,8 +49,8 @@ def _session_factory(database_url: str | None) -> tuple[str, sessionmaker[Sessio
 
 
 def _engine_pool(urls: list[str]) -> EnginePool:
-    from agent.engines.pool import EnginePool
-    from agent.engines.vllm import VLLMEngine
+    from engines.pool import EnginePool
+    from engines.vllm import VLLMEngine
 
     if not urls:
         fail("no serving engine: give --engine-url URL (or set RRR_ENGINE_URLS)")

@@ -66,8 +66,8 @@ def engine_serve(
     try:
         import uvicorn
 
-        from agent.engines.local import LocalEngine
-        from agent.engines.server import create_app
+        from engines.local import LocalEngine
+        from engines.server import create_app
     except ImportError as exc:
         fail(f"the ml extra is not installed ({exc.name}); install with: pip install -e '.[ml]'")
     names = served_model_name or [model]

@@ -42,8 +42,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from agent import adapters
-from agent.engines.base import AdapterError, Engine, EngineError
 from agent.loop import LoopConfig
+from engines.base import AdapterError, Engine, EngineError
 from learner import publish
 from learner.gate import GateConfig, GateDecision, evaluate_gate
 from store import repos
@@ -267,7 +267,7 @@ def _incumbent(session_factory: SessionFactory, adapters_root: str) -> tuple[str
 
 
 async def _local_eval_engine(config: LearnerConfig) -> Engine:
-    from agent.engines.local import LocalEngine
+    from engines.local import LocalEngine
 
     return await asyncio.to_thread(LocalEngine, config.model_path, max_lora_rank=config.max_lora_rank,
                                    name="learner-eval")

@@ -40,7 +40,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from agent import prompts
-from agent.engines.wire import normalize_messages
+from engines.wire import normalize_messages
 from store.models import Attempt, Episode, TrainingRun
 from tools.verify import is_rerunnable, normalize_spec
 

@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.engines.base import ChatRequest, Engine
 from agent.evaluation.report import Z95, wilson_interval
 from agent.loop import LoopConfig, TaskOptions, run_episode
+from engines.base import ChatRequest, Engine
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from agent.engines.base import ChatRequest, Engine
 from agent.loop import LoopConfig, Outcome, TaskOptions, run_episode
 from agent.record import outcome_to_record
+from engines.base import ChatRequest, Engine
 from store import repos
 from store.records import EpisodeRecord
 from tools.formats import DatasetItem

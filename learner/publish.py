@@ -63,7 +63,7 @@ from agent.adapters import (
     unload_everywhere,
     verify_adapter_dir,
 )
-from agent.engines.base import ChatRequest, Engine, EngineError
+from engines.base import ChatRequest, Engine, EngineError
 from store import repos
 from store.records import utcnow
 

@@ -28,7 +28,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.orm import Session
 
-from agent.engines.base import Engine
+from engines.base import Engine
 from learner.cycle import CycleResult, LearnerConfig, Trainer, run_cycle
 from learner.publish import cancel_background_unloads
 

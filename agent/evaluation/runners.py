@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent.engines.base import ChatRequest, Engine, EngineError
 from agent.evaluation.tasks import EvalTask
 from agent.loop import LoopConfig, TaskOptions, run_episode
+from engines.base import ChatRequest, Engine, EngineError
 
 
 class TargetError(Exception):
@@ -228,7 +228,7 @@ class EngineRunner:
 def local_runner(model_dir: str, *, served_name: str, adapters: Mapping[str, str] | None = None,
                  sampling: Sampling = Sampling(), device: str | None = None) -> EngineRunner:
     """An ``EngineRunner`` over a ``LocalEngine`` of ``model_dir`` (needs the ``ml`` extra: torch)."""
-    from agent.engines.local import LocalEngine
+    from engines.local import LocalEngine
 
     engine = LocalEngine(model_dir, served_name=served_name, device=device, max_lora_rank=512)
     return EngineRunner(engine=engine, target=model_dir, sampling=sampling, adapters=dict(adapters or {}))

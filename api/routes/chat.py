@@ -30,14 +30,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
 
-from agent.engines.base import (
-    ChatRequest,
-    EngineError,
-    EngineProtocolError,
-    EngineRequestError,
-    EngineTimeout,
-    EngineUnavailable,
-)
 from agent.loop import Outcome, run_episode
 from agent.policy import ALIAS, Resolved
 from agent.record import outcome_to_record
@@ -46,6 +38,14 @@ from api.errors import ApiError, error_body, json_response, sanitize
 from api.state import AppState, get_state
 from api.validate import ChatInput, Rejection, parse_chat, parse_json, read_body
 from api.wire import KEEPALIVE, ChunkWriter, completion_body, error_frame, wire_message
+from engines.base import (
+    ChatRequest,
+    EngineError,
+    EngineProtocolError,
+    EngineRequestError,
+    EngineTimeout,
+    EngineUnavailable,
+)
 from store.records import EpisodeRecord
 
 log = logging.getLogger(__name__)

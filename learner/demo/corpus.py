@@ -14,7 +14,7 @@ its evaluation (``items_to_records``: the repo's OpenAI JSONL shape with expecte
   tool, or broken JSON), the reflection request, a short reflection that names the error and
   restates the correct call, the retry request, and the correct call. It is built with the very
   functions the loop uses (``agent.prompts`` over the engine's own message shape,
-  ``agent.engines.wire.build_chat_completion``), so training text equals serving text.
+  ``engines.wire.build_chat_completion``), so training text equals serving text.
 
 Everything is a pure function of its seed. Tokenising and loss masks are ``learner.demo.sft``'s job.
 """
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import prompts
-from agent.engines.wire import build_chat_completion
+from engines.wire import build_chat_completion
 from learner.demo import phrases
 from tools.catalog.demo import TOOLS, TOOLS_BY_NAME
 from tools.parse import parse_openai_tool_calls

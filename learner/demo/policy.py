@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.engines.base import ChatRequest
-from agent.engines.local import LocalEngine
 from agent.loop import LoopConfig, Outcome, TaskOptions, run_episode
+from engines.base import ChatRequest
+from engines.local import LocalEngine
 from learner.demo.corpus import DemoItem, generate_items, split_items
 from learner.demo.sft import SFTConfig, SFTResult, train_policy
 from learner.gate import Rate

@@ -66,7 +66,7 @@ from learner.gate import GateConfig
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
-    from agent.engines.base import Engine
+    from engines.base import Engine
     from learner.cycle import CycleResult
 
 log = logging.getLogger(__name__)
@@ -447,8 +447,8 @@ def run_demo(config: DemoConfig, *, say: Say = log.info, progress: bool = True,
 async def _serve_stages(config: DemoConfig, policy: Path, servers: DemoServers, train_items: list[DemoItem],
                         heldout_items: list[DemoItem], result: DemoResult, timings: dict[str, float], say: Say,
                         progress: bool) -> None:
-    from agent.engines.pool import EnginePool
-    from agent.engines.vllm import VLLMEngine
+    from engines.pool import EnginePool
+    from engines.vllm import VLLMEngine
     from store.db import make_engine, make_session_factory
 
     database_url = f"sqlite:///{(config.out_dir / 'data' / 'rrr.db').resolve()}"

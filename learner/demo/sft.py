@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent.engines.wire import normalize_messages
+from engines.wire import normalize_messages
 from learner.demo.corpus import Conversation, DemoItem, answer_example, split_items, training_conversations
 from learner.tiny import CHAT_TEMPLATE, TinyModelConfig, build_tiny_model
 

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 
 from agent import adapters
 from agent.adapters import ActivationError, UnsafeAdapter, verify_adapter_dir
-from agent.engines.pool import EnginePool
-from agent.engines.vllm import VLLMEngine
+from engines.pool import EnginePool
+from engines.vllm import VLLMEngine
 from learner.publish import write_adapter_folder
 from store import repos
 from store.db import make_engine, make_session_factory, upgrade

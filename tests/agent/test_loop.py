@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from agent.engines.base import ChatRequest, EngineTimeout, EngineUnavailable
-from agent.engines.pool import EnginePool
-from agent.engines.vllm import VLLMEngine
 from agent.loop import LoopConfig, TaskOptions, run_episode
 from agent.prompts import REFLECTION_PROMPT, RETRY_PROMPT
 from agent.record import outcome_to_record
+from engines.base import ChatRequest, EngineTimeout, EngineUnavailable
+from engines.pool import EnginePool
+from engines.vllm import VLLMEngine
 from tests.support.upstream import Script, ScriptedUpstream, free_port, text, tool_call
 
 WEATHER = {
@@ -206,7 +206,7 @@ def test_lone_surrogate_in_model_output_is_quoted_safely() -> None:
 
 
 def test_client_text_that_cannot_be_encoded_is_a_request_error() -> None:
-    from agent.engines.base import EngineRequestError
+    from engines.base import EngineRequestError
 
     with ScriptedUpstream(Script(answer=[GOOD])) as up:
         engine = VLLMEngine(up.url, timeout=5)

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from openai.types.chat import ChatCompletion
 
-from agent.engines.base import AdapterError, EngineRequestError
-from agent.engines.wire import build_chat_completion, check_tool_request, validate_adapter_dir
+from engines.base import AdapterError, EngineRequestError
+from engines.wire import build_chat_completion, check_tool_request, validate_adapter_dir
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
          {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]

@@ -18,7 +18,7 @@ pytest.importorskip("peft")
 
 from openai.types.chat import ChatCompletion  # noqa: E402
 
-from agent.engines.base import (  # noqa: E402
+from engines.base import (  # noqa: E402
     AdapterError,
     ChatRequest,
     ChatResult,
@@ -26,7 +26,7 @@ from agent.engines.base import (  # noqa: E402
     EngineRequestError,
     EngineTimeout,
 )
-from agent.engines.local import LocalEngine  # noqa: E402
+from engines.local import LocalEngine  # noqa: E402
 from learner.tiny import save_tiny_lora  # noqa: E402
 
 if TYPE_CHECKING:

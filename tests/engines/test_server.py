@@ -23,13 +23,13 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from agent.engines.base import ChatRequest, EngineError, EngineTimeout
-from agent.engines.local import GenerationOutput, LocalEngine
-from agent.engines.server import EngineServer, ServeConfig, create_app
-from agent.engines.server.app import LoadLoRABody, UnloadLoRABody
-from agent.engines.server.errors import sanitize_message, validation_message
-from agent.engines.server.stream import ChatStream, split_tool_calls
-from agent.engines.vllm import VLLMEngine
+from engines.base import ChatRequest, EngineError, EngineTimeout
+from engines.local import GenerationOutput, LocalEngine
+from engines.server import EngineServer, ServeConfig, create_app
+from engines.server.app import LoadLoRABody, UnloadLoRABody
+from engines.server.errors import sanitize_message, validation_message
+from engines.server.stream import ChatStream, split_tool_calls
+from engines.vllm import VLLMEngine
 from tests.engines.conformance.servers import REPO, serve_in_thread
 
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agent.engines.base import (
+from engines.base import (
     AdapterError,
     ChatRequest,
     Engine,
@@ -26,7 +26,7 @@ from agent.engines.base import (
     EngineTimeout,
     EngineUnavailable,
 )
-from agent.engines.vllm import VLLMEngine
+from engines.vllm import VLLMEngine
 from tests.conftest import ToolModel
 from tests.engines.conformance.servers import (
     RawPeer,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from agent.engines.pool import EnginePool
+from engines.pool import EnginePool
 from learner.cycle import CycleResult, LearnerConfig, count_new_failures, run_cycle
 from learner.gate import GateConfig
 from store import repos
@@ -37,14 +37,14 @@ EXPECTED = [{"get_weather": {"city": ["Paris"]}}]
 
 @pytest.fixture(scope="module")
 def serving(tiny_tool_model: ToolModel) -> Any:
-    from agent.engines.local import LocalEngine
+    from engines.local import LocalEngine
 
     return LocalEngine(str(tiny_tool_model.path), served_name="tiny", max_lora_rank=16, name="serving")
 
 
 @pytest.fixture(scope="module")
 def evaluator(tiny_tool_model: ToolModel) -> Any:
-    from agent.engines.local import LocalEngine
+    from engines.local import LocalEngine
 
     return LocalEngine(str(tiny_tool_model.path), served_name="tiny", max_lora_rank=16, name="eval")
 

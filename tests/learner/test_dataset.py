@@ -186,7 +186,7 @@ def test_bad_arguments_say_what_to_change(session_factory: sessionmaker[Session]
 
 def test_rows_render_byte_identically_to_the_local_engine(session_factory: sessionmaker[Session],
                                                            tiny_model_dir: Path, tmp_path: Path) -> None:
-    from agent.engines.local import LocalEngine
+    from engines.local import LocalEngine
 
     history = [
         {"role": "system", "content": "You are terse."},

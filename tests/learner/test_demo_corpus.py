@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from agent.engines.base import ChatRequest, ChatResult
-from agent.engines.wire import build_chat_completion
 from agent.loop import LoopConfig, TaskOptions, run_episode
+from engines.base import ChatRequest, ChatResult
+from engines.wire import build_chat_completion
 from learner.demo import phrases
 from learner.demo.corpus import (
     CORRUPTIONS,

@@ -152,7 +152,7 @@ def test_servers_answer_and_are_stopped_when_the_caller_fails(tiny_policy: Path,
 
 def test_a_rejected_candidate_is_served_by_name_then_marked_rejected(tiny_model_dir: Path, tiny_adapter_dir: Path,
                                                                      tmp_path: Path) -> None:
-    from agent.engines.local import LocalEngine
+    from engines.local import LocalEngine
     from learner.demo.run import DemoConfig, retire_candidate, stage_candidate
     from store import repos
     from store.db import make_engine, make_session_factory, upgrade

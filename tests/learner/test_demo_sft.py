@@ -22,8 +22,8 @@ pytest.importorskip("transformers")
 
 from transformers import AutoTokenizer  # noqa: E402
 
-from agent.engines.local import LocalEngine  # noqa: E402
-from agent.engines.vllm import VLLMEngine  # noqa: E402
+from engines.local import LocalEngine  # noqa: E402
+from engines.vllm import VLLMEngine  # noqa: E402
 from learner.demo.corpus import (  # noqa: E402
     answer_example,
     generate_items,

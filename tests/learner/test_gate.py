@@ -90,7 +90,7 @@ def test_rows_become_eval_items_from_dataset_rows_or_objects() -> None:
 
 @pytest.mark.slow
 def test_evaluate_gate_runs_both_policies_through_the_loop(tiny_tool_model: ToolModel, tiny_adapter_dir: Path) -> None:
-    from agent.engines.local import LocalEngine
+    from engines.local import LocalEngine
 
     engine = LocalEngine(str(tiny_tool_model.path), max_lora_rank=16)
     expected = [{"get_weather": {"city": ["Paris"]}}]

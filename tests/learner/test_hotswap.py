@@ -25,8 +25,8 @@ import httpx
 import pytest
 
 from agent import adapters
-from agent.engines.pool import EnginePool
-from agent.engines.vllm import VLLMEngine
+from engines.pool import EnginePool
+from engines.vllm import VLLMEngine
 from learner import publish
 from store import repos
 from store.db import make_engine, make_session_factory, upgrade

@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from agent.engines.pool import EnginePool
-from agent.engines.vllm import VLLMEngine
 from cli import app
+from engines.pool import EnginePool
+from engines.vllm import VLLMEngine
 from learner.mine import MineConfig, mine_dataset
 from store import repos
 from store.db import make_engine, make_session_factory, upgrade

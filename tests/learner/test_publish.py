@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from agent.adapters import ActivationError, UnsafeAdapter, activate, rollback, verify_adapter_dir
-from agent.engines.pool import EnginePool
+from engines.pool import EnginePool
 from learner import publish
 from learner.cycle import collect_folders, reject_stale_candidates, unload_drained
 from learner.publish import publish_adapter
@@ -50,7 +50,7 @@ def session_factory(tmp_path: Path) -> Iterator[Factory]:
 
 @pytest.fixture(scope="module")
 def local_engines(tiny_model_dir: Path) -> dict[str, Any]:
-    from agent.engines.local import LocalEngine
+    from engines.local import LocalEngine
 
     return {
         "a": LocalEngine(str(tiny_model_dir), served_name="tiny", max_lora_rank=16, name="a"),
@@ -323,10 +323,10 @@ def test_rrr_adapters_cli_lists_activates_and_rolls_back(
     import uvicorn
     from typer.testing import CliRunner
 
-    from agent.engines.local import LocalEngine
-    from agent.engines.server import create_app
-    from agent.engines.vllm import VLLMEngine
     from cli import app
+    from engines.local import LocalEngine
+    from engines.server import create_app
+    from engines.vllm import VLLMEngine
 
     url = f"sqlite:///{tmp_path / 'rrr.db'}"
     upgrade(url)

@@ -19,7 +19,7 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session
 
-from agent.engines.pool import EnginePool
+from engines.pool import EnginePool
 from learner.cycle import CycleResult
 from learner.gate import GateConfig
 from learner.schedule import JOB_ID, LearnerScheduler, build_scheduler
@@ -103,7 +103,7 @@ def test_a_tick_that_outlasts_the_interval_is_never_run_twice_at_once() -> None:
 def test_two_schedulers_racing_for_one_lease_make_exactly_one_run(
         tmp_path: Path, database_url: str, session_factory: Callable[[], Session],
         tiny_tool_model: ToolModel, tiny_adapter_dir: Path) -> None:
-    from agent.engines.local import LocalEngine
+    from engines.local import LocalEngine
 
     serving = LocalEngine(str(tiny_tool_model.path), served_name="tiny", max_lora_rank=16)
     evaluator = LocalEngine(str(tiny_tool_model.path), served_name="tiny", max_lora_rank=16)

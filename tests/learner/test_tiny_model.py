@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from agent.engines.wire import validate_adapter_dir  # noqa: E402
+from engines.wire import validate_adapter_dir  # noqa: E402
 from learner.tiny import LORA_TARGET_MODULES, TOOL_TOKENS, build_tiny_model, save_tiny_lora, tiny_corpus  # noqa: E402
 
 TOOLS = [{"type": "function", "function": {

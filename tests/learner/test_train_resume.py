@@ -103,7 +103,7 @@ def test_sigkill_mid_run_then_resume_from_the_newest_complete_checkpoint(
         assert {"loss", "reward_mean", "retry_success", "kl", "completion_tokens"} <= set((run.metrics or [])[-1])
         assert run.status == "running"  # statuses belong to the caller
 
-    from agent.engines.local import LocalEngine
+    from engines.local import LocalEngine
 
     assert sorted(p.name for p in result.adapter_dir.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     engine = LocalEngine(str(task_base_dir), max_lora_rank=8, num_threads=1)

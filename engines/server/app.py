@@ -33,14 +33,14 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
-from agent.engines.base import AdapterError, ChatRequest, EngineError, EngineRequestError
-from agent.engines.local import LocalEngine
-from agent.engines.server.errors import ServerError, bad_request, install_error_handlers
-from agent.engines.server.metrics import CONTENT_TYPE_LATEST, EngineLoad, ServerMetrics
-from agent.engines.server.protocol import BearerAuth, ChatBody, LoadLoRABody, UnloadLoRABody, require_json
-from agent.engines.server.registry import LoraEntry, LoraRegistry
-from agent.engines.server.stream import ChatStream
-from agent.engines.wire import check_tool_request
+from engines.base import AdapterError, ChatRequest, EngineError, EngineRequestError
+from engines.local import LocalEngine
+from engines.server.errors import ServerError, bad_request, install_error_handlers
+from engines.server.metrics import CONTENT_TYPE_LATEST, EngineLoad, ServerMetrics
+from engines.server.protocol import BearerAuth, ChatBody, LoadLoRABody, UnloadLoRABody, require_json
+from engines.server.registry import LoraEntry, LoraRegistry
+from engines.server.stream import ChatStream
+from engines.wire import check_tool_request
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agent.engines.base import (
+from engines.base import (
     AdapterError,
     ChatRequest,
     ChatResult,
@@ -22,8 +22,8 @@ from agent.engines.base import (
 )
 
 if TYPE_CHECKING:
-    from agent.engines.local import LocalEngine
-    from agent.engines.vllm import VLLMEngine
+    from engines.local import LocalEngine
+    from engines.vllm import VLLMEngine
 
 __all__ = [
     "AdapterError",
@@ -42,11 +42,11 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "LocalEngine":
-        from agent.engines.local import LocalEngine
+        from engines.local import LocalEngine
 
         return LocalEngine
     if name == "VLLMEngine":
-        from agent.engines.vllm import VLLMEngine
+        from engines.vllm import VLLMEngine
 
         return VLLMEngine
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.engines.base import (
+from engines.base import (
     AdapterError,
     ChatRequest,
     ChatResult,
@@ -33,7 +33,7 @@ from agent.engines.base import (
     EngineRequestError,
     EngineTimeout,
 )
-from agent.engines.wire import (
+from engines.wire import (
     QWEN2_LORA_MODULES,
     add_lora_failed,
     bad_request,

@@ -1,6 +1,6 @@
 """`VLLMEngine`: the Engine interface over a vLLM OpenAI-compatible server (or `rrr engine serve`).
 
-Callers: the agent loop (chat) and the learner's publisher (adapter admin), through `agent.engines.base`.
+Callers: the agent loop (chat) and the learner's publisher (adapter admin), through `engines.base`.
 Chat goes through the real `openai.AsyncOpenAI` client with explicit timeouts and no hidden retries
 (the agent loop is the only retry). This is also the one module that speaks vLLM's admin endpoints
 (`/v1/load_lora_adapter`, `/v1/unload_lora_adapter`, `/v1/models`, `/health`), following
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import openai
 
-from agent.engines.base import (
+from engines.base import (
     AdapterError,
     ChatRequest,
     ChatResult,

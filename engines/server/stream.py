@@ -21,8 +21,8 @@ import secrets
 import time
 from typing import Any
 
-from agent.engines.server.errors import error_body
-from agent.engines.wire import tool_call_id
+from engines.server.errors import error_body
+from engines.wire import tool_call_id
 from tools.parse import TOOL_CALL_START
 
 _BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>|<tool_call>(.*)", re.DOTALL)

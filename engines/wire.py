@@ -1,6 +1,6 @@
 """vLLM's wire behaviour that needs no model: adapter validation, tool-request checks, responses.
 
-Used by the local engine and the vLLM-compatible server (agent/engines/server/) so both answer
+Used by the local engine and the vLLM-compatible server (engines/server/) so both answer
 exactly as vLLM 0.33 does (shared/vllm-contract.md §2.2, §3.2-§3.5, §7, §8.4). Pure functions and
 constants only: no torch, no model, no I/O besides reading an adapter folder's config and
 safetensors header.
@@ -17,7 +17,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from agent.engines.base import AdapterError, EngineRequestError
+from engines.base import AdapterError, EngineRequestError
 from tools.parse import parse_hermes
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from agent.engines.base import (
+from engines.base import (
     ChatRequest,
     ChatResult,
     Engine,

@@ -5,6 +5,6 @@
 `errors` vLLM's error contract and `metrics` the Prometheus series.
 """
 
-from agent.engines.server.app import EngineServer, ServeConfig, build_app, create_app
+from engines.server.app import EngineServer, ServeConfig, build_app, create_app
 
 __all__ = ["EngineServer", "ServeConfig", "build_app", "create_app"]

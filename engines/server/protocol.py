@@ -1,6 +1,6 @@
 """The wire side of the engine server: request bodies, vLLM's JSON content-type rule and `--api-key`.
 
-Who calls it: `agent.engines.server.app` declares its routes with these. Bodies are plain pydantic
+Who calls it: `engines.server.app` declares its routes with these. Bodies are plain pydantic
 models, so unknown keys are accepted and ignored as in vLLM; a missing or mistyped field is FastAPI's
 validation error, which the server answers as vLLM does (400 `Bad Request`, never 422).
 """
