@@ -11,6 +11,8 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Our Python packages, in import order (docs/design.md); those that exist.
+PACKAGES := $(patsubst %/__init__.py,%,$(wildcard $(addsuffix /__init__.py,tools store engines adapters agent evals learner api demo cli)))
 
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -32,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy $(wildcard tools store engines adapters agent evals learner api demo cli)
+	$(BIN)/mypy $(PACKAGES)
 
 pytest: $(STAMP) compose-tool
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -35,7 +35,6 @@ from api.errors import ApiError, database_unavailable
 from api.metrics import Metrics
 from api.settings import Settings
 from engines.base import Engine
-from engines.pool import EnginePool
 from store.writer import EpisodeWriter
 
 log = logging.getLogger(__name__)
@@ -176,9 +175,7 @@ class AppState:
 
     def engine_up(self) -> bool:
         """True while some replica takes traffic (the pool's circuit breakers), without any I/O."""
-        if isinstance(self.engine, EnginePool):
-            return self.engine.healthy()
-        return True
+        return self.engine.healthy()
 
     def track(self, task: asyncio.Task[T]) -> asyncio.Task[T]:
         """Keep a reference to an episode task until it ends, so shutdown can drain it (R4)."""

@@ -253,8 +253,7 @@ def _adapter_admin(action: str, name: str | None, database_url: str | None, engi
                    adapters_root: str | None, unload_after: float | None) -> None:
     import asyncio
 
-    from agent import adapters
-    from learner import publish
+    from adapters import serving
     from store import repos
 
     _, sessions = _session_factory(database_url)
@@ -265,12 +264,12 @@ def _adapter_admin(action: str, name: str | None, database_url: str | None, engi
         try:
             if action == "activate":
                 assert name is not None
-                flip = await adapters.activate(name, session_factory=sessions, engines=pool, adapters_root=root)
+                flip = await serving.activate(name, session_factory=sessions, engines=pool, adapters_root=root)
             else:
-                flip = await adapters.rollback(session_factory=sessions, engines=pool, adapters_root=root)
+                flip = await serving.rollback(session_factory=sessions, engines=pool, adapters_root=root)
             if flip.replaced and unload_after is not None:
-                publish.schedule_unload(pool, sessions, flip.replaced, unload_after, adapters_root=root)
-                await publish.wait_background_unloads()
+                serving.schedule_unload(pool, sessions, flip.replaced, unload_after, adapters_root=root)
+                await serving.wait_background_unloads()
             if not flip.changed and flip.active is None:
                 return "no adapter is active: the base model serves and there is nothing to roll back"
             return f"{flip.active.name} is active" if flip.active else "no adapter is active: the base model serves"
@@ -281,7 +280,7 @@ def _adapter_admin(action: str, name: str | None, database_url: str | None, engi
         typer.echo(asyncio.run(go()))
     except repos.AdapterNotFound:
         fail(f"no adapter named {name}; `rrr adapters list` shows them")
-    except adapters.ActivationError as exc:
+    except serving.ActivationError as exc:
         fail(f"{exc}; nothing changed")
 
 

@@ -86,9 +86,18 @@ class ChatResult:
 
 @runtime_checkable
 class Engine(Protocol):
-    """Chat plus adapter admin. All methods are async; implementations are safe to share."""
+    """Chat plus adapter admin; implementations are safe to share.
+
+    `replicas()` is the engines that serve behind this one, each with its own adapter admin (a
+    pool's members; a single engine is its own one replica): publishing loads, probes and unloads
+    on every one. `healthy()` says, without any I/O, whether this engine takes traffic now.
+    """
 
     name: str
+
+    def replicas(self) -> list[Engine]: ...
+
+    def healthy(self) -> bool: ...
 
     async def chat(self, request: ChatRequest, *, timeout: float | None = None) -> ChatResult: ...
 

@@ -29,6 +29,7 @@ from engines.base import (
     AdapterError,
     ChatRequest,
     ChatResult,
+    Engine,
     EngineError,
     EngineRequestError,
     EngineTimeout,
@@ -285,6 +286,12 @@ class LocalEngine:
                 self._model = self._peft.unload()
                 self._peft = None
         log.info("adapter %s unloaded", name)
+
+    def replicas(self) -> list[Engine]:
+        return [self]
+
+    def healthy(self) -> bool:
+        return True
 
     async def list_models(self) -> list[dict[str, Any]]:
         """vLLM's `/v1/models` cards: the base first, then adapters in load order (§2.5)."""

@@ -54,7 +54,7 @@ class EnginePool:
     ) -> None:
         if not engines:
             raise ValueError("an engine pool needs at least one engine")
-        self.replicas = [_Replica(e) for e in engines]
+        self.members = [_Replica(e) for e in engines]
         self.failure_threshold = failure_threshold
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_s = probe_timeout_s
@@ -64,24 +64,28 @@ class EnginePool:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def healthy(self) -> bool:
-        return any(r.up for r in self.replicas)
+        """Whether some replica takes traffic (its circuit breaker is closed); no I/O."""
+        return any(r.up for r in self.members)
+
+    def replicas(self) -> list[Engine]:
+        return [member.engine for member in self.members]
 
     def _mark_failure(self, replica: _Replica) -> None:
         replica.failures += 1
         if replica.up and replica.failures >= self.failure_threshold:
             replica.down_since = time.monotonic()
             replica.next_probe = replica.down_since + self.probe_interval_s
-            log.warning("engine replica %d marked down after %d failures", self.replicas.index(replica), replica.failures)
+            log.warning("engine replica %d marked down after %d failures", self.members.index(replica), replica.failures)
 
     def _mark_success(self, replica: _Replica) -> None:
         replica.failures = 0
         if not replica.up:
-            log.info("engine replica %d is back", self.replicas.index(replica))
+            log.info("engine replica %d is back", self.members.index(replica))
         replica.down_since = None
 
     def _schedule_probes(self) -> None:
         now = time.monotonic()
-        for i, replica in enumerate(self.replicas):
+        for i, replica in enumerate(self.members):
             if replica.up or i in self._probing or now < replica.next_probe:
                 continue
             self._probing.add(i)
@@ -90,7 +94,7 @@ class EnginePool:
             task.add_done_callback(self._tasks.discard)
 
     async def _probe(self, i: int) -> None:
-        replica = self.replicas[i]
+        replica = self.members[i]
         try:
             ok = await asyncio.wait_for(replica.engine.health(), self.probe_timeout_s)
         except Exception:  # a probe failing is the expected case while the engine is down
@@ -103,9 +107,9 @@ class EnginePool:
             replica.next_probe = time.monotonic() + self.probe_interval_s
 
     def _pick(self, exclude: set[int]) -> int | None:
-        for _ in range(len(self.replicas)):
+        for _ in range(len(self.members)):
             i = next(self._order)
-            if i not in exclude and self.replicas[i].up:
+            if i not in exclude and self.members[i].up:
                 return i
         return None
 
@@ -117,7 +121,7 @@ class EnginePool:
             if i is None:
                 raise EngineUnavailable("no engine is available; retry shortly")
             tried.add(i)
-            replica = self.replicas[i]
+            replica = self.members[i]
             try:
                 result = await replica.engine.chat(request, timeout=timeout)
             except EngineUnavailable:
@@ -133,10 +137,10 @@ class EnginePool:
 
     async def load_adapter(self, name: str, path: str) -> None:
         """Load on every replica; the first failure is raised (callers treat that as "not published")."""
-        await asyncio.gather(*(r.engine.load_adapter(name, path) for r in self.replicas))
+        await asyncio.gather(*(r.engine.load_adapter(name, path) for r in self.members))
 
     async def unload_adapter(self, name: str) -> None:
-        results = await asyncio.gather(*(r.engine.unload_adapter(name) for r in self.replicas), return_exceptions=True)
+        results = await asyncio.gather(*(r.engine.unload_adapter(name) for r in self.members), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
@@ -144,7 +148,7 @@ class EnginePool:
     async def list_models(self) -> list[dict[str, Any]]:
         """The model cards of the first replica that answers."""
         last: BaseException | None = None
-        for replica in self.replicas:
+        for replica in self.members:
             try:
                 return await replica.engine.list_models()
             except Exception as exc:  # try the next replica
@@ -152,8 +156,8 @@ class EnginePool:
         raise EngineUnavailable(f"no engine answered: {type(last).__name__}")
 
     async def health(self) -> bool:
-        results = await asyncio.gather(*(r.engine.health() for r in self.replicas), return_exceptions=True)
-        for replica, ok in zip(self.replicas, results, strict=True):
+        results = await asyncio.gather(*(r.engine.health() for r in self.members), return_exceptions=True)
+        for replica, ok in zip(self.members, results, strict=True):
             if ok is True:
                 self._mark_success(replica)
         return any(ok is True for ok in results)
@@ -163,5 +167,5 @@ class EnginePool:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for replica in self.replicas:
+        for replica in self.members:
             await replica.engine.aclose()

@@ -30,6 +30,7 @@ from engines.base import (
     AdapterError,
     ChatRequest,
     ChatResult,
+    Engine,
     EngineError,
     EngineProtocolError,
     EngineRequestError,
@@ -220,6 +221,12 @@ class VLLMEngine:
     async def unload_adapter(self, name: str) -> None:
         """Unregister `name`; an unknown name raises AdapterError with status 404."""
         await self._admin("/unload_lora_adapter", {"lora_name": name})
+
+    def replicas(self) -> list[Engine]:
+        return [self]
+
+    def healthy(self) -> bool:
+        return True
 
     async def list_models(self) -> list[dict[str, Any]]:
         """The cards of `/v1/models`: base models (`parent` null) first, then adapters."""

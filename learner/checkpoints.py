@@ -2,7 +2,8 @@
 
 Used by `learner.train` (R18): a checkpoint counts only once its files are fsync'd and a `COMPLETE`
 marker naming its step is written last; partial checkpoints are ignored or deleted; an adapter
-folder appears by rename, complete or not at all. Pure file operations: no torch, no trainer.
+folder appears by rename, complete or not at all. Pure file operations: no torch, no trainer. The
+fsync helpers are the adapter folder's (`adapters.folder`).
 """
 
 from __future__ import annotations
@@ -12,58 +13,16 @@ import logging
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any
+
+from adapters.folder import REQUIRED_FILES, fsync_dir, fsync_tree, remove_tree, write_atomic
 
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_FILES = REQUIRED_FILES
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with path.open("rb") as fh:
-                os.fsync(fh.fileno())
-    for path in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
-        fsync_dir(path)
-    fsync_dir(root)
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a folder without ever leaving a half-deleted one under its own name."""
-    if not path.exists():
-        return
-    trash = path.with_name(f".trash-{path.name}-{os.getpid()}-{time.monotonic_ns()}")
-    os.replace(path, trash)
-    fsync_dir(path.parent)
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def checkpoint_step(path: Path) -> int | None:

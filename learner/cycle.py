@@ -6,15 +6,15 @@ The cycle reads top to bottom in `run_cycle`:
 1. Take the store lease `learner` (R17) or return `busy`. The lease is renewed in the background
    while the cycle runs; a cycle that loses it stops before publishing anything.
 2. Housekeeping: candidates left by an interrupted publish are rejected; adapters retired longer
-   than `drain_s` ago are unloaded from the engines (`unload_drained`).
+   than `drain_s` ago are unloaded from the engines (`adapters.serving.unload_drained`).
 3. Count new trainable failures: unconsumed, and newer than the last run the gate rejected (so a
    rejected batch is not retrained until K more failures arrive). Fewer than K: `skipped`, no run.
 4. A training run row; the failure dataset (train / held-out / regression); training in a
    subprocess (`learner.train.launch_training`).
 5. The gate (`learner.gate`) on an evaluation engine private to the learner; numbers and decision
    stored on the run (`set_gate_result`).
-6. Promote: `publish.publish_adapter`, then the batch is marked consumed by the run, and folders of
-   versions retired `keep_cycles` publishes ago are deleted (`collect_folders`). Otherwise the run
+6. Promote: `serving.publish_adapter`, then the batch is marked consumed by the run, and folders of
+   versions retired `keep_cycles` publishes ago are deleted (`adapters.serving.collect_folders`). Otherwise the run
    is `rejected` with the gate's (or the publisher's) reasons and the batch stays available.
 7. Release the lease.
 
@@ -30,7 +30,6 @@ import contextlib
 import functools
 import logging
 import os
-import shutil
 import socket
 import uuid
 from collections.abc import Callable
@@ -41,14 +40,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from agent import adapters
+from adapters import folder, serving
 from agent.loop import LoopConfig
 from engines.base import AdapterError, Engine, EngineError
-from learner import publish
 from learner.gate import GateConfig, GateDecision, evaluate_gate
 from store import repos
 from store.models import TrainingRun
-from store.records import utcnow
 
 if TYPE_CHECKING:
     from learner.config import TrainConfig
@@ -249,10 +246,10 @@ async def base_model_name(engines: Engine, configured: str | None) -> str:
 
 async def _housekeeping(config: LearnerConfig, session_factory: SessionFactory, engines: Engine) -> None:
     try:
-        stale = reject_stale_candidates(session_factory)
+        stale = await asyncio.to_thread(serving.reject_stale_candidates, session_factory)
         if stale:
             log.warning("rejected adapters left by an interrupted publish: %s", ", ".join(stale))
-        await unload_drained(engines, session_factory, config.drain_s)
+        await serving.unload_drained(engines, session_factory, config.drain_s)
     except Exception:  # housekeeping must never stop a cycle
         log.warning("learner housekeeping failed", exc_info=True)
 
@@ -262,7 +259,7 @@ def _incumbent(session_factory: SessionFactory, adapters_root: str) -> tuple[str
         active = repos.get_active_adapter(session)
     if active is None:
         return None
-    verified = adapters.verify_adapter_dir(active.path, adapters_root, manifest_sha256=active.manifest_sha256)
+    verified = folder.verify_adapter_dir(active.path, adapters_root, manifest_sha256=active.manifest_sha256)
     return active.name, verified.path
 
 
@@ -271,87 +268,6 @@ async def _local_eval_engine(config: LearnerConfig) -> Engine:
 
     return await asyncio.to_thread(LocalEngine, config.model_path, max_lora_rank=config.max_lora_rank,
                                    name="learner-eval")
-
-
-# --- housekeeping (steps 2 and 7) -----------------------------------------------------------------------------------
-
-async def unload_drained(engines: Engine, session_factory: SessionFactory, drain_s: float) -> list[str]:
-    """Unload registered, non-active adapters the engines still list, once the last flip is `drain_s` old.
-
-    Called at the start of each learner cycle, for unloads a previous process could not finish.
-    Candidates are left alone (a publish may be under way); with no adapter active nothing is unloaded.
-    """
-    with session_factory() as session:
-        active = repos.get_active_adapter(session)
-        if active is None or active.activated_at is None:
-            return []
-        if (utcnow() - active.activated_at).total_seconds() < drain_s:
-            return []
-        idle = {a.name for a in repos.list_adapters(session) if a.status in ("retired", "rejected")}
-    done: list[str] = []
-    for engine in adapters.replicas(engines):
-        try:
-            listed = {str(card.get("id")) for card in await engine.list_models()}
-        except EngineError as exc:
-            log.warning("could not list an engine's adapters: %s", exc)
-            continue
-        for name in sorted(idle & listed):
-            await adapters.unload_quietly(engine, name)
-            done.append(name)
-    return done
-
-
-def reject_stale_candidates(session_factory: SessionFactory) -> list[str]:
-    """Mark `candidate` rows rejected: under the learner's lease no publish is running, so a candidate
-    is what an interrupted publish left behind."""
-    with session_factory() as session, session.begin():
-        stale = repos.list_adapters(session, status="candidate")
-        for adapter in stale:
-            repos.set_adapter_status(session, adapter.name, "rejected",
-                                     metrics={**(adapter.metrics or {}), "rejected_reason": "publish interrupted"})
-        return [a.name for a in stale]
-
-
-async def collect_folders(adapters_root: str | os.PathLike[str], session_factory: SessionFactory,
-                          engines: Engine | None = None, *, keep_cycles: int = 2) -> list[str]:
-    """Delete folders of retired/rejected (or unregistered) versions `keep_cycles`+ publishes old.
-
-    Never the active adapter, its rollback target, a version newer than that, or one an engine lists.
-    Temp folders of interrupted publishes are removed too (call only under the learner's lease).
-    """
-    root = Path(adapters_root)
-    if not root.is_dir():
-        return []
-    root = root.resolve()
-    with session_factory() as session:
-        rows = {a.version: a for a in repos.list_adapters(session)}
-        current, target = repos.rollback_target(session)
-    published = [v for v, f in publish.folder_versions(root).items() if not f.name.startswith(".")]
-    newest = max([*rows, *published], default=0)
-    protected = {a.version for a in (current, target) if a is not None}
-    listed: set[str] = set()
-    if engines is not None:
-        for engine in adapters.replicas(engines):
-            with contextlib.suppress(EngineError):
-                listed |= {str(card.get("id")) for card in await engine.list_models()}
-    removed = []
-    for version, folder in sorted(publish.folder_versions(root).items()):
-        if folder.name.startswith("."):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder.name)
-            continue
-        row = rows.get(version)
-        if version in protected or version > newest - keep_cycles - 1 or folder.name in listed:
-            continue
-        if row is not None and row.status not in ("retired", "rejected"):
-            continue
-        if folder.is_symlink() or folder.resolve().parent != root:
-            continue
-        shutil.rmtree(folder)
-        removed.append(folder.name)
-    if removed:
-        log.info("removed adapter folders: %s", ", ".join(removed))
-    return removed
 
 
 # --- the cycle ----------------------------------------------------------------------------------------
@@ -452,7 +368,7 @@ async def _train_gate_publish(config: LearnerConfig, session_factory: SessionFac
     adapter_dir = str(trained.adapter_dir)
     _set_run(session_factory, run_id, status="succeeded")
 
-    publish.check_adapter_source(adapter_dir)
+    folder.check_adapter_source(adapter_dir)
     incumbent = _incumbent(session_factory, config.adapters_root)
     say(f"run {run_id}: gate against {incumbent[0] if incumbent else 'the base model'}")
     own_engine = eval_engine is None
@@ -477,7 +393,7 @@ async def _train_gate_publish(config: LearnerConfig, session_factory: SessionFac
     if not lease.renew():
         raise RuntimeError("the learner lease was lost before publishing; nothing was published")
     base = await base_model_name(engines, config.base_model_name)
-    published = await publish.publish_adapter(
+    published = await serving.publish_adapter(
         adapter_dir, adapters_root=config.adapters_root, session_factory=session_factory, engines=engines,
         base_model=base, run_id=run_id, drain_s=config.drain_s, probe_timeout_s=config.probe_timeout_s,
         metrics={"gate": decision.numbers})
@@ -495,6 +411,6 @@ async def _train_gate_publish(config: LearnerConfig, session_factory: SessionFac
     result.status = "promoted"
     say(f"run {run_id}: {published.name} is active (previous: {published.previous or 'base model'})")
     try:
-        await collect_folders(config.adapters_root, session_factory, engines, keep_cycles=config.keep_cycles)
+        await serving.collect_folders(config.adapters_root, session_factory, engines, keep_cycles=config.keep_cycles)
     except Exception:
         log.warning("could not clean up old adapter folders", exc_info=True)

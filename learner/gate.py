@@ -235,7 +235,7 @@ async def evaluate_gate(engine: Engine, *, candidate_dir: str, heldout: Sequence
     """Score the candidate folder and the incumbent (`(name, verified path)`, None = base model) and decide.
 
     Both are loaded on `engine` under temporary names and unloaded afterwards; the candidate folder
-    must already have passed `publish.check_adapter_source` (no pickles).
+    must already have passed `folder.check_adapter_source` (no pickles).
     """
     config.validate()
     held = [as_eval_item(r) for r in heldout]

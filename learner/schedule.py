@@ -28,9 +28,9 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.orm import Session
 
+from adapters.serving import cancel_background_unloads
 from engines.base import Engine
 from learner.cycle import CycleResult, LearnerConfig, Trainer, run_cycle
-from learner.publish import cancel_background_unloads
 
 log = logging.getLogger(__name__)
 

@@ -45,16 +45,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.folder import remove_tree, write_atomic
 from learner.checkpoints import (
     checkpoint_step,
     newest_complete_checkpoint,
     prune_checkpoints,
     publish_adapter_files,
     read_metrics,
-    remove_tree,
     seal_checkpoint,
     truncate_metrics,
-    write_atomic,
 )
 from learner.config import TrainConfig
 from learner.dataset import read_rows, render_rows

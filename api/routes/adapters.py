@@ -1,6 +1,6 @@
 """Adapters (admin key): list, activate, roll back — atomic pointer flips that never break serving (R19).
 
-The routes are thin: ``agent.adapters.activate`` / ``rollback`` (the same code as ``rrr adapters``)
+The routes are thin: ``adapters.serving.activate`` / ``rollback`` (the same code as ``rrr adapters``)
 verify the folder (R16), load it on every engine replica, probe each, and only then flip the active
 pointer in one store transaction; a failed check, load or probe answers 409 and changes nothing
 (loads made by the attempt are undone). A rollback plans from the registry, loads and probes its
@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
-from agent import adapters
+from adapters import serving
 from api.auth import require_admin
 from api.errors import ApiError, bad_request, database_unavailable, json_response, not_found, sanitize
 from api.state import DB_ERRORS, get_state, run_db
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
 
 
-def _refused(exc: adapters.ActivationError) -> ApiError:
+def _refused(exc: serving.ActivationError) -> ApiError:
     """409 with a message a user can act on; the engine's own words stay in the log."""
     log.warning("adapter change refused: %s", exc)
     name = exc.name
@@ -66,9 +66,9 @@ async def list_adapters_route(
 async def rollback(request: Request) -> Response:
     state = get_state(request)
     try:
-        flip = await adapters.rollback(session_factory=state.session_factory, engines=state.engine,
+        flip = await serving.rollback(session_factory=state.session_factory, engines=state.engine,
                                        adapters_root=state.settings.resolved_adapters_root())
-    except adapters.ActivationError as exc:
+    except serving.ActivationError as exc:
         raise _refused(exc) from None
     except DB_ERRORS as exc:
         log.warning("database call failed: %s", type(exc).__name__)
@@ -79,21 +79,21 @@ async def rollback(request: Request) -> Response:
         raise ApiError(409, "No adapter is active; the base model serves and there is nothing to roll back.",
                        code="nothing_to_roll_back")
     restored = flip.active
-    serving = restored.name if restored is not None else state.models.base_model
-    log.info("rolled back adapter %s -> %s", flip.replaced, serving)
+    now_serving = restored.name if restored is not None else state.models.base_model
+    log.info("rolled back adapter %s -> %s", flip.replaced, now_serving)
     return json_response({"object": "adapter_rollback", "retired": flip.replaced,
-                          "active": adapter_view(restored) if restored is not None else None, "serving": serving})
+                          "active": adapter_view(restored) if restored is not None else None, "serving": now_serving})
 
 
 @router.post("/v1/adapters/{name}/activate", response_model=None, summary="Make an adapter the active policy")
 async def activate(request: Request, name: str) -> Response:
     state = get_state(request)
     try:
-        flip = await adapters.activate(name, session_factory=state.session_factory, engines=state.engine,
+        flip = await serving.activate(name, session_factory=state.session_factory, engines=state.engine,
                                        adapters_root=state.settings.resolved_adapters_root())
     except AdapterNotFound:
         raise not_found(f"No adapter named `{name}`; GET /v1/adapters lists them.", "name") from None
-    except adapters.ActivationError as exc:
+    except serving.ActivationError as exc:
         raise _refused(exc) from None
     except DB_ERRORS as exc:
         log.warning("database call failed: %s", type(exc).__name__)

@@ -355,28 +355,19 @@ async def stage_candidate(adapter_dir: Path, *, config: DemoConfig, sessions: se
                           engines: Engine, run_id: str | None) -> str:
     """Register a gate-rejected candidate (status `candidate`, never active), load and probe it on
     the engine, so the held-out split can pin it by name; `retire_candidate` marks it rejected."""
-    from agent.adapters import adapter_name, prepare
-    from learner import publish
-    from store import repos
+    from adapters.serving import prepare, register_candidate
 
     root = (config.out_dir / "data" / "adapters").resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    with sessions() as session:
-        version = max(repos.next_adapter_version(session), max(publish.folder_versions(root), default=0) + 1)
-    final, manifest = publish.write_adapter_folder(adapter_dir, root, version, base_model=SERVED_NAME, run_id=run_id)
-    name = adapter_name(version)
-    with sessions() as session, session.begin():
-        repos.create_adapter(session, name=name, version=version, path=str(final), base_model=SERVED_NAME,
-                             run_id=run_id, manifest_sha256=manifest,
-                             metrics={"note": "the gate rejected this candidate; the demo loaded it only to "
-                                              "measure it pinned by name"})
-    await prepare(engines, name, str(final), adapters_root=root, manifest_sha256=manifest)
-    return name
+    staged = await register_candidate(
+        adapter_dir, adapters_root=root, session_factory=sessions, base_model=SERVED_NAME, run_id=run_id,
+        metrics={"note": "the gate rejected this candidate; the demo loaded it only to measure it pinned by name"})
+    await prepare(engines, staged.name, str(staged.path), adapters_root=root, manifest_sha256=staged.manifest_sha256)
+    return staged.name
 
 
 async def retire_candidate(name: str, reasons: Sequence[str], *, sessions: sessionmaker[Session],
                            engines: Engine) -> None:
-    from agent.adapters import unload_everywhere
+    from adapters.serving import unload_everywhere
     from store import repos
 
     with sessions() as session, session.begin():

@@ -157,7 +157,7 @@ def test_pool_fails_over_and_fails_fast_when_all_replicas_are_down() -> None:
         for _ in range(4):  # a refused replica costs one transport retry, then is skipped
             result = await pool.chat(request())
             assert result.message["tool_calls"]
-        assert not pool.replicas[0].up and pool.replicas[1].up
+        assert not pool.members[0].up and pool.members[1].up
 
         only_dead = EnginePool([VLLMEngine(f"http://127.0.0.1:{free_port()}/v1")], failure_threshold=1)
         with pytest.raises(EngineUnavailable):

@@ -8,8 +8,8 @@ from pathlib import Path
 import openai
 import pytest
 
+from adapters.folder import write_adapter_folder
 from api.app import create_app
-from learner.publish import write_adapter_folder
 from store.registry import create_adapter
 from tests.api.conftest import ADMIN, INFER, LiveServer, make_settings
 from tests.conftest import ToolModel

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from learner.publish import write_adapter_folder
+from adapters.folder import write_adapter_folder
 from store.episodes import record_episodes
 from store.records import EpisodeRecord
 from store.registry import create_adapter
@@ -181,7 +181,7 @@ def _fake_trained_adapter(tmp: Path) -> Path:
 
 
 def _register(rrr: Rrr, *names: str, status: str = "candidate") -> dict[str, Path]:
-    """Publish folders as the learner does (``learner.publish``) and register them; name -> folder."""
+    """Publish folders as the learner does (``adapters.folder.write_adapter_folder``) and register them; name -> folder."""
     root = rrr.settings.resolved_adapters_root()
     source = _fake_trained_adapter(rrr.settings.data_dir)
     folders = {}

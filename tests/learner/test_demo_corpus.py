@@ -151,6 +151,12 @@ class ReplayEngine:
     async def list_models(self) -> list[dict[str, Any]]:
         return []
 
+    def replicas(self) -> list[Any]:
+        return [self]
+
+    def healthy(self) -> bool:
+        return True
+
     async def health(self) -> bool:
         return True
 

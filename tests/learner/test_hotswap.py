@@ -24,10 +24,9 @@ from typing import Any
 import httpx
 import pytest
 
-from agent import adapters
+from adapters import serving
 from engines.pool import EnginePool
 from engines.vllm import VLLMEngine
-from learner import publish
 from store import repos
 from store.db import make_engine, make_session_factory, upgrade
 from store.models import Episode
@@ -151,22 +150,22 @@ def test_publish_rollback_and_a_broken_adapter_under_load_fail_no_request(
             kw: dict[str, Any] = {"adapters_root": root, "session_factory": sessions, "engines": engines}
             try:
                 await asyncio.sleep(1.5)  # base model traffic
-                v1 = await publish.publish_adapter(tiny_adapter_dir, base_model="tiny", drain_s=DRAIN_S, **kw)
+                v1 = await serving.publish_adapter(tiny_adapter_dir, base_model="tiny", drain_s=DRAIN_S, **kw)
                 assert v1.ok, v1
                 await asyncio.sleep(2.0)
-                v2 = await publish.publish_adapter(v2_src, base_model="tiny", drain_s=DRAIN_S, **kw)
+                v2 = await serving.publish_adapter(v2_src, base_model="tiny", drain_s=DRAIN_S, **kw)
                 assert v2.ok and v2.previous == "rrr-v1", v2
                 await asyncio.sleep(DRAIN_S + 1.5)  # v1 drained and unloaded meanwhile
                 assert [c["id"] for c in await engines.list_models()][1:] == ["rrr-v2"]
-                back = await adapters.rollback(**kw)  # reloads v1 first
+                back = await serving.rollback(**kw)  # reloads v1 first
                 assert back.active is not None and back.active.name == "rrr-v1" and back.replaced == "rrr-v2"
-                publish.schedule_unload(engines, sessions, "rrr-v2", DRAIN_S, adapters_root=root)
+                serving.schedule_unload(engines, sessions, "rrr-v2", DRAIN_S, adapters_root=root)
                 marks["rollback"] = time.time()
                 await asyncio.sleep(2.0)
-                bad = await publish.publish_adapter(broken, base_model="tiny", drain_s=DRAIN_S, **kw)
+                bad = await serving.publish_adapter(broken, base_model="tiny", drain_s=DRAIN_S, **kw)
                 assert not bad.ok and bad.name == "rrr-v3" and "500" in (bad.reason or ""), bad
                 await asyncio.sleep(1.5)
-                await publish.wait_background_unloads()  # v2 unloaded after its drain
+                await serving.wait_background_unloads()  # v2 unloaded after its drain
                 assert [c["id"] for c in await engines.list_models()][1:] == ["rrr-v1"]
             finally:
                 await engines.aclose()

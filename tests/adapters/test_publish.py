@@ -1,9 +1,9 @@
-"""learner/publish.py: folders with manifests, load/probe/flip on publish, drains, cleanup; and the
-activate/rollback of published adapters (`agent.adapters`, also `rrr adapters`) on real engines.
+"""adapters/: folders with manifests, load/probe/flip on publish, drains, cleanup; and the
+activate/rollback of published adapters (`adapters.serving`, also `rrr adapters`) on real engines.
 
 The engines are real `LocalEngine`s (the tiny model) behind a real `EnginePool`: a replica with a
 lower `max_lora_rank` makes a load fail on one engine only, and one with a tiny context window makes
-the probe fail after a successful load. The folder check alone is tested in tests/agent/test_adapters.py.
+the probe fail after a successful load. The folder check alone is tested in tests/adapters/test_serving.py.
 """
 
 from __future__ import annotations
@@ -20,11 +20,19 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from agent.adapters import ActivationError, UnsafeAdapter, activate, rollback, verify_adapter_dir
+from adapters import folder as adapter_folder
+from adapters import serving
+from adapters.folder import UnsafeAdapter, verify_adapter_dir
+from adapters.serving import (
+    ActivationError,
+    activate,
+    collect_folders,
+    publish_adapter,
+    reject_stale_candidates,
+    rollback,
+    unload_drained,
+)
 from engines.pool import EnginePool
-from learner import publish
-from learner.cycle import collect_folders, reject_stale_candidates, unload_drained
-from learner.publish import publish_adapter
 from store import repos
 from store.db import make_engine, make_session_factory, upgrade
 
@@ -103,7 +111,7 @@ def status_of(session_factory: Factory, name: str) -> str:
         return adapter.status
 
 
-def do_publish(src: Path, root: Path, session_factory: Factory, engines: Any, **kw: Any) -> publish.PublishResult:
+def do_publish(src: Path, root: Path, session_factory: Factory, engines: Any, **kw: Any) -> serving.PublishResult:
     kw.setdefault("unload_in_background", False)
     return run(publish_adapter(src, adapters_root=root, session_factory=session_factory, engines=engines,
                                base_model="tiny", run_id=None, **kw))
@@ -171,14 +179,14 @@ def test_folder_appears_only_by_rename_of_a_complete_temp_folder(
         seen["dst"] = Path(dst).name
         raise OSError("simulated crash at rename")
 
-    monkeypatch.setattr(publish.os, "rename", crash_at_rename)
+    monkeypatch.setattr(adapter_folder.os, "rename", crash_at_rename)
     with pytest.raises(OSError, match="simulated crash"):
         do_publish(tiny_adapter_dir, root, session_factory, pool(local_engines, "a"))
     assert seen == {"visible": [".rrr-v1.tmp"], "complete": True, "dst": "rrr-v1"}
     assert list(root.iterdir()) == []  # the temp folder is cleaned up, nothing half-written is visible
     with session_factory() as s:
         assert repos.list_adapters(s) == []
-    monkeypatch.setattr(publish.os, "rename", real_rename)
+    monkeypatch.setattr(adapter_folder.os, "rename", real_rename)
     assert do_publish(tiny_adapter_dir, root, session_factory, pool(local_engines, "a")).name == "rrr-v1"
 
 
@@ -224,7 +232,7 @@ def test_rollback_reloads_and_flips_back_and_activate_refuses_what_cannot_serve(
         v1 = await publish_adapter(tiny_adapter_dir, base_model="tiny", drain_s=0.0, **kw)
         v2 = await publish_adapter(lora16, base_model="tiny", drain_s=0.0, **kw)
         assert v1.ok and v2.ok
-        await publish.wait_background_unloads()
+        await serving.wait_background_unloads()
         assert await alisted(local_engines["a"]) == await alisted(local_engines["b"]) == ["rrr-v2"]  # v1 drained
         back = await rollback(**kw)
         assert back.active is not None and back.active.name == "rrr-v1" and back.replaced == "rrr-v2"
@@ -233,8 +241,8 @@ def test_rollback_reloads_and_flips_back_and_activate_refuses_what_cannot_serve(
         flipped = await activate("rrr-v2", **kw)
         assert flipped.active is not None and flipped.active.name == "rrr-v2" and flipped.replaced == "rrr-v1"
         assert active_name(session_factory) == "rrr-v2"
-        publish.schedule_unload(engines, session_factory, "rrr-v1", 0.0, adapters_root=root)
-        await publish.wait_background_unloads()
+        serving.schedule_unload(engines, session_factory, "rrr-v1", 0.0, adapters_root=root)
+        await serving.wait_background_unloads()
         assert await alisted(local_engines["a"]) == ["rrr-v2"]
 
         # A tampered folder cannot be activated, and a failed rollback leaves the pointer alone.

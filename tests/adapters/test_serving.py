@@ -1,6 +1,6 @@
-"""agent/adapters.py: the R16 folder check, and verify → load → probe → flip for activate and rollback (R19).
+"""adapters/: the folder check, and verify → load → probe → flip for activate and rollback (R19).
 
-Folders are written by the learner's own writer (`learner.publish.write_adapter_folder`), so the
+Folders are written by the learner's own writer (`adapters.folder.write_adapter_folder`), so the
 check is proven against exactly what gets published. The engines are `VLLMEngine`s in an
 `EnginePool` over real HTTP to two scripted upstreams that speak vLLM's chat and runtime-LoRA
 routes; the registry is a real SQLite database migrated by Alembic. No torch needed.
@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from agent import adapters
-from agent.adapters import ActivationError, UnsafeAdapter, verify_adapter_dir
+from adapters import serving
+from adapters.folder import UnsafeAdapter, verify_adapter_dir, write_adapter_folder
+from adapters.serving import ActivationError
 from engines.pool import EnginePool
 from engines.vllm import VLLMEngine
-from learner.publish import write_adapter_folder
 from store import repos
 from store.db import make_engine, make_session_factory, upgrade
 from tests.support.upstream import Script, ScriptedUpstream, text
@@ -212,20 +212,20 @@ def test_activate_loads_and_probes_every_replica_before_the_flip(
     kw: dict[str, Any] = {"session_factory": session_factory, "adapters_root": root}
 
     async def body(pool: EnginePool) -> None:
-        flip = await adapters.activate("rrr-v1", engines=pool, **kw)
+        flip = await serving.activate("rrr-v1", engines=pool, **kw)
         assert flip.active is not None and flip.active.name == "rrr-v1" and flip.active.status == "active"
         assert flip.replaced is None and flip.changed
         for up in upstreams:
             assert up.adapters == {"rrr-v1": str(folders["rrr-v1"].resolve())}
             [probe] = probes(up)
             assert probe["model"] == "rrr-v1" and probe["temperature"] == 0.0 and probe["max_tokens"] == 16
-        flip = await adapters.activate("rrr-v2", engines=pool, **kw)
+        flip = await serving.activate("rrr-v2", engines=pool, **kw)
         assert flip.active is not None and flip.active.name == "rrr-v2" and flip.replaced == "rrr-v1"
         assert sorted(upstreams[1].adapters) == ["rrr-v1", "rrr-v2"]  # the replaced one stays loaded
-        again = await adapters.activate("rrr-v2", engines=pool, **kw)
+        again = await serving.activate("rrr-v2", engines=pool, **kw)
         assert not again.changed and again.replaced is None and again.active is not None
         with pytest.raises(repos.AdapterNotFound):
-            await adapters.activate("rrr-v9", engines=pool, **kw)
+            await serving.activate("rrr-v9", engines=pool, **kw)
 
     scenario(upstreams, body)
     assert active_name(session_factory) == "rrr-v2"
@@ -240,16 +240,16 @@ def test_a_failed_load_or_probe_on_one_replica_changes_nothing(
     kw: dict[str, Any] = {"session_factory": session_factory, "adapters_root": root}
 
     async def body(pool: EnginePool) -> None:
-        await adapters.activate("rrr-v1", engines=pool, **kw)
+        await serving.activate("rrr-v1", engines=pool, **kw)
         b.fail_loads = True
         with pytest.raises(ActivationError, match=r"rrr-v2 cannot serve: load failed \(500") as info:
-            await adapters.activate("rrr-v2", engines=pool, **kw)
+            await serving.activate("rrr-v2", engines=pool, **kw)
         assert info.value.kind == "cannot_serve" and info.value.name == "rrr-v2"
         assert sorted(a.adapters) == sorted(b.adapters) == ["rrr-v1"]  # loaded on a, then unloaded again
         b.fail_loads = False
         b.script.answer = ["error:500:probe exploded"]
         with pytest.raises(ActivationError, match="probe failed") as info:
-            await adapters.activate("rrr-v2", engines=pool, **kw)
+            await serving.activate("rrr-v2", engines=pool, **kw)
         assert info.value.kind == "cannot_serve"
         assert sorted(a.adapters) == sorted(b.adapters) == ["rrr-v1"]  # both loads undone
 
@@ -266,10 +266,10 @@ def test_activate_refuses_rejected_and_unsafe_adapters_before_any_engine_call(
 
     async def body(pool: EnginePool) -> None:
         with pytest.raises(ActivationError, match="rejected") as info:
-            await adapters.activate("rrr-v2", engines=pool, **kw)
+            await serving.activate("rrr-v2", engines=pool, **kw)
         assert info.value.kind == "rejected"
         with pytest.raises(ActivationError, match="do not match the manifest") as info:
-            await adapters.activate("rrr-v1", engines=pool, **kw)
+            await serving.activate("rrr-v1", engines=pool, **kw)
         assert info.value.kind == "unsafe" and str(root) not in str(info.value)
 
     scenario(upstreams, body)
@@ -283,18 +283,18 @@ def test_rollback_reloads_its_target_first_then_flips_back_to_the_base_model(
     kw: dict[str, Any] = {"session_factory": session_factory, "adapters_root": root}
 
     async def body(pool: EnginePool) -> None:
-        nothing = await adapters.rollback(engines=pool, **kw)
+        nothing = await serving.rollback(engines=pool, **kw)
         assert not nothing.changed and nothing.active is None and nothing.replaced is None
-        await adapters.activate("rrr-v1", engines=pool, **kw)
-        await adapters.activate("rrr-v2", engines=pool, **kw)
-        await adapters.unload_everywhere(pool, "rrr-v1")  # drained meanwhile
-        back = await adapters.rollback(engines=pool, **kw)
+        await serving.activate("rrr-v1", engines=pool, **kw)
+        await serving.activate("rrr-v2", engines=pool, **kw)
+        await serving.unload_everywhere(pool, "rrr-v1")  # drained meanwhile
+        back = await serving.rollback(engines=pool, **kw)
         assert back.changed and back.replaced == "rrr-v2"
         assert back.active is not None and back.active.name == "rrr-v1"
         for up in upstreams:
             assert sorted(up.adapters) == ["rrr-v1", "rrr-v2"]  # reloaded before the flip
             assert [p["model"] for p in probes(up)] == ["rrr-v1", "rrr-v2", "rrr-v1"]
-        base = await adapters.rollback(engines=pool, **kw)
+        base = await serving.rollback(engines=pool, **kw)
         assert base.changed and base.active is None and base.replaced == "rrr-v1"
 
     scenario(upstreams, body)
@@ -315,11 +315,11 @@ def test_a_rollback_whose_plan_moved_meanwhile_changes_nothing(
 
     with ScriptedUpstream(Script(answer=[text("OK")]), lora=True) as up:
         async def body(pool: EnginePool) -> None:
-            await adapters.activate("rrr-v1", engines=pool, **kw)
-            await adapters.activate("rrr-v2", engines=pool, **kw)
+            await serving.activate("rrr-v1", engines=pool, **kw)
+            await serving.activate("rrr-v2", engines=pool, **kw)
             up.script.responder = responder
             with pytest.raises(ActivationError, match="active adapter changed") as info:
-                await adapters.rollback(engines=pool, **kw)
+                await serving.rollback(engines=pool, **kw)
             assert info.value.kind == "conflict"
 
         scenario((up,), body)
@@ -339,7 +339,7 @@ def test_an_unload_that_races_the_flip_is_undone_at_once(
         up.script.responder = responder
 
         async def body(pool: EnginePool) -> None:
-            await adapters.activate("rrr-v1", engines=pool, session_factory=session_factory, adapters_root=root)
+            await serving.activate("rrr-v1", engines=pool, session_factory=session_factory, adapters_root=root)
 
         scenario((up,), body)
         assert list(up.adapters) == ["rrr-v1"]
