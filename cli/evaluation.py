@@ -1,6 +1,6 @@
 """`rrr eval`: score predictions against a dataset (`score`), or run a model through rrr and score it (`run`).
 
-The harness itself lives in `agent.evaluation`; these commands turn flags into its arguments.
+The harness itself lives in `evals`; these commands turn flags into its arguments.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def eval_run(
 
     from tqdm import tqdm
 
-    from agent.evaluation import (
+    from evals import (
         EvalConfig,
         EvalRun,
         OutputError,
@@ -114,7 +114,7 @@ def eval_run(
         format_table,
         run_evaluation,
     )
-    from agent.evaluation.runners import Runner
+    from evals.runners import Runner
     from tools.formats import load_dataset, split_spec
 
     if (base_url is None) == (model is None):
@@ -145,7 +145,7 @@ def eval_run(
         if not Path(str(model)).is_dir() and not _HUB_ID.fullmatch(str(model)):
             fail(f"--model {model}: no such model directory (or Hugging Face model id)")
         try:
-            from agent.evaluation import local_runner
+            from evals import local_runner
 
             runner = local_runner(str(model), served_name=names[0], adapters=adapters, sampling=sampling)
         except ImportError as exc:

@@ -1,7 +1,7 @@
 """The promotion gate: is a trained candidate better than the policy in service, without forgetting?
 
 Called by the learner cycle after training. `evaluate_gate` runs both policies through the same
-reflect/retry loop the API serves with (`agent.loop.run_episode`, temperature 0, one reflection and
+reflect/retry loop the API serves with (`evals.run.run_items`: temperature 0, one reflection and
 one retry) on two sets: the held-out failures of the batch (their task messages, judged by each
 row's own stored verifier and expected calls) and the regression set of past successes (never drawn
 from the batch, R20). It measures first-attempt success and retry success (solved on the first
@@ -21,16 +21,17 @@ and does not publish.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.evaluation.report import Z95, wilson_interval
-from agent.loop import LoopConfig, TaskOptions, run_episode
-from engines.base import ChatRequest, Engine
+from agent.loop import LoopConfig
+from engines.base import Engine
+from evals.items import EvalItem, gate_item
+from evals.run import run_items
+from evals.stats import Rate
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +65,6 @@ class GateConfig:
             raise ValueError(f"gate min_items must be at least 1, got {self.min_items}")
         if self.max_tokens < 1 or self.concurrency < 1:
             raise ValueError("gate max_tokens and concurrency must be at least 1")
-
-
-@dataclass(frozen=True)
-class Rate:
-    """`successes` out of `total`, with a 95% Wilson score interval."""
-
-    successes: int
-    total: int
-
-    @property
-    def rate(self) -> float:
-        return self.successes / self.total if self.total else 0.0
-
-    def wilson(self, z: float = Z95) -> tuple[float, float]:
-        return wilson_interval(self.successes, self.total, z)
-
-    def to_dict(self) -> dict[str, Any]:
-        lo, hi = self.wilson()
-        return {"successes": self.successes, "total": self.total, "rate": round(self.rate, 6),
-                "ci95": [round(lo, 6), round(hi, 6)]}
 
 
 @dataclass(frozen=True)
@@ -160,58 +141,6 @@ def decide(candidate: PolicyScores, incumbent: PolicyScores, config: GateConfig)
 
 # --- evaluation -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class EvalItem:
-    """One task to evaluate: the task messages (no failed attempt), tools, and how to judge it."""
-
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    verifier: str | dict[str, Any] = "schema"
-    expected: list[dict[str, Any]] | None = None
-    id: str | None = None
-
-    @property
-    def math(self) -> bool:
-        kind = self.verifier.get("type") if isinstance(self.verifier, dict) else self.verifier
-        return kind == "countdown"
-
-
-def as_eval_item(row: Any) -> EvalItem:
-    """An `EvalItem` from a dataset row (object or mapping with `task_messages` or `messages`)."""
-    def get(key: str) -> Any:
-        return row.get(key) if isinstance(row, Mapping) else getattr(row, key, None)
-
-    messages = get("task_messages") or get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("a gate item needs its task messages")
-    return EvalItem(messages=list(messages), tools=get("tools") or None, tool_choice=get("tool_choice"),
-                    verifier=get("verifier") or "schema", expected=get("expected"),
-                    id=get("episode_id") or get("id"))
-
-
-async def _outcomes(engine: Engine, model: str | None, items: Sequence[EvalItem], config: GateConfig,
-                    loop: LoopConfig, on_item: Callable[[], None] | None) -> list[str]:
-    limit = asyncio.Semaphore(config.concurrency)
-
-    async def one(item: EvalItem) -> str:
-        async with limit:
-            request = ChatRequest(messages=item.messages, model=model, tools=item.tools,
-                                  tool_choice=item.tool_choice, temperature=0.0, max_tokens=config.max_tokens)
-            options = TaskOptions(verifier=item.verifier, expected=item.expected, max_retries=1, math=item.math)
-            try:
-                outcome = await run_episode(engine, request, options, loop)
-            except ValueError as exc:  # a stored spec that no longer validates: the item cannot pass
-                log.warning("gate item %s could not be judged: %s", item.id, exc)
-                return "failed"
-            finally:
-                if on_item is not None:
-                    on_item()
-            return "upstream_error" if outcome.error is not None and outcome.status == "failed" else outcome.status
-
-    return list(await asyncio.gather(*(one(item) for item in items)))
-
-
 def _rates(statuses: Iterable[str]) -> tuple[Rate, Rate, int]:
     statuses = list(statuses)
     first = sum(s == "first_ok" for s in statuses)
@@ -223,8 +152,10 @@ async def score_policy(engine: Engine, model: str | None, heldout: Sequence[Eval
                        *, config: GateConfig = GateConfig(), loop: LoopConfig = LoopConfig(),
                        label: str | None = None, on_item: Callable[[], None] | None = None) -> PolicyScores:
     """Evaluate one policy (`model` = an adapter name on `engine`, None = the base) on both sets."""
-    h_first, h_retry, h_err = _rates(await _outcomes(engine, model, heldout, config, loop, on_item))
-    r_first, r_retry, r_err = _rates(await _outcomes(engine, model, regression, config, loop, on_item))
+    kw: dict[str, Any] = {"max_tokens": config.max_tokens, "concurrency": config.concurrency, "loop": loop,
+                          "on_item": on_item}
+    h_first, h_retry, h_err = _rates(await run_items(engine, model, heldout, **kw))
+    r_first, r_retry, r_err = _rates(await run_items(engine, model, regression, **kw))
     return PolicyScores(policy=label or model or "base", heldout_first=h_first, heldout_retry=h_retry,
                         regression_first=r_first, regression_retry=r_retry, errors=h_err + r_err)
 
@@ -238,8 +169,8 @@ async def evaluate_gate(engine: Engine, *, candidate_dir: str, heldout: Sequence
     must already have passed `folder.check_adapter_source` (no pickles).
     """
     config.validate()
-    held = [as_eval_item(r) for r in heldout]
-    reg = [as_eval_item(r) for r in regression]
+    held = [gate_item(r) for r in heldout]
+    reg = [gate_item(r) for r in regression]
     tag = uuid.uuid4().hex[:8]
     cand_name = f"rrr-gate-candidate-{tag}"
     inc_name = f"rrr-gate-incumbent-{tag}" if incumbent else None

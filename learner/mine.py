@@ -2,7 +2,8 @@
 
 Called by `rrr learn mine`. For every dataset item, up to `samples` answers are drawn at a
 temperature above 0 from the engine (one model call each, no reflection) and judged by the item's
-reference verifier (`reference` with the dataset's expected calls; `countdown` for countdown items).
+verifier exactly as `rrr eval` judges it (`evals.items.eval_task`: `reference` with the dataset's
+expected calls, `relevance` for BFCL live_relevance items, `countdown` for countdown items).
 Sampling stops at the first failure. Stored, through `store.repos.record_episodes`:
 
 * a query with a failed sample: that failure, as a `failed` episode made trainable by its
@@ -24,9 +25,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from agent.loop import LoopConfig, Outcome, TaskOptions, run_episode
+from agent.loop import LoopConfig, Outcome, run_episode
 from agent.record import outcome_to_record
 from engines.base import ChatRequest, Engine
+from evals.items import eval_task
 from store import repos
 from store.records import EpisodeRecord
 from tools.formats import DatasetItem
@@ -82,14 +84,6 @@ class MineSummary:
         return asdict(self)
 
 
-def item_options(item: DatasetItem, task: str | None) -> TaskOptions:
-    """The verifier of a dataset item: countdown rules, or the reference calls (BFCL semantics)."""
-    if item.task == "countdown":
-        spec: dict[str, Any] = {"type": "countdown", "nums": item.extra["nums"], "target": item.extra["target"]}
-        return TaskOptions(verifier=spec, expected=None, task=task or item.task, max_retries=0, math=True)
-    return TaskOptions(verifier="reference", expected=item.expected, task=task or item.task, max_retries=0)
-
-
 def item_request(item: DatasetItem, config: MineConfig, seed: int | None) -> ChatRequest:
     tools = [t.to_openai() for t in item.tools] or None
     return ChatRequest(messages=item.messages, model=config.model, tools=tools, temperature=config.temperature,
@@ -98,7 +92,7 @@ def item_request(item: DatasetItem, config: MineConfig, seed: int | None) -> Cha
 
 async def _mine_item(engine: Engine, item: DatasetItem, index: int, config: MineConfig,
                      summary: MineSummary) -> EpisodeRecord | None:
-    options = item_options(item, config.task)
+    options = eval_task(item).options(max_retries=0, task=config.task)
     loop = LoopConfig(max_calls=1, deadline_s=config.deadline_s)
     first_ok: tuple[Outcome, ChatRequest] | None = None
     for k in range(config.samples):

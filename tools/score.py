@@ -24,7 +24,7 @@ from typing import Any
 
 from tools.formats import DatasetItem, openai_name
 from tools.spec import ToolCall
-from tools.verify import ModelOutput, Verdict, verify_countdown, verify_reference
+from tools.verify import ModelOutput, Verdict, verify_countdown, verify_reference, verify_relevance
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +123,7 @@ def score_item(item: DatasetItem, output: ModelOutput | None) -> Verdict:
     if item.task == "countdown":
         return verify_countdown(output.content or "", item.extra["nums"], item.extra["target"])
     if item.extra.get("relevance"):
-        if output.tool_calls:
-            return Verdict(ok=True, reason="", details={})
-        return Verdict(ok=False, reason="expected a tool call, got none", details={})
+        return verify_relevance(output)
     return verify_reference(_with_tool_names(item, output), item.expected, tools=item.tools)
 
 

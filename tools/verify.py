@@ -6,6 +6,7 @@ implementations live one per module in ``tools.verifiers``:
 * ``verify_schema`` — calls name offered tools, arguments fit their schemas, tool_choice holds;
 * ``verify_reference`` — BFCL AST-checker comparison with expected calls (``expected_from_calls``);
 * ``verify_execution`` — run registered Python functions in a subprocess with a timeout;
+* ``verify_relevance`` — BFCL live_relevance: some well-formed call, whichever;
 * ``verify_countdown`` — TinyZero's Countdown rules on the last ``<answer>``;
 * ``normalize_spec`` / ``run_verifier`` / ``is_rerunnable`` — the serialisable specs.
 
@@ -22,6 +23,7 @@ from tools.verifiers.reference import (
     normalize_string,
     verify_reference,
 )
+from tools.verifiers.relevance import verify_relevance
 from tools.verifiers.schema_check import parse_tool_choice, verify_schema
 from tools.verifiers.specs import VERIFIER_TYPES, is_rerunnable, normalize_spec, run_verifier
 
@@ -41,5 +43,6 @@ __all__ = [
     "verify_countdown",
     "verify_execution",
     "verify_reference",
+    "verify_relevance",
     "verify_schema",
 ]

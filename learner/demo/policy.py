@@ -33,9 +33,9 @@ from typing import Any
 from agent.loop import LoopConfig, Outcome, TaskOptions, run_episode
 from engines.base import ChatRequest
 from engines.local import LocalEngine
+from evals.stats import Rate
 from learner.demo.corpus import DemoItem, generate_items, split_items
 from learner.demo.sft import SFTConfig, SFTResult, train_policy
-from learner.gate import Rate
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from learner.gate import Rate
+from evals.stats import Rate
 
 SUCCESS_FIRST = ("first_ok",)
 SUCCESS_AFTER = ("first_ok", "retry_ok")

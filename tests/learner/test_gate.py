@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from agent.loop import LoopConfig
-from learner.gate import EvalItem, GateConfig, PolicyScores, Rate, as_eval_item, decide, evaluate_gate
+from evals.items import EvalItem, gate_item
+from evals.stats import Rate
+from learner.gate import GateConfig, PolicyScores, decide, evaluate_gate
 from tests.conftest import ToolModel
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
@@ -81,11 +83,11 @@ def test_rows_become_eval_items_from_dataset_rows_or_objects() -> None:
     row = {"episode_id": "e1", "task_messages": [{"role": "user", "content": "hi"}], "prompt_messages": [],
            "tools": None, "tool_choice": None, "verifier": {"type": "countdown", "nums": [1], "target": 1},
            "expected": None}
-    item = as_eval_item(row)
+    item = gate_item(row)
     assert item.id == "e1" and item.math and item.messages == row["task_messages"]
-    assert as_eval_item(item) == item
+    assert gate_item(item) == item
     with pytest.raises(ValueError, match="task messages"):
-        as_eval_item({"task_messages": []})
+        gate_item({"task_messages": []})
 
 
 @pytest.mark.slow

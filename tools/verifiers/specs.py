@@ -1,7 +1,7 @@
 """Serialisable verifier specs: validate them, run them, and say whether they can be re-run offline.
 
 A spec is JSON, stored with each episode so the learner can re-run the same verifier on a retry:
-``"schema"``, ``"reference"``, ``{"type": "execution", "functions": {tool: "module:function"},
+``"schema"``, ``"reference"``, ``"relevance"`` (some well-formed call; BFCL live_relevance), ``{"type": "execution", "functions": {tool: "module:function"},
 "timeout_s": 5}``, ``{"type": "countdown", "nums": [...], "target": N}`` and
 ``{"type": "all", "of": [spec, ...]}`` (every one must pass; the first failure gives the reason).
 A bad spec raises ValueError with what to change; bad model output only ever yields a verdict.
@@ -18,10 +18,12 @@ from tools.verifiers.base import ModelOutput, Verdict, failed, passed
 from tools.verifiers.countdown import verify_countdown
 from tools.verifiers.execution import DEFAULT_EXECUTION_MODULES, check_target, verify_execution
 from tools.verifiers.reference import verify_reference
+from tools.verifiers.relevance import verify_relevance
 from tools.verifiers.schema_check import verify_schema
 
-VERIFIER_TYPES = ("schema", "reference", "execution", "countdown", "all")
-_FIELDS = {"schema": (), "reference": (), "execution": ("functions", "timeout_s"), "countdown": ("nums", "target"), "all": ("of",)}
+VERIFIER_TYPES = ("schema", "reference", "relevance", "execution", "countdown", "all")
+_FIELDS = {"schema": (), "reference": (), "relevance": (), "execution": ("functions", "timeout_s"),
+           "countdown": ("nums", "target"), "all": ("of",)}
 DEFAULT_TIMEOUT_S = 5.0
 MAX_TIMEOUT_S = 60.0
 MAX_NESTING = 4
@@ -53,7 +55,7 @@ def _normalize(spec: Any, allowed_modules: tuple[str, ...], depth: int) -> dict[
         allowed = ", ".join(_FIELDS[kind]) or "no fields"
         raise ValueError(f"verifier {kind!r} does not take {', '.join(map(repr, unknown))} (it takes {allowed})")
 
-    if kind in ("schema", "reference"):
+    if kind in ("schema", "reference", "relevance"):
         return {"type": kind}
     if kind == "execution":
         functions = spec.get("functions")
@@ -106,6 +108,8 @@ def _run(
         if expected is None:
             return failed("no expected calls")
         return verify_reference(output, expected, tools)
+    if kind == "relevance":
+        return verify_relevance(output)
     if kind == "execution":
         return verify_execution(output, spec["functions"], spec["timeout_s"], allowed_modules=allowed_modules)
     if kind == "countdown":

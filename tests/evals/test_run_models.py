@@ -24,7 +24,7 @@ from tools.formats import load_dataset
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 DATASETS = {
     "xlam": f"xlam:{FIXTURES / 'xlam_sample.json'}",

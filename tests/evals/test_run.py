@@ -18,15 +18,15 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from agent.evaluation import wilson_interval
 from agent.prompts import MATH_REFLECTION_PROMPT, REFLECTION_PROMPT
 from cli import app
+from evals import wilson_interval
 from store.registry import create_adapter
 from tests.api.conftest import INFER, Rrr, running
 from tests.support.upstream import Script, classify, text, tool_call
 from tools.formats import DatasetItem, load_dataset
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 DATASETS = {
     "xlam": f"xlam:{FIXTURES / 'xlam_sample.json'}",
     "bfcl": f"bfcl:{FIXTURES / 'bfcl' / 'BFCL_v3_sample.json'}",

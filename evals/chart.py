@@ -1,9 +1,9 @@
 """The evaluation's PNG: accuracy at each attempt per model, as grouped bars with 95% Wilson intervals.
 
-Who calls it: ``agent.evaluation.report.write_reports``. matplotlib is imported lazily (it is an
+Who calls it: ``evals.report.write_reports``. matplotlib is imported lazily (it is an
 optional dependency: ImportError tells the caller to skip the chart) and used through its object
 API on the Agg canvas, so no GUI backend and no global pyplot state is touched. The numbers come
-from ``agent.evaluation.report.summarize``; nothing is computed here.
+from ``evals.report.summarize``; nothing is computed here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where an evaluation's answers come from: a running ``rrr serve``, or an engine in this process.
 
-Who calls it: ``agent.evaluation.harness`` (one ``run`` per model and item) and the CLI, which
+Who calls it: ``evals.run`` (one ``run`` per model and item) and the CLI, which
 builds the runner. Both runners send each item through rrr's own reflect/retry loop, so what is
 measured is what clients get:
 
@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent.evaluation.tasks import EvalTask
-from agent.loop import LoopConfig, TaskOptions, run_episode
+from agent.loop import LoopConfig, run_episode
 from engines.base import ChatRequest, Engine, EngineError
+from evals.items import EvalTask
 
 
 class TargetError(Exception):
@@ -206,8 +206,7 @@ class EngineRunner:
         request = ChatRequest(messages=task.messages, model=model if model in self.adapters else None,
                               tools=task.tools, temperature=self.sampling.temperature,
                               max_tokens=self.sampling.max_tokens)
-        options = TaskOptions(verifier=task.verifier, expected=task.expected, task=task.item.task,
-                              max_retries=attempts - 1, math=task.math)
+        options = task.options(max_retries=attempts - 1)
         config = dataclasses.replace(self.loop, max_calls=1 + 2 * (attempts - 1), deadline_s=self.sampling.timeout_s)
         try:
             outcome = await run_episode(self.engine, request, options, config)

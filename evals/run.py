@@ -1,13 +1,15 @@
-"""The evaluation harness: every dataset item, on every model name, through rrr's reflect/retry loop.
+"""Items x policies through rrr's reflect/retry loop: the one way every caller measures a policy.
 
-Who calls it: ``rrr eval run`` (and anything that wants the paper's numbers for a model or an
-adapter). For each (model, item) not yet in the output folder it asks the runner for one episode,
-scores each answer attempt with the reference scorer (``agent.evaluation.tasks``), and appends the
-result to ``items.jsonl`` at once, so an interrupted run resumes where it stopped. At the end it
-writes the summary, the table and the chart over everything the folder holds for these items.
-
-Items the target could not run (``ItemError``) are reported, not written: the next run with the
-same ``--out`` retries them. A ``TargetError`` stops the run (results so far are kept).
+* `run_evaluation` (``rrr eval run``): for each (model, dataset item) not yet in the output folder
+  it asks the runner for one episode, scores each answer attempt with the reference scorer
+  (``evals.items``), and appends the result to ``items.jsonl`` at once, so an interrupted run
+  resumes where it stopped. At the end it writes the summary, the table and the chart over
+  everything the folder holds for these items. Items the target could not run (``ItemError``) are
+  reported, not written: the next run with the same ``--out`` retries them. A ``TargetError``
+  stops the run (results so far are kept).
+* `run_items` (the learner's gate, the demo): stored items through ``agent.loop.run_episode`` on an
+  engine in this process, greedy, one reflection and one retry; one episode status per item, in
+  order, so two policies run on the same items compare item by item (`evals.stats`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.evaluation.report import Reports, summarize, write_reports
-from agent.evaluation.results import EvalOutput, ItemResult, score_trace
-from agent.evaluation.runners import ItemError, Runner, TargetError
-from agent.evaluation.tasks import EvalTask
+from agent.loop import LoopConfig, TaskOptions, run_episode
+from engines.base import ChatRequest, Engine
+from evals.items import EvalItem, EvalTask
+from evals.report import Reports, summarize, write_reports
+from evals.results import EvalOutput, ItemResult, score_trace
+from evals.runners import ItemError, Runner, TargetError
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +125,32 @@ async def run_evaluation(tasks: Sequence[EvalTask], runner: Runner, models: Sequ
     selected = [r for r in results if r.id in wanted]
     return EvalRun(summary=summary, results=selected, new=len(results) - len(existing), resumed=resumed,
                    errors=errors, reports=reports)
+
+
+async def run_items(engine: Engine, model: str | None, items: Sequence[EvalItem], *, max_tokens: int = 256,
+                    concurrency: int = 4, loop: LoopConfig | None = None,
+                    on_item: Callable[[], None] | None = None) -> list[str]:
+    """Each item through the loop on `model` (an adapter name on `engine`; None = the base model).
+
+    Returns one status per item: `first_ok`, `retry_ok`, `failed`, or `upstream_error` when the
+    engine failed to serve it. A stored spec that no longer validates counts as `failed`.
+    """
+    limit = asyncio.Semaphore(concurrency)
+    config = loop or LoopConfig()
+
+    async def one(item: EvalItem) -> str:
+        async with limit:
+            request = ChatRequest(messages=item.messages, model=model, tools=item.tools,
+                                  tool_choice=item.tool_choice, temperature=0.0, max_tokens=max_tokens)
+            options = TaskOptions(verifier=item.verifier, expected=item.expected, max_retries=1, math=item.math)
+            try:
+                outcome = await run_episode(engine, request, options, config)
+            except ValueError as exc:
+                log.warning("item %s could not be judged: %s", item.id, exc)
+                return "failed"
+            finally:
+                if on_item is not None:
+                    on_item()
+            return "upstream_error" if outcome.error is not None and outcome.status == "failed" else outcome.status
+
+    return list(await asyncio.gather(*(one(item) for item in items)))

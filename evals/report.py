@@ -1,60 +1,37 @@
 """The paper-style report of an evaluation: accuracy at attempt 1, 2, ... per model, with 95% intervals.
 
-Who calls it: ``agent.evaluation.harness`` at the end of a run (and anyone holding ``ItemResult``s,
+Who calls it: ``evals.run`` at the end of a run (and anyone holding ``ItemResult``s,
 such as the demo). Accuracy at attempt k is the share of items solved within the first k attempts,
 the numbers the paper reports as first-try and second-try (after reflection) accuracy; each comes
-with a 95% Wilson score interval, which stays inside [0, 1] and is honest for small n.
+with a 95% Wilson score interval (`evals.stats`).
 
 Outputs: ``summarize`` (a JSON-able dict, saved as summary.json), ``format_table`` (the table the
 CLI prints), ``format_markdown`` (table.md) and ``write_reports`` (all files, the chart through
-``agent.evaluation.chart``). No model runs here.
+``evals.chart``). No model runs here.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.evaluation.results import ItemResult
-
-Z95 = 1.96  # the two-sided 95% normal quantile (as the learner's gate and the demo use)
-
-
-def wilson_interval(successes: int, total: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of ``successes`` out of ``total`` ((0, 1) when ``total`` is 0)."""
-    if total <= 0:
-        return (0.0, 1.0)
-    p = successes / total
-    denom = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+from evals.results import ItemResult
+from evals.stats import Rate
 
 
-@dataclass(frozen=True)
-class Accuracy:
-    """``correct`` out of ``total`` with its 95% Wilson interval."""
-
-    correct: int
-    total: int
-
-    @property
-    def rate(self) -> float:
-        return self.correct / self.total if self.total else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        lo, hi = wilson_interval(self.correct, self.total)
-        return {"correct": self.correct, "total": self.total, "accuracy": round(self.rate, 6),
-                "ci95": [round(lo, 6), round(hi, 6)]}
+def accuracy(rate: Rate) -> dict[str, Any]:
+    """A `Rate` as the report writes it: ``{"correct", "total", "accuracy", "ci95"}``."""
+    lo, hi = rate.wilson()
+    return {"correct": rate.successes, "total": rate.total, "accuracy": round(rate.rate, 6),
+            "ci95": [round(lo, 6), round(hi, 6)]}
 
 
 def _accuracies(rows: Sequence[ItemResult], attempts: int) -> list[dict[str, Any]]:
-    return [Accuracy(sum(r.ok_at(k) for r in rows), len(rows)).to_dict() for k in range(1, attempts + 1)]
+    return [accuracy(Rate(sum(r.ok_at(k) for r in rows), len(rows))) for k in range(1, attempts + 1)]
 
 
 def summarize(results: Iterable[ItemResult], *, models: Sequence[str], item_ids: Sequence[str], attempts: int,
@@ -138,7 +115,7 @@ class Reports:
 
 def write_reports(folder: str | Path, summary: dict[str, Any]) -> Reports:
     """summary.json, table.md and chart.png in ``folder``."""
-    from agent.evaluation.chart import write_chart
+    from evals.chart import write_chart
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)

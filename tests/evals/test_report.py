@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.evaluation import (
+from evals import (
     AttemptResult,
     ItemResult,
     format_markdown,
@@ -17,7 +17,7 @@ from agent.evaluation import (
     wilson_interval,
     write_reports,
 )
-from learner.gate import Rate
+from evals.stats import Rate
 
 
 def test_wilson_interval_known_values() -> None:

@@ -1,12 +1,12 @@
 """The evaluation's per-item results and the output folder that makes a run resumable.
 
-Who calls it: ``agent.evaluation.harness`` (scores a trace into an ``ItemResult``, appends it,
+Who calls it: ``evals.run`` (scores a trace into an ``ItemResult``, appends it,
 reads what an earlier run wrote) and anything that reads ``items.jsonl`` back (the report, the
 demo). Layout of an output folder:
 
     run.json      the dataset and --attempts the results belong to (a rerun must match)
     items.jsonl   one ItemResult per line, append-only, written as each item finishes
-    summary.json, table.md, chart.png   written by ``agent.evaluation.report`` at the end
+    summary.json, table.md, chart.png   written by ``evals.report`` at the end
 
 A crash can leave the last line of ``items.jsonl`` half written; reading drops such a line (and
 cuts it off the file before anything is appended), so that item simply runs again. A damaged line
@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.evaluation.runners import Trace
-from agent.evaluation.tasks import EvalTask, model_output, score_answer
+from evals.items import EvalTask, model_output, score_answer
+from evals.runners import Trace
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,25 @@
-"""How a dataset item is asked and judged in an evaluation: the request, the verifier, the score.
+"""What an item asks and how it is judged: the one definition for `rrr eval`, mining and the gate.
 
-Who calls it: the evaluation runners (``agent.evaluation.runners``) to build each request, and the
-harness to score every answer attempt. Serving and scoring use the same rules as the learner's
-miner: countdown items are judged by the countdown verifier and reflect with the paper's math
-prompt; tool-call items by the reference verifier (BFCL AST semantics) against the item's expected
-calls; BFCL ``live_relevance`` items (any call is right) by the schema verifier while serving (which
-does not demand a call, so an answer without one is scored wrong but not retried). The
-final score of every attempt is always ``tools.score.score_item``, the reference scorer of
-``rrr eval score``, so both commands agree on what "correct" means.
+* `eval_task`: a dataset item as a request and its verifier spec. Countdown items are judged by
+  the countdown verifier and reflect with the paper's math prompt; BFCL ``live_relevance`` items
+  (any well-formed call is right) by the ``relevance`` verifier; every other tool-call item by the
+  reference verifier (BFCL AST semantics) against the item's expected calls. `rrr eval run` sends
+  these specs, `rrr learn mine` stores them on the episodes it records, and so the gate, which
+  re-runs the stored spec, judges mined items exactly as they were judged when mined.
+* `score_answer`: the final score of an attempt, always ``tools.score.score_item`` (the scorer of
+  ``rrr eval score``), which applies the same rules to the same items.
+* `EvalItem` / `gate_item`: a stored episode (a dataset row of the learner) as an item to re-run.
 
 This module runs no model and does no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.loop import TaskOptions
 from tools.formats import DatasetItem
 from tools.parse import parse_openai_tool_calls
 from tools.score import score_item
@@ -39,6 +41,11 @@ class EvalTask:
     def id(self) -> str:
         return self.item.id
 
+    def options(self, *, max_retries: int, task: str | None = None) -> TaskOptions:
+        """How the loop judges this item when it runs in this process (mining, the in-process runner)."""
+        return TaskOptions(verifier=self.verifier, expected=self.expected, task=task or self.item.task,
+                           max_retries=max_retries, math=self.math)
+
     def extension(self, attempts: int, *, task: str | None = None) -> dict[str, Any]:
         """The ``rrr`` object of the request: verifier, reference answer, retry budget, attempt trace."""
         ext: dict[str, Any] = {"verifier": self.verifier, "max_retries": attempts - 1, "include_attempts": True,
@@ -56,7 +63,7 @@ def eval_task(item: DatasetItem) -> EvalTask:
         raw: dict[str, Any] = {"type": "countdown", "nums": item.extra.get("nums"), "target": item.extra.get("target")}
         expected, math = None, True
     elif item.extra.get("relevance"):
-        raw, expected, math = {"type": "schema"}, None, False
+        raw, expected, math = {"type": "relevance"}, None, False
     else:
         raw, expected, math = {"type": "reference"}, list(item.expected), False
     try:
@@ -94,3 +101,33 @@ def model_output(message: dict[str, Any], finish_reason: str | None) -> ModelOut
 def score_answer(task: EvalTask, message: dict[str, Any], finish_reason: str | None) -> Verdict:
     """The reference score of one answer attempt (``rrr eval score``'s rules)."""
     return score_item(task.item, model_output(message, finish_reason))
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """A stored task to re-run: its task messages (no failed attempt), tools, and how to judge it."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    verifier: str | dict[str, Any] = "schema"
+    expected: list[dict[str, Any]] | None = None
+    id: str | None = None
+
+    @property
+    def math(self) -> bool:
+        kind = self.verifier.get("type") if isinstance(self.verifier, dict) else self.verifier
+        return kind == "countdown"
+
+
+def gate_item(row: Any) -> EvalItem:
+    """An `EvalItem` from a learner dataset row (object or mapping with `task_messages` or `messages`)."""
+    def get(key: str) -> Any:
+        return row.get(key) if isinstance(row, Mapping) else getattr(row, key, None)
+
+    messages = get("task_messages") or get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("a gate item needs its task messages")
+    return EvalItem(messages=list(messages), tools=get("tools") or None, tool_choice=get("tool_choice"),
+                    verifier=get("verifier") or "schema", expected=get("expected"),
+                    id=get("episode_id") or get("id"))
