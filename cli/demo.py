@@ -24,8 +24,8 @@ def demo_build_policy(
     from dataclasses import replace
 
     try:
-        from learner.demo.policy import build_policy, policy_size_bytes
-        from learner.demo.sft import SFTConfig
+        from demo.base_policy import build_policy, policy_size_bytes
+        from demo.sft import SFTConfig
     except ImportError as exc:
         fail(f"the ml extra is not installed ({exc.name}); install with: pip install -e '.[ml]'")
     config = SFTConfig(seed=seed)
@@ -53,7 +53,7 @@ def demo_eval_policy(
     import json
 
     try:
-        from learner.demo.policy import (
+        from demo.base_policy import (
             evaluate_policy,
             format_summary,
             held_out_items,
@@ -85,8 +85,8 @@ def demo_tasks(
     """Write demo tasks with their reference answers (`rrr eval`/`--dataset openai:PATH` reads them)."""
     import json
 
-    from learner.demo.corpus import items_to_records
-    from learner.demo.policy import demo_splits
+    from demo.base_policy import demo_splits
+    from demo.corpus import items_to_records
 
     if split not in ("train", "heldout"):
         fail("--split must be train or heldout")
@@ -122,8 +122,8 @@ def demo_run(
     import time
 
     try:
-        from learner.demo.client import ClientError
-        from learner.demo.run import (
+        from demo.client import ClientError
+        from demo.run import (
             DemoConfig,
             DemoError,
             DemoResult,
@@ -131,7 +131,7 @@ def demo_run(
             format_result,
             run_demo,
         )
-        from learner.demo.servers import DemoServers, ServerStartError
+        from demo.servers import DemoServers, ServerStartError
     except ImportError as exc:
         fail(f"the ml extra is not installed ({exc.name}); install with: pip install -e '.[ml]'")
     config = DemoConfig(out_dir=out, policy=policy, build_policy_if_missing=not no_build, seed=seed)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.loop import LoopConfig, TaskOptions, run_episode
+from agent.loop import LoopConfig, Outcome, TaskOptions, run_episode
 from engines.base import ChatRequest, Engine
 from evals.items import EvalItem, EvalTask
 from evals.report import Reports, summarize, write_reports
@@ -127,30 +127,44 @@ async def run_evaluation(tasks: Sequence[EvalTask], runner: Runner, models: Sequ
                    errors=errors, reports=reports)
 
 
-async def run_items(engine: Engine, model: str | None, items: Sequence[EvalItem], *, max_tokens: int = 256,
-                    concurrency: int = 4, loop: LoopConfig | None = None,
-                    on_item: Callable[[], None] | None = None) -> list[str]:
-    """Each item through the loop on `model` (an adapter name on `engine`; None = the base model).
-
-    Returns one status per item: `first_ok`, `retry_ok`, `failed`, or `upstream_error` when the
-    engine failed to serve it. A stored spec that no longer validates counts as `failed`.
-    """
+async def run_outcomes(engine: Engine, model: str | None, items: Sequence[EvalItem], *, max_tokens: int = 256,
+                       concurrency: int = 4, loop: LoopConfig | None = None,
+                       on_item: Callable[[], None] | None = None) -> list[Outcome | None]:
+    """Each item through the loop on `model` (an adapter name on `engine`; None = the base model),
+    greedy, with one reflection and one retry; the outcomes in item order. None: the item's stored
+    spec no longer validates, so it cannot be judged (it counts as failed)."""
     limit = asyncio.Semaphore(concurrency)
     config = loop or LoopConfig()
 
-    async def one(item: EvalItem) -> str:
+    async def one(item: EvalItem) -> Outcome | None:
         async with limit:
             request = ChatRequest(messages=item.messages, model=model, tools=item.tools,
                                   tool_choice=item.tool_choice, temperature=0.0, max_tokens=max_tokens)
             options = TaskOptions(verifier=item.verifier, expected=item.expected, max_retries=1, math=item.math)
             try:
-                outcome = await run_episode(engine, request, options, config)
+                return await run_episode(engine, request, options, config)
             except ValueError as exc:
                 log.warning("item %s could not be judged: %s", item.id, exc)
-                return "failed"
+                return None
             finally:
                 if on_item is not None:
                     on_item()
-            return "upstream_error" if outcome.error is not None and outcome.status == "failed" else outcome.status
 
     return list(await asyncio.gather(*(one(item) for item in items)))
+
+
+def outcome_status(outcome: Outcome | None) -> str:
+    """`first_ok`, `retry_ok`, `failed`, or `upstream_error` when the engine failed to serve the item."""
+    if outcome is None:
+        return "failed"
+    return "upstream_error" if outcome.error is not None and outcome.status == "failed" else outcome.status
+
+
+async def run_items(engine: Engine, model: str | None, items: Sequence[EvalItem], *, max_tokens: int = 256,
+                    concurrency: int = 4, loop: LoopConfig | None = None,
+                    on_item: Callable[[], None] | None = None) -> list[str]:
+    """`run_outcomes` as one `outcome_status` per item, in order: two policies run on the same items
+    compare item by item."""
+    outcomes = await run_outcomes(engine, model, items, max_tokens=max_tokens, concurrency=concurrency, loop=loop,
+                                  on_item=on_item)
+    return [outcome_status(o) for o in outcomes]

@@ -14,22 +14,8 @@ from evals import (
     format_markdown,
     format_table,
     summarize,
-    wilson_interval,
     write_reports,
 )
-from evals.stats import Rate
-
-
-def test_wilson_interval_known_values() -> None:
-    lo, hi = wilson_interval(5, 10)
-    assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-    lo, hi = wilson_interval(0, 20)
-    assert lo == 0.0 and round(hi, 4) == 0.1611
-    lo, hi = wilson_interval(20, 20)
-    assert hi == 1.0 and round(lo, 4) == 0.8389
-    for k, n in ((3, 7), (1, 50), (49, 50)):  # the learner's gate uses the same interval
-        assert wilson_interval(k, n) == pytest.approx(Rate(k, n).wilson(), abs=1e-6)
 
 
 def _result(model: str, item: str, oks: list[bool], category: str | None = None) -> ItemResult:

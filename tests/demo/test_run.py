@@ -1,4 +1,4 @@
-"""learner/demo/run.py (`rrr demo run`): the table math, the chart, the servers' lifecycle, the
+"""demo/run.py (`rrr demo run`): the table math, the chart, the servers' lifecycle, the
 rejected-candidate path, and one end-to-end run of every stage on a throwaway policy.
 
 The end-to-end run is real all the way: `rrr engine serve` and `rrr serve` as child processes, the
@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from demo.report import compare, difference, format_table, summarize_statuses
 from learner.config import TrainConfig
-from learner.demo.report import compare, difference, format_table, paired_interval, summarize_statuses
 from learner.gate import GateConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
@@ -40,17 +40,6 @@ def test_rates_count_first_attempts_and_rescues_separately() -> None:
     assert 0 < lo < 0.4 < hi < 1
 
 
-def test_paired_interval_matches_newcombes_method_10() -> None:
-    # Bentur et al. (Newcombe 1998 / Fagerland et al. ch. 8): 1 both, 1 only before, 7 only after, 12 neither.
-    lo, hi = paired_interval(1, 1, 7, 12)
-    assert (round(lo, 4), round(hi, 4)) == (0.0256, 0.5069)
-    # Strongly concordant pairs give a much tighter interval than the same margins unpaired.
-    tight = paired_interval(50, 2, 6, 42)
-    loose = paired_interval(26, 26, 30, 18)
-    assert tight[1] - tight[0] < 0.6 * (loose[1] - loose[0])
-    assert paired_interval(0, 0, 0, 0) == (-1.0, 1.0)
-
-
 def test_difference_is_paired_on_the_same_tasks() -> None:
     before = {"a": "first_ok", "b": "failed", "c": "retry_ok", "d": "failed"}
     after = {"a": "failed", "b": "first_ok", "c": "first_ok", "d": "retry_ok", "extra": "first_ok"}
@@ -67,7 +56,7 @@ def test_difference_is_paired_on_the_same_tasks() -> None:
 
 def test_chart_is_a_png_with_both_panels(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from learner.demo.chart import write_chart
+    from demo.chart import write_chart
 
     table = compare({str(i): "failed" if i % 3 else "first_ok" for i in range(30)},
                     {str(i): "retry_ok" if i % 2 else "first_ok" for i in range(30)})
@@ -81,7 +70,7 @@ def test_chart_is_a_png_with_both_panels(tmp_path: Path) -> None:
 
 
 def test_out_dir_is_cleaned_only_when_it_is_a_demo_folder(tmp_path: Path) -> None:
-    from learner.demo.run import MARKER, DemoError, prepare_out_dir
+    from demo.run import MARKER, DemoError, prepare_out_dir
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -103,7 +92,7 @@ def test_out_dir_is_cleaned_only_when_it_is_a_demo_folder(tmp_path: Path) -> Non
 
 
 def test_demo_config_refuses_a_reflection_budget_that_training_would_not_match() -> None:
-    from learner.demo.run import DemoConfig, demo_train_config
+    from demo.run import DemoConfig, demo_train_config
 
     config = DemoConfig(reflection_max_tokens=64, train=demo_train_config(10))
     with pytest.raises(ValueError, match="reflection_max_tokens"):
@@ -117,8 +106,8 @@ def test_demo_config_refuses_a_reflection_budget_that_training_would_not_match()
 def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A demo policy of a few thousand parameters trained for a few steps (it fails every task)."""
     pytest.importorskip("torch")
-    from learner.demo.policy import build_policy
-    from learner.demo.sft import SFTConfig
+    from demo.base_policy import build_policy
+    from demo.sft import SFTConfig
     from learner.tiny import TinyModelConfig
 
     config = SFTConfig(seed=3, n_train_items=120, steps=4, batch_size=8, group_size=4, toolless_steps=2,
@@ -132,7 +121,7 @@ def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_servers_answer_and_are_stopped_when_the_caller_fails(tiny_policy: Path, tmp_path: Path) -> None:
-    from learner.demo.servers import demo_servers
+    from demo.servers import demo_servers
 
     seen: dict[str, Any] = {}
     with pytest.raises(RuntimeError, match="boom"), demo_servers(
@@ -152,8 +141,8 @@ def test_servers_answer_and_are_stopped_when_the_caller_fails(tiny_policy: Path,
 
 def test_a_rejected_candidate_is_served_by_name_then_marked_rejected(tiny_model_dir: Path, tiny_adapter_dir: Path,
                                                                      tmp_path: Path) -> None:
+    from demo.run import DemoConfig, retire_candidate, stage_candidate
     from engines.local import LocalEngine
-    from learner.demo.run import DemoConfig, retire_candidate, stage_candidate
     from store import repos
     from store.db import make_engine, make_session_factory, upgrade
 
@@ -183,7 +172,7 @@ def test_a_rejected_candidate_is_served_by_name_then_marked_rejected(tiny_model_
 
 @pytest.mark.slow
 def test_the_demo_runs_every_stage_and_tears_down(tiny_policy: Path, tmp_path: Path) -> None:
-    from learner.demo.run import DemoConfig, format_result, run_demo
+    from demo.run import DemoConfig, format_result, run_demo
 
     train = TrainConfig(max_steps=2, num_generations=2, per_device_train_batch_size=4, gradient_accumulation_steps=1,
                         max_completion_length=8, retry_max_tokens=16, learning_rate=1e-3, lora_r=4, lora_alpha=8,
@@ -257,9 +246,9 @@ def test_cli_tasks_traffic_shares_no_query_with_the_held_out_set_of_the_policys_
     from typer.testing import CliRunner
 
     from cli import app
-    from learner.demo.corpus import generate_items
-    from learner.demo.policy import demo_splits
-    from learner.demo.sft import SFTConfig
+    from demo.base_policy import demo_splits
+    from demo.corpus import generate_items
+    from demo.sft import SFTConfig
 
     policy = tmp_path / "policy"
     policy.mkdir()

@@ -1,13 +1,13 @@
 """How people ask for the demo tools: paraphrase templates, slot values and value mappings.
 
-One generator per tool of ``tools.catalog.demo``: each picks one of its 3-5 templates, draws slot
+One generator per tool of ``demo.catalog``: each picks one of its 3-5 templates, draws slot
 values from the lists below, and returns the query together with the exact arguments a correct
 call carries. Some values must be mapped rather than copied ("°F" -> fahrenheit, "yen" -> JPY,
 "on foot" -> walking, "Apple" -> AAPL, "four" -> 4, "7 pm" -> 19:00). Numbers are written in the
 query exactly as JSON writes them, so copying is always right (token by token: the demo policy's
 tokenizer makes every whole number below 1000 one token).
 
-Called by ``learner.demo.corpus`` only. Deliberately plain data and small functions: adding a
+Called by ``demo.corpus`` only. Deliberately plain data and small functions: adding a
 template or a value is a one-line change, and nothing here knows about tokenizers or training.
 """
 

@@ -1,10 +1,10 @@
 """The demo's synthetic tool-calling corpus: tasks with known answers, and reflection-shaped examples.
 
-Who calls it: ``learner.demo.sft`` (training data and the tokenizer's corpus), the demo traffic and
+Who calls it: ``demo.sft`` (training data and the tokenizer's corpus), the demo traffic and
 its evaluation (``items_to_records``: the repo's OpenAI JSONL shape with expected calls), tests.
 
-* A task (``DemoItem``) is one user query for one tool of ``tools.catalog.demo``, phrased by
-  ``learner.demo.phrases``, offered together with 1-3 shuffled distractor tools, with the one
+* A task (``DemoItem``) is one user query for one tool of ``demo.catalog``, phrased by
+  ``demo.phrases``, offered together with 1-3 shuffled distractor tools, with the one
   correct call as its reference answer.
 * ``split_items`` draws the training and held-out sets from two seeds of one base seed; exact
   duplicates are dropped and no held-out query appears in training. Held-out items are balanced
@@ -16,7 +16,7 @@ its evaluation (``items_to_records``: the repo's OpenAI JSONL shape with expecte
   functions the loop uses (``agent.prompts`` over the engine's own message shape,
   ``engines.wire.build_chat_completion``), so training text equals serving text.
 
-Everything is a pure function of its seed. Tokenising and loss masks are ``learner.demo.sft``'s job.
+Everything is a pure function of its seed. Tokenising and loss masks are ``demo.sft``'s job.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import prompts
+from demo import phrases
+from demo.catalog import TOOLS, TOOLS_BY_NAME
 from engines.wire import build_chat_completion
-from learner.demo import phrases
-from tools.catalog.demo import TOOLS, TOOLS_BY_NAME
 from tools.parse import parse_openai_tool_calls
 from tools.spec import ToolSpec
 from tools.verify import ModelOutput, normalize_string, verify_reference

@@ -1,6 +1,6 @@
 """The demo's two servers as child processes: `rrr engine serve` (the engine) and `rrr serve` (the API).
 
-Who calls it: ``learner.demo.run`` (and its tests). ``demo_servers`` starts the local engine on the
+Who calls it: ``demo.run`` (and its tests). ``demo_servers`` starts the local engine on the
 base policy with runtime LoRA updating on, waits for its ``/health``, starts the API in front of it
 with the embedded SQLite database under the demo's data folder, waits again, yields both URLs and
 always stops both (also on Ctrl-C or an error in the caller), first politely, then by force.

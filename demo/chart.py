@@ -1,8 +1,8 @@
 """The demo's PNG: the before/after rates with their 95% intervals, and the training reward per step.
 
-Who calls it: ``learner.demo.run`` once the table exists. matplotlib is imported lazily and used
+Who calls it: ``demo.run`` once the table exists. matplotlib is imported lazily and used
 through its object API (``Figure`` rendered by Agg), so no GUI backend or global pyplot state is
-touched. This module computes nothing: the numbers come from ``learner.demo.report``.
+touched. This module computes nothing: the numbers come from ``demo.report``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from learner.demo.report import METRICS
+from demo.report import METRICS
 
 
 def _moving_average(values: Sequence[float], window: int) -> list[float]:

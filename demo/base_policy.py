@@ -3,19 +3,19 @@
 Who calls it: ``rrr demo build-policy`` / ``rrr demo eval-policy``, the demo orchestration (before
 and after the learner cycle), tests.
 
-* ``build_policy`` trains the policy (``learner.demo.sft``) into a temporary folder next to the
+* ``build_policy`` trains the policy (``demo.sft``) into a temporary folder next to the
   target, keeps only the files a server needs (safetensors, tokenizer, chat template, configs,
   ``sft.json`` with the recipe) and renames it into place, so a half-built policy is never seen.
   ``policy_recipe`` reads that recipe back; ``held_out_items`` gives the tasks a recipe never
   trained on (pass the policy's recipe, or the held-out set may overlap its training set).
-* ``evaluate_policy`` sends tasks through the real reflect/retry loop (``agent.loop.run_episode``)
+* ``evaluate_policy`` sends tasks through the real reflect/retry loop (``evals.run.run_outcomes``)
   on a ``LocalEngine`` with the reference verifier, greedy, one reflection and one retry, and
   reports first-attempt success, success after reflection and retry, and the share of first-attempt
   failures the retry rescued, each with a 95% Wilson interval, plus per-tool numbers.
 
 The shipped policy lives in ``demo/policy`` at the repository root (``SHIPPED_POLICY``).
-Not here: the training itself (``learner.demo.sft``), serving over HTTP and the learner cycle
-(``learner.demo.run``). torch/transformers load only inside ``LocalEngine`` and the trainer.
+Not here: the training itself (``demo.sft``), serving over HTTP and the learner cycle
+(``demo.run``). torch/transformers load only inside ``LocalEngine`` and the trainer.
 """
 
 from __future__ import annotations
@@ -25,21 +25,22 @@ import json
 import logging
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.loop import LoopConfig, Outcome, TaskOptions, run_episode
-from engines.base import ChatRequest
+from agent.loop import LoopConfig, Outcome
+from demo.corpus import DemoItem, generate_items, split_items
+from demo.report import rate_dict
+from demo.sft import SFTConfig, SFTResult, train_policy
 from engines.local import LocalEngine
-from evals.stats import Rate
-from learner.demo.corpus import DemoItem, generate_items, split_items
-from learner.demo.sft import SFTConfig, SFTResult, train_policy
+from evals.items import EvalItem
+from evals.run import run_outcomes
+from evals.stats import status_rates
 
 log = logging.getLogger(__name__)
 
-SHIPPED_POLICY = Path(__file__).resolve().parents[2] / "demo" / "policy"
+SHIPPED_POLICY = Path(__file__).resolve().parent / "policy"
 POLICY_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                 "tokenizer_config.json", "chat_template.jinja", "sft.json")
 EVAL_LOOP = LoopConfig(max_calls=3, deadline_s=120.0, reflection_max_tokens=128)
@@ -101,47 +102,36 @@ def demo_splits(policy_dir: str | Path, n_train: int, n_held_out: int, *,
     return traffic, held_out
 
 
-def _as_task(item: DemoItem | dict[str, Any]) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]], Any, str]:
+def _as_item(item: DemoItem | dict[str, Any]) -> tuple[str, EvalItem]:
     if isinstance(item, DemoItem):
-        return item.id, item.messages, item.tools, item.expected, item.name
-    return (str(item.get("id")), item["messages"], item["tools"], item["expected_tool_calls"],
-            str(item.get("category") or "all"))
-
-
-def _rate_dict(rate: Rate) -> dict[str, Any]:
-    lo, hi = rate.wilson()
-    return {"rate": rate.rate, "successes": rate.successes, "n": rate.total, "ci95": [lo, hi]}
+        return item.name, EvalItem(messages=item.messages, tools=item.tools, verifier="reference",
+                                   expected=item.expected, id=item.id)
+    return str(item.get("category") or "all"), EvalItem(
+        messages=item["messages"], tools=item["tools"], verifier="reference", expected=item["expected_tool_calls"],
+        id=str(item.get("id")))
 
 
 async def evaluate_items(engine: Any, items: Sequence[DemoItem | dict[str, Any]], *, model: str | None = None,
                          max_tokens: int = 128, loop: LoopConfig = EVAL_LOOP,
                          progress: bool = True) -> dict[str, Any]:
-    """Run every item through ``run_episode`` on ``engine`` (any Engine) and summarise the outcomes."""
+    """Run every item through the loop on ``engine`` (any Engine; ``evals.run``) and summarise the outcomes."""
     from tqdm.auto import tqdm
 
-    outcomes: list[tuple[str, str, Outcome]] = []
-    for item in tqdm(items, desc="evaluating", unit="task", disable=not progress):
-        item_id, messages, tools, expected, tag = _as_task(item)
-        request = ChatRequest(messages=messages, model=model, tools=tools, temperature=0.0, max_tokens=max_tokens)
-        outcome = await run_episode(engine, request, TaskOptions(verifier="reference", expected=expected), loop)
-        outcomes.append((item_id, tag, outcome))
+    tagged = [_as_item(item) for item in items]
+    with tqdm(total=len(tagged), desc="evaluating", unit="task", disable=not progress) as bar:
+        results = await run_outcomes(engine, model, [item for _, item in tagged], max_tokens=max_tokens,
+                                     concurrency=1, loop=loop, on_item=lambda: bar.update(1))
+    outcomes = [(str(item.id), tag, outcome) for (tag, item), outcome in zip(tagged, results, strict=True)
+                if outcome is not None]
     return summarize(outcomes)
 
 
 def summarize(outcomes: Sequence[tuple[str, str, Outcome]]) -> dict[str, Any]:
     """first_attempt, after_retry and retry_rescued rates with Wilson intervals, overall and per tag."""
     def rates(rows: Sequence[tuple[str, str, Outcome]]) -> dict[str, Any]:
-        status = Counter(o.status for _, _, o in rows)
-        n = len(rows)
-        first = status["first_ok"]
-        failed_first = n - first
-        return {
-            "n": n,
-            "first_attempt": _rate_dict(Rate(first, n)),
-            "after_retry": _rate_dict(Rate(first + status["retry_ok"], n)),
-            "retry_rescued": _rate_dict(Rate(status["retry_ok"], failed_first)),
-            "engine_errors": sum(o.error is not None for _, _, o in rows),
-        }
+        found = status_rates(o.status for _, _, o in rows)
+        return {"n": len(rows), **{key: rate_dict(rate) for key, rate in found.items()},
+                "engine_errors": sum(o.error is not None for _, _, o in rows)}
 
     summary = rates(outcomes)
     tags = sorted({tag for _, tag, _ in outcomes})

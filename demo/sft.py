@@ -1,6 +1,6 @@
 """Supervised training from scratch of the demo's base policy: a tiny Qwen2 that calls the demo tools.
 
-Who calls it: ``rrr demo build-policy`` (via ``learner.demo.policy.build_policy``) and tests.
+Who calls it: ``rrr demo build-policy`` (via ``demo.base_policy.build_policy``) and tests.
 
 ``train_policy`` builds the tiny model and its tokenizer (``learner.tiny``; the tokenizer is trained
 on the catalog corpus too, spaces isolated and every whole number below 1000 one token, so values
@@ -16,7 +16,7 @@ The chat template is the tiny model's hermes template with compact tool JSON (no
 separators): a quarter fewer prompt tokens, i.e. a quarter less training time, and any hermes
 server (vLLM included) renders it the same way since it ships in the tokenizer files.
 
-Not here: sampling-based evaluation (``learner.demo.policy``), RL (``learner.train``).
+Not here: sampling-based evaluation (``demo.base_policy``), RL (``learner.train``).
 torch/transformers are imported lazily.
 """
 
@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from demo.corpus import Conversation, DemoItem, answer_example, split_items, training_conversations
 from engines.wire import normalize_messages
-from learner.demo.corpus import Conversation, DemoItem, answer_example, split_items, training_conversations
 from learner.tiny import CHAT_TEMPLATE, TinyModelConfig, build_tiny_model
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def encode_conversation(tokenizer: Any, conversation: Conversation,
 
 def tokenizer_corpus(items: Sequence[DemoItem], conversations: Sequence[Conversation], n: int) -> list[str]:
     """Catalog text for the tokenizer: compact tool JSON, queries, calls and reflections."""
-    from tools.catalog.demo import TOOLS
+    from demo.catalog import TOOLS
 
     texts = [json.dumps(t, ensure_ascii=False, separators=(",", ":")) for t in TOOLS]
     texts += [item.query for item in items[:n]]

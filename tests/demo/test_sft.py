@@ -1,4 +1,4 @@
-"""learner/demo/sft.py and policy.py: rendering equals serving, the answer-only loss, a few real training
+"""demo/sft.py and policy.py: rendering equals serving, the answer-only loss, a few real training
 steps, the recorded recipe, and the measurement through the real loop.
 
 Builds a throwaway policy of a few thousand parameters on a slice of the corpus (seconds); makes no
@@ -22,16 +22,7 @@ pytest.importorskip("transformers")
 
 from transformers import AutoTokenizer  # noqa: E402
 
-from engines.local import LocalEngine  # noqa: E402
-from engines.vllm import VLLMEngine  # noqa: E402
-from learner.demo.corpus import (  # noqa: E402
-    answer_example,
-    generate_items,
-    reflection_example,
-    split_items,
-    training_conversations,
-)
-from learner.demo.policy import (  # noqa: E402
+from demo.base_policy import (  # noqa: E402
     POLICY_FILES,
     build_policy,
     evaluate_items,
@@ -41,7 +32,14 @@ from learner.demo.policy import (  # noqa: E402
     policy_recipe,
     write_summary,
 )
-from learner.demo.sft import (  # noqa: E402
+from demo.corpus import (  # noqa: E402
+    answer_example,
+    generate_items,
+    reflection_example,
+    split_items,
+    training_conversations,
+)
+from demo.sft import (  # noqa: E402
     DEMO_CHAT_TEMPLATE,
     SFTConfig,
     _collate,
@@ -50,6 +48,8 @@ from learner.demo.sft import (  # noqa: E402
     encode_conversation,
     group_loss,
 )
+from engines.local import LocalEngine  # noqa: E402
+from engines.vllm import VLLMEngine  # noqa: E402
 from learner.tiny import TinyModelConfig  # noqa: E402
 from tests.support.upstream import Script, ScriptedUpstream, classify, text, tool_call  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The demo as a client of the rrr API: send tasks, wait for their records, read the inspection routes.
 
-Who calls it: ``learner.demo.run`` (stages 3, 5 and 6) and tests. Tasks go through the official
+Who calls it: ``demo.run`` (stages 3, 5 and 6) and tests. Tasks go through the official
 ``openai`` SDK exactly as a user's code would send them: ``model`` names the policy (``rrr`` =
 whatever is active), and the ``rrr`` extension object selects the reference verifier with the
 task's expected calls and tags the episode. The verdict of each request is read from the ``rrr``
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from learner.demo.corpus import DemoItem
+from demo.corpus import DemoItem
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker

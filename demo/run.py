@@ -1,12 +1,12 @@
 """`rrr demo run`: the closed loop on a laptop, stage by stage, with measured before/after numbers.
 
 Who calls it: ``rrr demo run`` (``make demo``) and tests (tiny settings). ``run_demo`` reads top
-to bottom; every stage is a function (here, or the API client side in ``learner.demo.client``) and
+to bottom; every stage is a function (here, or the API client side in ``demo.client``) and
 its time is recorded in ``demo.json``:
 
 1. ``resolve_policy``: the base policy (``--policy``, else the shipped ``demo/policy``, else a
-   copy built once into ``<out>/policy`` with ``learner.demo.policy.build_policy``).
-2. ``learner.demo.servers.demo_servers``: ``rrr engine serve`` (runtime LoRA updating on) and
+   copy built once into ``<out>/policy`` with ``demo.base_policy.build_policy``).
+2. ``demo.servers.demo_servers``: ``rrr engine serve`` (runtime LoRA updating on) and
    ``rrr serve`` on it, SQLite under ``<out>/data``, free loopback ports, always torn down.
 3. ``client.send_tasks``: the training split through the official ``openai`` SDK (``model="rrr"``, the
    ``rrr`` extension selecting the reference verifier with the expected calls); the API reflects,
@@ -21,11 +21,11 @@ its time is recorded in ``demo.json``:
    recorded failures, so held-out requests sent before training would leak into the training set.
    The base model's weights are untouched by training and generation is greedy, so "the base
    pinned after the cycle" answers exactly as "the base before training".
-6. ``learner.demo.report`` / ``learner.demo.chart``: the table (95% Wilson intervals, paired
+6. ``demo.report`` / ``demo.chart``: the table (95% Wilson intervals, paired
    difference with its interval), ``demo.json``, ``demo.png``, and JSON snapshots of the
    inspection endpoints taken while the API was up.
 
-What it deliberately does not do: train the base policy itself (``learner.demo.policy``), reach
+What it deliberately does not do: train the base policy itself (``demo.base_policy``), reach
 into the API's process (everything goes over HTTP or through the shared SQLite file), or print.
 
 ``DemoConfig`` holds every setting in one place; ``demo_train_config`` documents the learner
@@ -49,8 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.loop import LoopConfig
-from learner.config import TrainConfig
-from learner.demo.client import (
+from demo.client import (
     Sent,
     sample_episode,
     send_tasks,
@@ -58,9 +57,10 @@ from learner.demo.client import (
     wait_model_listed,
     wait_recorded,
 )
-from learner.demo.corpus import DemoItem
-from learner.demo.report import compare, format_table, summarize_statuses
-from learner.demo.servers import DemoServers, demo_servers
+from demo.corpus import DemoItem
+from demo.report import compare, format_table, summarize_statuses
+from demo.servers import DemoServers, demo_servers
+from learner.config import TrainConfig
 from learner.gate import GateConfig
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ class DemoResult:
 
 def resolve_policy(config: DemoConfig, *, say: Say, progress: bool = True) -> Path:
     """The base policy folder (see DemoConfig.policy); builds the cached copy when allowed."""
-    from learner.demo.policy import SHIPPED_POLICY
+    from demo.base_policy import SHIPPED_POLICY
 
     if config.policy is not None:
         if not (config.policy / "config.json").is_file():
@@ -246,7 +246,7 @@ def resolve_policy(config: DemoConfig, *, say: Say, progress: bool = True) -> Pa
     cache = config.out_dir / "policy"
     if not config.build_policy_if_missing:
         raise DemoError(f"the shipped policy {SHIPPED_POLICY} is missing; build it with: rrr demo build-policy")
-    from learner.demo.policy import build_policy
+    from demo.base_policy import build_policy
 
     say(f"the shipped policy {SHIPPED_POLICY} is missing: training one from scratch into {cache} "
         "(about 6 minutes on 2 cores, once)")
@@ -410,7 +410,7 @@ def run_demo(config: DemoConfig, *, say: Say = log.info, progress: bool = True,
     out = config.out_dir
     prepare_out_dir(out)
     t = time.monotonic()
-    from learner.demo.policy import demo_splits
+    from demo.base_policy import demo_splits
 
     policy = resolve_policy(config, say=say, progress=progress)
     train_items, heldout_items = demo_splits(policy, config.n_train, config.n_heldout, seed=config.seed)
@@ -531,7 +531,7 @@ def _line(summary: dict[str, Any]) -> str:
 
 
 def _write_outputs(config: DemoConfig, result: DemoResult) -> None:
-    from learner.demo.chart import write_chart
+    from demo.chart import write_chart
 
     json_path, png_path = config.out_dir / "demo.json", config.out_dir / "demo.png"
     result.files = {"json": str(json_path), "png": str(png_path)}

@@ -1,6 +1,6 @@
 """The demo tool catalog: twelve everyday tools in OpenAI function format, with deterministic fakes.
 
-Who uses it: the demo's corpus generator (``learner.demo.corpus``) offers these tools in its
+Who uses it: the demo's corpus generator (``demo.corpus``) offers these tools in its
 synthetic tasks, the demo traffic sends them through the API, and the execution verifier may run
 the implementations below (``FUNCTIONS``). Descriptions are short on purpose: they are rendered
 into every prompt of a tiny model trained on a 2-core CPU, where prompt tokens are training time.
@@ -65,7 +65,7 @@ TOOLS: list[dict[str, Any]] = [
 ]
 TOOLS_BY_NAME: dict[str, dict[str, Any]] = {t["function"]["name"]: t for t in TOOLS}
 
-FUNCTIONS: dict[str, str] = {name: f"tools.catalog.demo:{name}" for name in TOOLS_BY_NAME}
+FUNCTIONS: dict[str, str] = {name: f"demo.catalog:{name}" for name in TOOLS_BY_NAME}
 """Execution-verifier registry: tool name -> ``module:function``."""
 
 
