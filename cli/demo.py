@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
@@ -134,13 +135,15 @@ def demo_run(
         from demo.servers import DemoServers, ServerStartError
     except ImportError as exc:
         fail(f"the ml extra is not installed ({exc.name}); install with: pip install -e '.[ml]'")
-    config = DemoConfig(out_dir=out, policy=policy, build_policy_if_missing=not no_build, seed=seed)
-    config.n_train = train if train is not None else config.n_train
-    config.n_heldout = heldout if heldout is not None else config.n_heldout
-    config.concurrency = concurrency if concurrency is not None else config.concurrency
-    if steps is not None:
-        config.train = demo_train_config(steps)
-    config.train.seed = seed
+    try:
+        config = DemoConfig(out_dir=out, policy=policy, build_policy_if_missing=not no_build, seed=seed)
+        config = dataclasses.replace(
+            config, n_train=config.n_train if train is None else train,
+            n_heldout=config.n_heldout if heldout is None else heldout,
+            concurrency=config.concurrency if concurrency is None else concurrency,
+            train=dataclasses.replace(config.train if steps is None else demo_train_config(steps), seed=seed))
+    except ValueError as exc:
+        fail(str(exc))
 
     def stopped(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # unwinds through the stages: the servers are stopped on the way out
@@ -162,7 +165,6 @@ def demo_run(
             pass
 
     try:
-        config.validate()
         result = run_demo(config, say=lambda m: typer.echo(m, err=True), hold=hold if keep_serving else None)
     except (DemoError, ClientError, ServerStartError, ValueError) as exc:
         fail(str(exc))

@@ -124,9 +124,8 @@ def eval_run(
         fail(f"--limit must be at least 1, got {limit}")
     if max_tokens < 1 or timeout <= 0 or not 0.0 <= temperature <= 2.0:
         fail("--max-tokens must be at least 1, --timeout above 0 and --temperature between 0 and 2")
-    config = EvalConfig(attempts=attempts, concurrency=concurrency if base_url else 1)
     try:
-        config.validate()
+        config = EvalConfig(attempts=attempts, concurrency=concurrency if base_url else 1)
         fmt, path = split_spec(dataset)
         items = load_dataset(dataset, answers)
         if limit is not None:

@@ -20,7 +20,8 @@ app.add_typer(adapters_app, name="adapters")
 
 if TYPE_CHECKING:
 
-    from learner.cycle import CycleResult, LearnerConfig
+    from learner.config import LearnerConfig
+    from learner.cycle import CycleEvent, CycleResult
     from learner.mine import MineSummary
     from store.models import Adapter
 
@@ -48,20 +49,20 @@ def _learner_config(database_url: str, engine_url: list[str], adapters_root: str
                     gate_tolerance: float, gate_min_items: int, drain_s: float, max_lora_rank: int,
                     max_client_share: float, dataset_limit: int, train_config: str | None, interval: float,
                     train_launcher: str | None = None) -> LearnerConfig:
+    import dataclasses
     import json
     import shlex
 
-    from learner.config import TrainConfig
-    from learner.cycle import LearnerConfig
-    from learner.gate import GateConfig
+    from learner.config import GateConfig, LearnerConfig, TrainConfig
 
     if not model:
         fail("no base model: give --model DIR (or set RRR_MODEL), the folder the engines serve")
     train = None
     try:
         if train_config:
-            train = TrainConfig.from_dict(json.loads(Path(train_config).read_text(encoding="utf-8")))
-            train.max_lora_rank = max_lora_rank
+            train = dataclasses.replace(
+                TrainConfig.from_dict(json.loads(Path(train_config).read_text(encoding="utf-8"))),
+                max_lora_rank=max_lora_rank)
         return LearnerConfig(
             adapters_root=adapters_root or str(_data_dir() / "adapters"), model_path=model,
             engine_urls=_engine_urls(engine_url), database_url=database_url,
@@ -69,7 +70,7 @@ def _learner_config(database_url: str, engine_url: list[str], adapters_root: str
             min_new_failures=min_failures, interval_s=interval, drain_s=drain_s, max_lora_rank=max_lora_rank,
             dataset_limit=dataset_limit, max_client_share=max_client_share, train=train,
             gate=GateConfig(margin=gate_margin, tolerance=gate_tolerance, min_items=gate_min_items),
-            train_launcher=tuple(shlex.split(train_launcher or ""))).validate()
+            train_launcher=tuple(shlex.split(train_launcher or "")))
     except (OSError, ValueError) as exc:
         fail(str(exc))
 
@@ -98,10 +99,9 @@ def learn_mine(
     from learner.mine import MineConfig, mine_dataset
     from tools.formats import load_dataset
 
-    config = MineConfig(samples=samples, temperature=temperature, max_tokens=max_tokens, concurrency=concurrency,
-                        model=model, task=task, seed=seed)
     try:
-        config.validate()
+        config = MineConfig(samples=samples, temperature=temperature, max_tokens=max_tokens,
+                            concurrency=concurrency, model=model, task=task, seed=seed)
         items = load_dataset(dataset, answers)
     except ValueError as exc:
         fail(str(exc))
@@ -172,9 +172,9 @@ def learn_run(
             bar.update(1)
             bar.set_postfix({k: item[k] for k in ("reward", "loss") if isinstance(item.get(k), int | float)})
 
-        def on_event(message: str) -> None:
+        def on_event(event: CycleEvent) -> None:
             if not as_json:
-                bar.write(message, file=sys.stderr)
+                bar.write(event.message, file=sys.stderr)
 
         async def go() -> CycleResult:
             try:
@@ -208,7 +208,7 @@ def learn_schedule(
     _engine_pool(config.engine_urls)  # fail fast on a missing engine
     scheduler = LearnerScheduler(config, session_factory=sessions, make_engines=lambda: _engine_pool(config.engine_urls),
                                  on_result=lambda r: _print_cycle(r, False),
-                                 on_event=lambda m: typer.echo(m, err=True))
+                                 on_event=lambda e: typer.echo(e.message, err=True))
     import signal
 
     def stop(signum: int, frame: object) -> None:

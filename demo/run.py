@@ -60,8 +60,7 @@ from demo.client import (
 from demo.corpus import DemoItem
 from demo.report import compare, format_table, summarize_statuses
 from demo.servers import DemoServers, demo_servers
-from learner.config import TrainConfig
-from learner.gate import GateConfig
+from learner.config import GateConfig, TrainConfig
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -183,7 +182,7 @@ class DemoConfig:
     startup_timeout_s: float = 180.0
     request_timeout_s: float = 180.0
 
-    def validate(self) -> DemoConfig:
+    def __post_init__(self) -> None:
         if self.n_train < 1 or self.n_heldout < 1:
             raise ValueError("n_train and n_heldout must be at least 1")
         if self.concurrency < 1:
@@ -193,9 +192,6 @@ class DemoConfig:
                              "train reflections of the length serving lets the model write")
         if self.train.max_lora_rank != self.max_lora_rank:
             raise ValueError("train.max_lora_rank must equal max_lora_rank (the engine's --max-lora-rank)")
-        self.train.validate()
-        self.gate.validate()
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k not in ("train", "gate")}
@@ -262,7 +258,8 @@ async def run_learner(config: DemoConfig, policy: Path, servers: DemoServers, da
     """One learner cycle against the demo's engine; returns the result, per-step metrics, sub-timings."""
     from tqdm.auto import tqdm
 
-    from learner.cycle import LearnerConfig, run_cycle
+    from learner.config import LearnerConfig
+    from learner.cycle import CycleEvent, run_cycle
     from learner.train import launch_training
 
     learner = LearnerConfig(
@@ -271,7 +268,7 @@ async def run_learner(config: DemoConfig, policy: Path, servers: DemoServers, da
         base_model_name=servers.served_name, min_new_failures=1, max_lora_rank=config.max_lora_rank,
         dataset_limit=config.dataset_limit, max_client_share=1.0, heldout_fraction=config.heldout_fraction,
         regression_limit=config.regression_limit, seed=config.seed, gate=config.gate, train=config.train, drain_s=0.0,
-        gate_loop=LoopConfig(reflection_max_tokens=config.reflection_max_tokens)).validate()
+        gate_loop=LoopConfig(reflection_max_tokens=config.reflection_max_tokens))
     steps: list[dict[str, Any]] = []
     marks: dict[str, float] = {}
     gate_episodes = 2 * sum(_batch_sizes(learner, sessions)[k] for k in ("heldout", "regression"))
@@ -291,17 +288,12 @@ async def run_learner(config: DemoConfig, policy: Path, servers: DemoServers, da
         bar.set_postfix({k: round(float(item[k]), 3) for k in ("reward_mean", "frac_reward_zero_std", "kl") if k in item},
                         refresh=False)
 
-    def on_event(message: str) -> None:
-        now = time.monotonic()
-        if ": training (" in message:
-            marks["train_start"] = now
-        elif ": gate against" in message:
-            marks["gate_start"] = now
-        elif ": gate " in message:
-            marks["gate_end"] = now
-            if gate_bar is not None:
-                gate_bar.close()
-        tqdm.write(message, file=sys.stderr) if progress else say(message)
+    def on_event(event: CycleEvent) -> None:
+        if event.stage in ("train", "gate", "gate_done"):
+            marks[event.stage] = event.at
+        if event.stage == "gate_done" and gate_bar is not None:
+            gate_bar.close()
+        tqdm.write(event.message, file=sys.stderr) if progress else say(event.message)
 
     trainer = functools.partial(launch_training, on_step=on_step, env={"OMP_NUM_THREADS": str(config.train_threads)})
     try:
@@ -317,10 +309,10 @@ async def run_learner(config: DemoConfig, policy: Path, servers: DemoServers, da
         if gate_bar is not None:
             gate_bar.close()
     timings = {}
-    if "train_start" in marks and "gate_start" in marks:
-        timings["train"] = marks["gate_start"] - marks["train_start"]
-    if "gate_start" in marks and "gate_end" in marks:
-        timings["gate"] = marks["gate_end"] - marks["gate_start"]
+    if "train" in marks and "gate" in marks:
+        timings["train"] = marks["gate"] - marks["train"]
+    if "gate" in marks and "gate_done" in marks:
+        timings["gate"] = marks["gate_done"] - marks["gate"]
     return result, steps, timings
 
 
@@ -399,7 +391,6 @@ def run_demo(config: DemoConfig, *, say: Say = log.info, progress: bool = True,
     """Run every stage (module docstring); `hold` is called with the servers still up and the
     finished result (outputs written), e.g. to keep serving until Ctrl-C. Raises DemoError for
     expected failures; the servers are always stopped."""
-    config.validate()
     started = time.monotonic()
     timings: dict[str, float] = {}
 

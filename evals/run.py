@@ -41,13 +41,12 @@ class EvalConfig:
     attempts: int = 2
     concurrency: int = 4
 
-    def validate(self) -> EvalConfig:
+    def __post_init__(self) -> None:
         if not 1 <= self.attempts <= MAX_ATTEMPTS:
             raise ValueError(f"--attempts must be between 1 and {MAX_ATTEMPTS} (2 = first try and one retry), "
                              f"got {self.attempts}")
         if self.concurrency < 1:
             raise ValueError(f"--concurrency must be at least 1, got {self.concurrency}")
-        return self
 
 
 @dataclass
@@ -72,7 +71,6 @@ async def run_evaluation(tasks: Sequence[EvalTask], runner: Runner, models: Sequ
     ``on_start(todo, resumed)`` is called once the output folder is read; ``on_item`` after every
     item (None for an item that could not be run). Raises ``TargetError`` and ``OutputError``.
     """
-    config.validate()
     if not models:
         raise ValueError("no model names to evaluate")
     if len(set(models)) != len(models):

@@ -1,11 +1,18 @@
-"""The learner's training configuration: one documented dataclass with the paper's defaults.
+"""The learner's configuration: one documented dataclass per concern, each validated when it is built.
 
-Who uses it: `learner.train` (turns it into TRL's `GRPOConfig` and PEFT's `LoraConfig`), the
-scheduler and CLI (build it from settings and store `to_dict()` on the training run), tests (tiny
-values). Defaults follow Reflect, Retry, Reward (Bensal et al., arXiv 2505.24726) where the paper
+* `TrainConfig`: how one GRPO run trains a LoRA adapter (`learner.train` turns it into TRL's
+  `GRPOConfig` and PEFT's `LoraConfig`);
+* `GateConfig`: when a candidate may replace the adapter in service (`learner.gate`);
+* `LearnerConfig`: everything one learner process needs (`learner.cycle`, `learner.schedule`).
+
+The entry points build them (`learner.settings.LearnerSettings` reads `RRR_*`; the CLI adds flags),
+and `to_dict()` is what is stored on a training run. An invalid config cannot exist: every class
+checks itself in `__post_init__` and its errors say which field to change and how.
+
+TrainConfig's defaults follow Reflect, Retry, Reward (Bensal et al., arXiv 2505.24726) where the paper
 states a value (KL coefficient 0.001, no bias-corrected KL, cosine schedule, group size 8), and a
 LoRA that vLLM can serve (linear projections only, one uniform rank within `--max-lora-rank`, no
-`modules_to_save`, no DoRA, no bias). Validation errors say which field to change and how.
+`modules_to_save`, no DoRA, no bias).
 
 This module does not import torch or TRL at import time; `resolved_bf16()` asks torch lazily.
 """
@@ -14,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from agent.loop import LoopConfig
 
 #: vLLM's accepted values for `--max-lora-rank` (vllm/config/lora.py).
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -106,8 +115,8 @@ class TrainConfig:
     """Further GRPOConfig fields, passed through as given (e.g. `{"top_p": 0.95}`). Fields this
     class owns cannot be overridden here."""
 
-    def validate(self) -> TrainConfig:
-        """Raise ValueError naming the field to change; return self when everything is valid."""
+    def __post_init__(self) -> None:
+        """Raise ValueError naming the field to change: an invalid config cannot be built."""
         problems: list[str] = []
 
         def need(ok: bool, message: str) -> None:
@@ -165,7 +174,6 @@ class TrainConfig:
         need(not owned, f"extra may not set {', '.join(owned)}: set the TrainConfig field instead")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
-        return self
 
     def resolved_bf16(self) -> bool:
         """bf16 as it will be used: the explicit value, else True exactly when CUDA is available."""
@@ -211,3 +219,105 @@ _OWNED_GRPO_FIELDS = frozenset({
     "remove_unused_columns", "use_vllm", "vllm_mode", "report_to", "temperature", "resume_from_checkpoint",
     "logging_steps", "use_bias_correction_kl", "gradient_checkpointing", "disable_tqdm", "save_only_model", "use_cache",
 })
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """When a candidate may replace the policy in service.
+
+    margin: minimum absolute gain in held-out retry success (0.02 = two points).
+    tolerance: maximum absolute drop in first-attempt success on the regression set (the paper saw
+        under one point on general benchmarks).
+    min_items: fewer held-out items than this are too few to judge: no promotion.
+    max_tokens: cap on each answer and retry during evaluation (reflections use the loop's cap).
+    concurrency: episodes evaluated at once (a local engine runs one generation at a time anyway).
+    """
+
+    margin: float = 0.02
+    tolerance: float = 0.01
+    min_items: int = 20
+    max_tokens: int = 256
+    concurrency: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.margin <= 1:
+            raise ValueError(f"gate margin must be in [0, 1] (a success-rate gain), got {self.margin}")
+        if not 0 <= self.tolerance <= 1:
+            raise ValueError(f"gate tolerance must be in [0, 1] (a success-rate drop), got {self.tolerance}")
+        if self.min_items < 1:
+            raise ValueError(f"gate min_items must be at least 1, got {self.min_items}")
+        if self.max_tokens < 1 or self.concurrency < 1:
+            raise ValueError("gate max_tokens and concurrency must be at least 1")
+
+
+@dataclass
+class LearnerConfig:
+    """Everything one learner process needs (the CLI fills it from flags and `RRR_*` variables).
+
+    adapters_root: where `rrr-v<N>/` folders are published; must be the same path on the engines' host.
+    model_path: the base model for training and for the learner's evaluation engine.
+    engine_urls: the serving engines (vLLM or `rrr engine serve`); publishing loads on every one.
+    database_url: handed to the training subprocess (it stores per-step metrics on the run).
+    work_dir: training outputs and checkpoints, one folder per run.
+    base_model_name: the engines' served base name (default: asked from the engines).
+    min_new_failures: K, the new trainable failures needed before a cycle trains.
+    interval_s / misfire_grace_s: the scheduler's tick and how late a tick may still run.
+    lease_ttl_s: the lease's lifetime; renewed every third of it while the cycle runs.
+    drain_s: how long a replaced adapter stays loaded; at least the API's request deadline plus
+        its policy cache TTL, so requests resolved just before a flip can finish.
+    keep_cycles: folders of retired versions are deleted only this many publishes later.
+    max_lora_rank: the engines' `--max-lora-rank` (the evaluation engine enforces the same).
+    dataset_limit, max_client_share, heldout_fraction, seed: the failure dataset (R20); mined
+        data all comes from one "client", so single-tenant setups use max_client_share=1.0.
+    regression_limit: past successes the gate re-checks for forgetting (default: dataset_limit);
+        each costs two evaluation episodes, so a short cycle (the laptop demo) caps it.
+    train_launcher: the command that starts the training child in place of `python`, e.g.
+        `("accelerate", "launch", "--num_processes", "4")` for multi-GPU training (default: one process).
+    """
+
+    adapters_root: str
+    model_path: str
+    engine_urls: list[str]
+    database_url: str
+    work_dir: str
+    base_model_name: str | None = None
+    engine_api_key: str | None = None
+    min_new_failures: int = 32
+    interval_s: float = 3600.0
+    misfire_grace_s: float = 600.0
+    lease_ttl_s: float = 300.0
+    drain_s: float = 120.0
+    keep_cycles: int = 2
+    max_lora_rank: int = 16
+    dataset_limit: int = 512
+    max_client_share: float = 0.25
+    heldout_fraction: float = 0.2
+    regression_limit: int | None = None
+    seed: int = 0
+    gate: GateConfig = field(default_factory=GateConfig)
+    gate_loop: LoopConfig = field(default_factory=LoopConfig)
+    train: TrainConfig | None = None
+    probe_timeout_s: float = 60.0
+    train_launcher: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.min_new_failures < 1:
+            raise ValueError(f"min_new_failures (K) must be at least 1, got {self.min_new_failures}")
+        if self.interval_s <= 0 or self.misfire_grace_s <= 0:
+            raise ValueError("interval_s and misfire_grace_s must be positive")
+        if self.lease_ttl_s < 3:
+            raise ValueError(f"lease_ttl_s must be at least 3 seconds, got {self.lease_ttl_s}")
+        if self.drain_s < 0 or self.keep_cycles < 1:
+            raise ValueError("drain_s must be >= 0 and keep_cycles >= 1")
+        if self.dataset_limit < 1:
+            raise ValueError(f"dataset_limit must be at least 1, got {self.dataset_limit}")
+        if self.regression_limit is not None and self.regression_limit < 0:
+            raise ValueError(f"regression_limit must be >= 0, got {self.regression_limit}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """What is stored on the training run (no URLs or keys: R14)."""
+        data = {k: v for k, v in asdict(self).items()
+                if k not in ("engine_urls", "database_url", "engine_api_key", "train", "gate", "gate_loop")}
+        data["gate"] = asdict(self.gate)
+        data["train"] = self.train.to_dict() if self.train is not None else None
+        return data

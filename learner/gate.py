@@ -32,39 +32,11 @@ from engines.base import Engine
 from evals.items import EvalItem, gate_item
 from evals.run import run_items
 from evals.stats import Rate
+from learner.config import GateConfig
 
 log = logging.getLogger(__name__)
 
 EPS = 1e-9  # rates are ratios of small integers: compare with a little slack
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    """When a candidate may replace the policy in service.
-
-    margin: minimum absolute gain in held-out retry success (0.02 = two points).
-    tolerance: maximum absolute drop in first-attempt success on the regression set (the paper saw
-        under one point on general benchmarks).
-    min_items: fewer held-out items than this are too few to judge: no promotion.
-    max_tokens: cap on each answer and retry during evaluation (reflections use the loop's cap).
-    concurrency: episodes evaluated at once (a local engine runs one generation at a time anyway).
-    """
-
-    margin: float = 0.02
-    tolerance: float = 0.01
-    min_items: int = 20
-    max_tokens: int = 256
-    concurrency: int = 4
-
-    def validate(self) -> None:
-        if not 0 <= self.margin <= 1:
-            raise ValueError(f"gate margin must be in [0, 1] (a success-rate gain), got {self.margin}")
-        if not 0 <= self.tolerance <= 1:
-            raise ValueError(f"gate tolerance must be in [0, 1] (a success-rate drop), got {self.tolerance}")
-        if self.min_items < 1:
-            raise ValueError(f"gate min_items must be at least 1, got {self.min_items}")
-        if self.max_tokens < 1 or self.concurrency < 1:
-            raise ValueError("gate max_tokens and concurrency must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -168,7 +140,6 @@ async def evaluate_gate(engine: Engine, *, candidate_dir: str, heldout: Sequence
     Both are loaded on `engine` under temporary names and unloaded afterwards; the candidate folder
     must already have passed `folder.check_adapter_source` (no pickles).
     """
-    config.validate()
     held = [gate_item(r) for r in heldout]
     reg = [gate_item(r) for r in regression]
     tag = uuid.uuid4().hex[:8]

@@ -59,7 +59,7 @@ class MineConfig:
     batch_size: int = 50
     deadline_s: float = 120.0
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.samples < 1:
             raise ValueError(f"--samples must be at least 1, got {self.samples}")
         if not self.temperature > 0:
@@ -127,7 +127,6 @@ async def mine_dataset(items: Sequence[DatasetItem], engine: Engine, session_fac
                        config: MineConfig = MineConfig(), *,
                        on_item: Callable[[MineSummary], None] | None = None) -> MineSummary:
     """Sample, verify and store (module docstring); returns the counts."""
-    config.validate()
     summary = MineSummary(queries=len(items))
     limit = asyncio.Semaphore(config.concurrency)
     pending: list[EpisodeRecord] = []

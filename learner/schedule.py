@@ -30,7 +30,8 @@ from sqlalchemy.orm import Session
 
 from adapters.serving import cancel_background_unloads
 from engines.base import Engine
-from learner.cycle import CycleResult, LearnerConfig, Trainer, run_cycle
+from learner.config import LearnerConfig
+from learner.cycle import CycleEvent, CycleResult, Trainer, run_cycle
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ class LearnerScheduler:
                  make_engines: Callable[[], Engine], make_eval_engine: Callable[[], Engine] | None = None,
                  trainer: Trainer | None = None, holder: str | None = None,
                  on_result: Callable[[CycleResult], None] | None = None,
-                 on_event: Callable[[str], None] | None = None) -> None:
-        self.config = config.validate()
+                 on_event: Callable[[CycleEvent], None] | None = None) -> None:
+        self.config = config
         self.session_factory = session_factory
         self.make_engines = make_engines
         self.make_eval_engine = make_eval_engine

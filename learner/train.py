@@ -173,7 +173,6 @@ def build_trainer(config: TrainConfig, model_path: str, rows: Sequence[dict[str,
     """A GRPOTrainer on `rows` (FailureRows, or rows already rendered by `render_rows`) with a
     vLLM-servable LoRA, and its reward object (already wired to the trainer)."""
     check_trl_version()
-    config.validate()
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -264,7 +263,6 @@ def train(config: TrainConfig, model_path: str, rows: Sequence[dict[str, Any]], 
     continues from its newest complete checkpoint; without it, the folder's previous checkpoints,
     metrics and adapter are deleted first. `on_step` gets `step_metrics` after every logged step.
     """
-    config.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints, adapter = out / CHECKPOINTS, out / ADAPTER
@@ -338,7 +336,6 @@ def launch_training(run_id: str, database_url: str, model_path: str, work_dir: P
     work = Path(work_dir)
     if not (work / "train.jsonl").is_file():
         raise FileNotFoundError(f"no training rows: write them first with write_rows({work / 'train.jsonl'}, rows)")
-    config.validate()
     write_atomic(work / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     child_env = {**os.environ, **(env or {})}
     child_env[DATABASE_URL_ENV] = database_url

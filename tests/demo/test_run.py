@@ -19,8 +19,7 @@ import httpx
 import pytest
 
 from demo.report import compare, difference, format_table, summarize_statuses
-from learner.config import TrainConfig
-from learner.gate import GateConfig
+from learner.config import GateConfig, TrainConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
@@ -94,10 +93,9 @@ def test_out_dir_is_cleaned_only_when_it_is_a_demo_folder(tmp_path: Path) -> Non
 def test_demo_config_refuses_a_reflection_budget_that_training_would_not_match() -> None:
     from demo.run import DemoConfig, demo_train_config
 
-    config = DemoConfig(reflection_max_tokens=64, train=demo_train_config(10))
     with pytest.raises(ValueError, match="reflection_max_tokens"):
-        config.validate()
-    DemoConfig().validate()
+        DemoConfig(reflection_max_tokens=64, train=demo_train_config(10))
+    assert DemoConfig().reflection_max_tokens == DemoConfig().train.max_completion_length
 
 
 # --- servers and the candidate path (real processes, real engine) -----------------------------------------

@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy.orm import Session
 
 from engines.pool import EnginePool
-from learner.cycle import CycleResult, LearnerConfig, count_new_failures, run_cycle
-from learner.gate import GateConfig
+from learner.config import GateConfig, LearnerConfig
+from learner.cycle import CycleEvent, CycleResult, count_new_failures, run_cycle
 from store import repos
 from store.models import Episode, TrainingRun
 from store.records import AttemptRecord, EpisodeRecord
@@ -130,7 +130,7 @@ def make_config(tmp_path: Path, database_url: str, model: Path, **kw: Any) -> Le
     from agent.loop import LoopConfig
 
     values.setdefault("gate_loop", LoopConfig(reflection_max_tokens=8))
-    return LearnerConfig(**values).validate()
+    return LearnerConfig(**values)
 
 
 def cycle(config: LearnerConfig, session_factory: Factory, serving: Any, evaluator: Any, trainer: Any,
@@ -156,10 +156,10 @@ def test_skips_below_k_and_returns_busy_when_another_learner_holds_the_lease(
     trainer = StandInTrainer(tiny_adapter_dir)
     add_episodes(session_factory, tiny_tool_model, 3)
     add_episodes(session_factory, tiny_tool_model, 5, ok=True)  # successes do not count
-    events: list[str] = []
+    events: list[CycleEvent] = []
     result = cycle(config, session_factory, serving, evaluator, trainer, on_event=events.append)
     assert (result.status, result.new_failures, result.run_id) == ("skipped", 3, None)
-    assert any("training starts at 4" in e for e in events)
+    assert [e.stage for e in events] == ["skipped"] and "training starts at 4" in events[0].message
     with session_factory() as s, s.begin():
         assert repos.acquire_lease(s, "learner", "someone-else", 60)
     add_episodes(session_factory, tiny_tool_model, 3)
@@ -176,8 +176,13 @@ def test_a_promoted_cycle_publishes_consumes_the_batch_and_releases_the_lease(
     trainer = StandInTrainer(tiny_adapter_dir)
     failures = add_episodes(session_factory, tiny_tool_model, 8)
     add_episodes(session_factory, tiny_tool_model, 3, ok=True)
-    result = cycle(config, session_factory, serving, evaluator, trainer)
+    events: list[CycleEvent] = []
+    result = cycle(config, session_factory, serving, evaluator, trainer, on_event=events.append)
     assert result.status == "promoted", result
+    # Typed progress: every stage once, in order, timed, naming the run (the demo's timings read these).
+    assert [e.stage for e in events] == ["dataset", "dataset", "train", "gate", "gate_done", "publish", "promoted"]
+    assert [e.at for e in events] == sorted(e.at for e in events)
+    assert {e.run_id for e in events} == {result.run_id}
     assert result.adapter == "rrr-v1" and result.dataset is not None
     assert result.dataset["train"] + result.dataset["heldout"] == 8 and result.dataset["regression"] == 3
     assert trainer.calls[0]["rows"] == result.dataset["train"]

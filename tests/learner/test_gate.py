@@ -16,7 +16,8 @@ import pytest
 from agent.loop import LoopConfig
 from evals.items import EvalItem, gate_item
 from evals.stats import Rate
-from learner.gate import GateConfig, PolicyScores, decide, evaluate_gate
+from learner.config import GateConfig
+from learner.gate import PolicyScores, decide, evaluate_gate
 from tests.conftest import ToolModel
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
@@ -74,9 +75,9 @@ def test_engine_errors_block_promotion_and_an_empty_regression_set_is_noted() ->
 
 def test_config_validation_names_the_field() -> None:
     with pytest.raises(ValueError, match="margin"):
-        GateConfig(margin=2).validate()
+        GateConfig(margin=2)
     with pytest.raises(ValueError, match="min_items"):
-        GateConfig(min_items=0).validate()
+        GateConfig(min_items=0)
 
 
 def test_rows_become_eval_items_from_dataset_rows_or_objects() -> None:

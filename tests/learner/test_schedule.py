@@ -20,8 +20,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session
 
 from engines.pool import EnginePool
+from learner.config import GateConfig
 from learner.cycle import CycleResult
-from learner.gate import GateConfig
 from learner.schedule import JOB_ID, LearnerScheduler, build_scheduler
 from store import repos
 from tests.conftest import ToolModel

@@ -20,7 +20,7 @@ from learner.trl_compat import UnsupportedTRLVersion, check_trl_version
 
 
 def test_defaults_follow_the_paper_and_serve_on_vllm() -> None:
-    config = TrainConfig().validate()
+    config = TrainConfig()
     assert config.beta == 0.001 and config.use_bias_correction_kl is False
     assert config.num_generations == 8 and config.lr_scheduler_type == "cosine" and config.scale_rewards == "group"
     assert config.loss_type == "dapo" and config.temperature == 1.0 and config.retry_temperature == 0.0
@@ -58,7 +58,7 @@ def test_round_trips_through_json() -> None:
 ])
 def test_validation_says_what_to_change(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        TrainConfig(**changes).validate()  # type: ignore[arg-type]
+        TrainConfig(**changes)  # type: ignore[arg-type]
 
 
 def test_trl_version_check() -> None:
