@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -19,6 +18,7 @@ app.add_typer(learn_app, name="learn")
 app.add_typer(adapters_app, name="adapters")
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
     from learner.config import LearnerConfig
     from learner.cycle import CycleEvent, CycleResult
@@ -26,53 +26,56 @@ if TYPE_CHECKING:
     from store.models import Adapter
 
 _DB_OPT = typer.Option(None, "--database-url", help="SQLAlchemy URL; default $RRR_DATABASE_URL or SQLite under $RRR_DATA_DIR.")
-_ENGINES_OPT = typer.Option([], "--engine-url", envvar="RRR_ENGINE_URLS", help="Serving engine URL (vLLM or `rrr engine serve`); repeat or comma-separate replicas.")
-_ROOT_OPT = typer.Option(None, "--adapters-root", envvar="RRR_ADAPTERS_ROOT", help="Folder of published adapters (default: adapters/ under $RRR_DATA_DIR); the engines must see the same path.")
-_MODEL_OPT = typer.Option(None, "--model", envvar="RRR_MODEL", help="Base model folder the engines serve (training and the gate's local engine use it).")
-_BASE_OPT = typer.Option(None, "--base-model-name", envvar="RRR_BASE_MODEL_NAME", help="The engines' served base name (default: asked from the engines).")
-_WORK_OPT = typer.Option(None, "--work-dir", envvar="RRR_LEARNER_WORK_DIR", help="Training outputs and checkpoints (default: learner/ under $RRR_DATA_DIR).")
-_K_OPT = typer.Option(32, "--min-failures", envvar="RRR_LEARN_MIN_FAILURES", help="K: train only when at least this many new trainable failures exist.")
-_MARGIN_OPT = typer.Option(0.02, "--gate-margin", envvar="RRR_GATE_MARGIN", help="Held-out retry success must improve by at least this (0.02 = 2 points).")
-_TOL_OPT = typer.Option(0.01, "--gate-tolerance", envvar="RRR_GATE_TOLERANCE", help="Regression first-attempt success may drop by at most this.")
-_MIN_ITEMS_OPT = typer.Option(20, "--gate-min-items", envvar="RRR_GATE_MIN_ITEMS", help="Fewer held-out items than this: no promotion.")
-_DRAIN_OPT = typer.Option(120.0, "--drain-s", envvar="RRR_ADAPTER_DRAIN_S", help="Seconds a replaced adapter stays loaded (cover the API deadline + policy TTL).")
-_RANK_OPT = typer.Option(16, "--max-lora-rank", envvar="RRR_MAX_LORA_RANK", help="The engines' --max-lora-rank.")
-_SHARE_OPT = typer.Option(0.25, "--max-client-share", envvar="RRR_MAX_CLIENT_SHARE", help="Largest share of a batch from one client key (1.0 for single-tenant or mined data).")
-_LIMIT_OPT = typer.Option(512, "--dataset-limit", envvar="RRR_DATASET_LIMIT", help="Failures per training batch at most.")
-_TRAIN_OPT = typer.Option(None, "--train-config", envvar="RRR_TRAIN_CONFIG", help="JSON file of TrainConfig fields (default: the paper's defaults).")
-_INTERVAL_OPT = typer.Option(3600.0, "--interval", envvar="RRR_LEARN_INTERVAL_S", help="Seconds between scheduled cycles.")
-_LAUNCHER_OPT = typer.Option(None, "--train-launcher", envvar="RRR_TRAIN_LAUNCHER", help="Command that starts the training process in place of `python`, e.g. 'accelerate launch --num_processes 4' for multi-GPU training.")
+# The learner's flags override `learner.settings.LearnerSettings` (RRR_* variables, the RRR_CONFIG file); a flag
+# left out keeps the setting, and an unset setting keeps the default of `learner.config` (shown by --help there).
+_ENGINES_OPT = typer.Option([], "--engine-url", help="Serving engine URL (vLLM or `rrr engine serve`); repeat or comma-separate replicas. [env: RRR_ENGINE_URLS]")
+_ROOT_OPT = typer.Option(None, "--adapters-root", help="Folder of published adapters (default: adapters/ under $RRR_DATA_DIR); the engines must see the same path. [env: RRR_ADAPTERS_ROOT]")
+_MODEL_OPT = typer.Option(None, "--model", help="Base model folder the engines serve (training and the gate's local engine use it). [env: RRR_MODEL]")
+_BASE_OPT = typer.Option(None, "--base-model-name", help="The engines' served base name (default: asked from the engines). [env: RRR_BASE_MODEL_NAME]")
+_WORK_OPT = typer.Option(None, "--work-dir", help="Training outputs and checkpoints (default: learner/ under $RRR_DATA_DIR). [env: RRR_LEARNER_WORK_DIR]")
+_K_OPT = typer.Option(None, "--min-failures", help="K: train only when at least this many new trainable failures exist (default 32). [env: RRR_LEARN_MIN_FAILURES]")
+_MARGIN_OPT = typer.Option(None, "--gate-margin", help="Held-out retry success must improve by at least this (default 0.02 = 2 points). [env: RRR_GATE_MARGIN]")
+_TOL_OPT = typer.Option(None, "--gate-tolerance", help="Regression first-attempt success may drop by at most this (default 0.01). [env: RRR_GATE_TOLERANCE]")
+_MIN_ITEMS_OPT = typer.Option(None, "--gate-min-items", help="Fewer held-out items than this: no promotion (default 20). [env: RRR_GATE_MIN_ITEMS]")
+_HELDOUT_OPT = typer.Option(None, "--heldout-fraction", help="Share of the batch's failures held out for the gate (default 0.2). [env: RRR_HELDOUT_FRACTION]")
+_REGRESSION_OPT = typer.Option(None, "--regression-limit", help="Past successes the gate re-checks for forgetting (default: the dataset limit). [env: RRR_REGRESSION_LIMIT]")
+_DRAIN_OPT = typer.Option(None, "--drain-s", help="Seconds a replaced adapter stays loaded; cover the API deadline + policy TTL (default 120). [env: RRR_ADAPTER_DRAIN_S]")
+_RANK_OPT = typer.Option(None, "--max-lora-rank", help="The engines' --max-lora-rank (default 16). [env: RRR_MAX_LORA_RANK]")
+_SHARE_OPT = typer.Option(None, "--max-client-share", help="Largest share of a batch from one client key; 1.0 for single-tenant or mined data (default 0.25). [env: RRR_MAX_CLIENT_SHARE]")
+_LIMIT_OPT = typer.Option(None, "--dataset-limit", help="Failures per training batch at most (default 512). [env: RRR_DATASET_LIMIT]")
+_TRAIN_OPT = typer.Option(None, "--train-config", help="JSON file of TrainConfig fields (default: the paper's defaults). [env: RRR_TRAIN_CONFIG]")
+_INTERVAL_OPT = typer.Option(None, "--interval", help="Seconds between scheduled cycles (default 3600). [env: RRR_LEARN_INTERVAL_S]")
+_LAUNCHER_OPT = typer.Option(None, "--train-launcher", help="Command that starts the training process in place of `python`, e.g. 'accelerate launch --num_processes 4' for multi-GPU training. [env: RRR_TRAIN_LAUNCHER]")
+
+_FLAG_SETTINGS = {
+    "database_url": "database_url", "adapters_root": "adapters_root", "model": "model",
+    "base_model_name": "base_model_name", "work_dir": "learner_work_dir", "min_failures": "learn_min_failures",
+    "gate_margin": "gate_margin", "gate_tolerance": "gate_tolerance", "gate_min_items": "gate_min_items",
+    "heldout_fraction": "heldout_fraction", "regression_limit": "regression_limit", "drain_s": "adapter_drain_s",
+    "max_lora_rank": "max_lora_rank", "max_client_share": "max_client_share", "dataset_limit": "dataset_limit",
+    "train_config": "train_config", "interval": "learn_interval_s", "train_launcher": "train_launcher",
+}
 
 
-def _learner_config(database_url: str, engine_url: list[str], adapters_root: str | None, model: str | None,
-                    base_model_name: str | None, work_dir: str | None, min_failures: int, gate_margin: float,
-                    gate_tolerance: float, gate_min_items: int, drain_s: float, max_lora_rank: int,
-                    max_client_share: float, dataset_limit: int, train_config: str | None, interval: float,
-                    train_launcher: str | None = None) -> LearnerConfig:
-    import dataclasses
-    import json
-    import shlex
+def _learner_config(engine_url: list[str], **flags: object) -> tuple[LearnerConfig, sessionmaker[Session]]:
+    """The learner's config from its flags over `LearnerSettings`, and a session factory on its database."""
+    from pydantic import ValidationError
 
-    from learner.config import GateConfig, LearnerConfig, TrainConfig
+    from learner.settings import LearnerSettings
 
-    if not model:
-        fail("no base model: give --model DIR (or set RRR_MODEL), the folder the engines serve")
-    train = None
+    given: dict[str, object] = {_FLAG_SETTINGS[k]: v for k, v in flags.items() if v is not None}
+    if engine_url:
+        given["engine_urls"] = _engine_urls(engine_url)
     try:
-        if train_config:
-            train = dataclasses.replace(
-                TrainConfig.from_dict(json.loads(Path(train_config).read_text(encoding="utf-8"))),
-                max_lora_rank=max_lora_rank)
-        return LearnerConfig(
-            adapters_root=adapters_root or str(_data_dir() / "adapters"), model_path=model,
-            engine_urls=_engine_urls(engine_url), database_url=database_url,
-            work_dir=work_dir or str(_data_dir() / "learner"), base_model_name=base_model_name,
-            min_new_failures=min_failures, interval_s=interval, drain_s=drain_s, max_lora_rank=max_lora_rank,
-            dataset_limit=dataset_limit, max_client_share=max_client_share, train=train,
-            gate=GateConfig(margin=gate_margin, tolerance=gate_tolerance, min_items=gate_min_items),
-            train_launcher=tuple(shlex.split(train_launcher or "")))
-    except (OSError, ValueError) as exc:
+        settings = LearnerSettings(**given)  # type: ignore[arg-type]
+        config = settings.learner_config()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}")
+    except ValueError as exc:
         fail(str(exc))
+    _, sessions = _session_factory(config.database_url if settings.database_url else None)
+    return config, sessions
 
 
 @learn_app.command("mine")
@@ -148,10 +151,12 @@ def _print_cycle(result: CycleResult, as_json: bool) -> None:
 def learn_run(
     database_url: str | None = _DB_OPT, engine_url: list[str] = _ENGINES_OPT, adapters_root: str | None = _ROOT_OPT,
     model: str | None = _MODEL_OPT, base_model_name: str | None = _BASE_OPT, work_dir: str | None = _WORK_OPT,
-    min_failures: int = _K_OPT, gate_margin: float = _MARGIN_OPT, gate_tolerance: float = _TOL_OPT,
-    gate_min_items: int = _MIN_ITEMS_OPT, drain_s: float = _DRAIN_OPT, max_lora_rank: int = _RANK_OPT,
-    max_client_share: float = _SHARE_OPT, dataset_limit: int = _LIMIT_OPT, train_config: str | None = _TRAIN_OPT,
-    train_launcher: str | None = _LAUNCHER_OPT,
+    min_failures: int | None = _K_OPT, gate_margin: float | None = _MARGIN_OPT,
+    gate_tolerance: float | None = _TOL_OPT, gate_min_items: int | None = _MIN_ITEMS_OPT,
+    heldout_fraction: float | None = _HELDOUT_OPT, regression_limit: int | None = _REGRESSION_OPT,
+    drain_s: float | None = _DRAIN_OPT, max_lora_rank: int | None = _RANK_OPT,
+    max_client_share: float | None = _SHARE_OPT, dataset_limit: int | None = _LIMIT_OPT,
+    train_config: str | None = _TRAIN_OPT, train_launcher: str | None = _LAUNCHER_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print the cycle's result as one JSON object."),
 ) -> None:
     """One learner cycle now: count failures, train, gate, and publish or record why not."""
@@ -161,10 +166,13 @@ def learn_run(
 
     from learner.cycle import run_cycle
 
-    url, sessions = _session_factory(database_url)
-    config = _learner_config(url, engine_url, adapters_root, model, base_model_name, work_dir, min_failures,
-                             gate_margin, gate_tolerance, gate_min_items, drain_s, max_lora_rank, max_client_share,
-                             dataset_limit, train_config, 3600.0, train_launcher)
+    config, sessions = _learner_config(
+        engine_url, database_url=database_url, adapters_root=adapters_root, model=model,
+        base_model_name=base_model_name, work_dir=work_dir, min_failures=min_failures, gate_margin=gate_margin,
+        gate_tolerance=gate_tolerance, gate_min_items=gate_min_items, heldout_fraction=heldout_fraction,
+        regression_limit=regression_limit, drain_s=drain_s, max_lora_rank=max_lora_rank,
+        max_client_share=max_client_share, dataset_limit=dataset_limit, train_config=train_config,
+        train_launcher=train_launcher)
     pool = _engine_pool(config.engine_urls)
     steps = config.train.max_steps if config.train else None
     with tqdm(total=steps, desc="training", unit="step", disable=None, leave=False) as bar:
@@ -191,20 +199,26 @@ def learn_run(
 
 @learn_app.command("schedule")
 def learn_schedule(
-    interval: float = _INTERVAL_OPT, min_failures: int = _K_OPT,
+    interval: float | None = _INTERVAL_OPT, min_failures: int | None = _K_OPT,
     database_url: str | None = _DB_OPT, engine_url: list[str] = _ENGINES_OPT, adapters_root: str | None = _ROOT_OPT,
     model: str | None = _MODEL_OPT, base_model_name: str | None = _BASE_OPT, work_dir: str | None = _WORK_OPT,
-    gate_margin: float = _MARGIN_OPT, gate_tolerance: float = _TOL_OPT, gate_min_items: int = _MIN_ITEMS_OPT,
-    drain_s: float = _DRAIN_OPT, max_lora_rank: int = _RANK_OPT, max_client_share: float = _SHARE_OPT,
-    dataset_limit: int = _LIMIT_OPT, train_config: str | None = _TRAIN_OPT, train_launcher: str | None = _LAUNCHER_OPT,
+    gate_margin: float | None = _MARGIN_OPT, gate_tolerance: float | None = _TOL_OPT,
+    gate_min_items: int | None = _MIN_ITEMS_OPT, heldout_fraction: float | None = _HELDOUT_OPT,
+    regression_limit: int | None = _REGRESSION_OPT, drain_s: float | None = _DRAIN_OPT,
+    max_lora_rank: int | None = _RANK_OPT, max_client_share: float | None = _SHARE_OPT,
+    dataset_limit: int | None = _LIMIT_OPT, train_config: str | None = _TRAIN_OPT,
+    train_launcher: str | None = _LAUNCHER_OPT,
 ) -> None:
     """Run learner cycles every --interval seconds (one at a time across processes, by store lease) until Ctrl-C."""
     from learner.schedule import LearnerScheduler
 
-    url, sessions = _session_factory(database_url)
-    config = _learner_config(url, engine_url, adapters_root, model, base_model_name, work_dir, min_failures,
-                             gate_margin, gate_tolerance, gate_min_items, drain_s, max_lora_rank, max_client_share,
-                             dataset_limit, train_config, interval, train_launcher)
+    config, sessions = _learner_config(
+        engine_url, database_url=database_url, adapters_root=adapters_root, model=model,
+        base_model_name=base_model_name, work_dir=work_dir, min_failures=min_failures, gate_margin=gate_margin,
+        gate_tolerance=gate_tolerance, gate_min_items=gate_min_items, heldout_fraction=heldout_fraction,
+        regression_limit=regression_limit, drain_s=drain_s, max_lora_rank=max_lora_rank,
+        max_client_share=max_client_share, dataset_limit=dataset_limit, train_config=train_config,
+        train_launcher=train_launcher, interval=interval)
     _engine_pool(config.engine_urls)  # fail fast on a missing engine
     scheduler = LearnerScheduler(config, session_factory=sessions, make_engines=lambda: _engine_pool(config.engine_urls),
                                  on_result=lambda r: _print_cycle(r, False),

@@ -25,6 +25,7 @@ import yaml
 
 from api.settings import Settings
 from cli import app
+from learner.settings import LearnerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -122,7 +123,7 @@ def test_api_and_learner_run_the_real_commands_with_flags_and_variables_the_code
     read_by_cli = set(re.findall(r"os\.environ(?:\.get)?[\[(]\"(RRR_[A-Z_]+)\"", (ROOT / "cli" / "base.py").read_text()))
     assert {"RRR_DATABASE_URL", "RRR_ENGINE_API_KEY", "RRR_DATA_DIR"} <= read_by_cli
     learner_vars = {k for k in learner["environment"] if k.startswith("RRR_")}
-    known = {v for v in schedule.values() if v} | read_by_cli
+    known = {f"RRR_{name.upper()}" for name in LearnerSettings.model_fields} | read_by_cli
     assert learner_vars <= known, learner_vars - known
     assert learner["build"]["target"] == "learner" and api["build"]["target"] == "api"
     assert {"capabilities": ["gpu"], "driver": "nvidia"}.items() <= _gpus(learner)[0].items()
