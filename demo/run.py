@@ -260,7 +260,7 @@ async def run_learner(config: DemoConfig, policy: Path, servers: DemoServers, da
 
     from learner.config import LearnerConfig
     from learner.cycle import CycleEvent, run_cycle
-    from learner.train import launch_training
+    from learner.launch import launch_training
 
     learner = LearnerConfig(
         adapters_root=str(config.out_dir / "data" / "adapters"), model_path=str(policy),

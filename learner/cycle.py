@@ -10,7 +10,7 @@ The cycle reads top to bottom in `run_cycle` (steps 1-3, 8) and `_train_gate_pub
 3. Count new trainable failures: unconsumed, and newer than the last run the gate rejected (so a
    rejected batch is not retrained until K more failures arrive). Fewer than K: `skipped`, no run.
 4. A training run row and the failure dataset (train / held-out / regression).
-5. Training in a subprocess (`learner.train.launch_training`).
+5. Training in a subprocess (`learner.launch.launch_training`).
 6. The gate (`learner.gate`) on an evaluation engine private to the learner; numbers and decision
    stored on the run (`set_gate_result`).
 7. Promote: `adapters.serving.publish_adapter`, then the batch is marked consumed by the run, and
@@ -111,11 +111,11 @@ def default_holder() -> str:
 
 def count_new_failures(session: Session) -> int:
     """Trainable failures not consumed by a promoted run and newer than the last rejected run."""
-    from learner.dataset import _failure_candidates
+    from learner.dataset import failure_candidates
 
     last_rejected = session.execute(
         select(func.max(TrainingRun.created_at)).where(TrainingRun.status == "rejected")).scalar_one_or_none()
-    failures = _failure_candidates(session, exclude_consumed=True)
+    failures = failure_candidates(session, exclude_consumed=True)
     if last_rejected is None:
         return len(failures)
     return sum(1 for c in failures if c.created_at > last_rejected)
@@ -243,7 +243,7 @@ async def run_cycle(
     """Run one cycle (module docstring). Never raises for a failed step: see `CycleResult.status`.
 
     `eval_engine` defaults to a `LocalEngine` over `config.model_path` created for this cycle;
-    `trainer` defaults to `learner.train.launch_training` (which reports each step to `on_step`).
+    `trainer` defaults to `learner.launch.launch_training` (which reports each step to `on_step`).
     `on_event` receives a `CycleEvent` per stage; `on_gate_item` is called after each gate
     evaluation episode (a progress bar: 2 x (held-out + regression) episodes in all).
     """
@@ -253,7 +253,7 @@ async def run_cycle(
             on_event(CycleEvent(stage=stage, message=message, at=time.monotonic(), run_id=run_id))
 
     if trainer is None:
-        from learner.train import launch_training
+        from learner.launch import launch_training
 
         trainer = functools.partial(launch_training, on_step=on_step, launcher=config.train_launcher or None)
 
@@ -305,7 +305,8 @@ async def _train_gate_publish(config: LearnerConfig, session_factory: SessionFac
                               say: Callable[..., None], result: CycleResult,
                               on_gate_item: Callable[[], None] | None) -> None:
     """Steps 4-7 of one run; `result` is filled as they go (the caller stores a failure)."""
-    from learner.dataset import build_failure_dataset, write_rows
+    from learner.dataset import build_failure_dataset
+    from learner.rows import write_rows
 
     assert result.run_id is not None
     run_id = result.run_id

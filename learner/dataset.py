@@ -1,8 +1,8 @@
 """The failure dataset: stored episodes the model failed, turned into GRPO rows (DESIGN "The learning loop" 1).
 
 Who calls it: the learner's cycle (`build_failure_dataset` before training; the gate reads the
-held-out and regression splits), `learner.train` (`render_rows`, `read_rows`) and
-`learner.reward` (`render_messages`, `decode_row`).
+held-out and regression splits). The rows it makes are encoded for TRL and written to disk by
+`learner.rows`.
 
 What goes in (R20: traffic cannot silently steer the learner):
 * trainable episodes whose FIRST attempt failed (status `failed` or `retry_ok`), with a verifier
@@ -18,61 +18,34 @@ What goes in (R20: traffic cannot silently steer the learner):
   batch, under the same client cap.
 
 A row's `prompt_messages` are built with `agent.prompts` exactly as the serving loop builds the
-reflection request, so `render_rows` (the tokenizer's own chat template with `tools=`) produces
-byte-for-byte the prompt `LocalEngine.render_prompt` (and vLLM's chat endpoint) renders.
+reflection request, so `learner.rows.render_rows` (the tokenizer's own chat template with
+`tools=`) produces byte-for-byte the prompt `LocalEngine.render_prompt` (and vLLM's chat
+endpoint) renders.
 
-What it deliberately does not do: write to the store (marking episodes consumed is the
-publisher's job after promotion), mine new failures (`rrr learn mine`), or import torch.
+What it deliberately does not do: write to the store (marking episodes consumed is the cycle's
+job after promotion), mine new failures (`rrr learn mine`), encode rows for TRL, or import torch.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from agent import prompts
-from engines.wire import normalize_messages
+from learner.rows import FailureRow
 from store.models import Attempt, Episode, TrainingRun
 from tools.verify import is_rerunnable, normalize_spec
 
 log = logging.getLogger(__name__)
 
 FAILED_FIRST_STATUSES = ("failed", "retry_ok")
-
-
-class FailureRow(TypedDict):
-    """One training (or evaluation) row. Plain JSON values only."""
-
-    episode_id: str
-    client_key_id: str | None
-    task_messages: list[dict[str, Any]]
-    """The client's original request messages (first-attempt evaluation re-asks these)."""
-    prompt_messages: list[dict[str, Any]]
-    """Task + failed first attempt + reflection request: the GRPO prompt. Empty for regression rows
-    (they succeeded first time; there is nothing to reflect on)."""
-    tools: list[dict[str, Any]] | None
-    """The request's tools, OpenAI format."""
-    tool_choice: Any
-    """The request's tool_choice as sent (None = the default: auto with tools, none without)."""
-    verifier: dict[str, Any]
-    """Normalised verifier spec (`tools.verify.normalize_spec`)."""
-    expected: list[dict[str, Any]] | None
-    """Reference calls for `reference` verifiers (feedback's expected calls win), else None."""
-
-
-FAILURE_ROW_COLUMNS = ("episode_id", "client_key_id", "task_messages", "prompt_messages", "tools", "tool_choice",
-                       "verifier", "expected")
-#: Columns `render_rows` stores as JSON text (TRL/Arrow cannot hold per-row schemas of varying shape).
-JSON_COLUMNS = ("task_messages", "prompt_messages", "tools", "tool_choice", "verifier", "expected")
 
 
 @dataclass
@@ -183,7 +156,6 @@ def failure_candidates(session: Session, *, exclude_consumed: bool = True) -> li
     return out
 
 
-_failure_candidates = failure_candidates  # the name an earlier revision used
 
 
 def _success_candidates(session: Session) -> list[FailureCandidate]:
@@ -306,61 +278,3 @@ def success_row(episode: Episode) -> FailureRow | None:
     return FailureRow(episode_id=episode.id, client_key_id=episode.client_key_id, task_messages=task,
                       prompt_messages=[], tools=episode.request_tools or None, tool_choice=episode.tool_choice,
                       verifier=spec, expected=expected)
-
-
-# --- rendering and files ---------------------------------------------------------------------------
-
-def render_messages(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
-    """The chat template's prompt text, exactly as `LocalEngine.render_prompt` renders it."""
-    text = tokenizer.apply_chat_template(normalize_messages(messages), tools=tools or None,
-                                         add_generation_prompt=True, tokenize=False)
-    return str(text)
-
-
-def render_rows(rows: Iterable[FailureRow | dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
-    """Rows for TRL: `prompt` = the rendered reflection prompt (a string, so TRL applies no template
-    of its own); every other column kept, structured ones as JSON text (`JSON_COLUMNS`), because
-    TRL hands each dataset column except `prompt` to the reward function and Arrow cannot store
-    per-row tool schemas of different shapes. `decode_row` undoes the encoding."""
-    out = []
-    for row in rows:
-        if not row.get("prompt_messages"):
-            raise ValueError(f"row {row.get('episode_id')!r} has no prompt_messages (regression rows do not train)")
-        rendered: dict[str, Any] = {"prompt": render_messages(tokenizer, row["prompt_messages"], row.get("tools"))}
-        for column in FAILURE_ROW_COLUMNS:
-            value = row.get(column)
-            rendered[column] = json.dumps(value, ensure_ascii=False) if column in JSON_COLUMNS else value
-        out.append(rendered)
-    return out
-
-
-def decode_row(columns: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of `render_rows`' encoding for one row's columns (values already decoded pass through)."""
-    out = dict(columns)
-    for column in JSON_COLUMNS:
-        value = out.get(column)
-        if isinstance(value, str):
-            out[column] = json.loads(value)
-    return out
-
-
-def write_rows(path: str | Path, rows: Iterable[FailureRow | dict[str, Any]]) -> Path:
-    """Write rows as JSON lines, atomically (temp file, fsync, rename). Returns the path."""
-    import os
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    return target
-
-
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows written by `write_rows`."""
-    with Path(path).open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]

@@ -1,7 +1,7 @@
 """The Reflect-Retry-Reward reward: a reflection is worth 1.0 when the retry it leads to passes the verifier.
 
 Who calls it: TRL's GRPOTrainer, once per generation batch, with the sampled reflections
-(`completion_ids`) and every dataset column of their rows (see `learner.dataset.render_rows`).
+(`completion_ids`) and every dataset column of their rows (see `learner.rows.render_rows`).
 `learner.train` constructs it and sets `trainer` once the trainer exists.
 
 Per reflection: decode it as the serving engine would (special tokens skipped), build the retry
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.prompts import retry_messages
-from learner.dataset import decode_row, render_messages
+from learner.rows import decode_row, render_messages
 from learner.trl_compat import generate_with_policy
 from tools.spec import ToolSpec
 from tools.verify import ModelOutput, run_verifier

@@ -1,9 +1,9 @@
-"""GRPO training of a LoRA adapter on failed prompts, crash-safe, in-process or as a subprocess.
+"""GRPO training of a LoRA adapter on failed prompts, crash-safe: the training child process.
 
-Who calls it: the learner's cycle (`launch_training`, which runs `python -m learner.train` in a
-child process), tests and the demo (`train`, in-process). The completion GRPO samples is the
+Who calls it: `learner.launch.launch_training` runs `python -m learner.train` (`main`) in a child
+process for the learner's cycle; tests call `train` in-process. The completion GRPO samples is the
 reflection; `learner.reward.RetryReward` generates the retry with the current policy and scores
-it, so only reflection tokens enter the loss (DESIGN "The learning loop" 2).
+it, so only reflection tokens enter the loss (docs/design.md, "The learning loop").
 
 Layout of an output folder (one per run):
 
@@ -23,8 +23,9 @@ only rank 0 writes metrics, heartbeats and the adapter). GPU:
 bf16 and gradient checkpointing turn on automatically; `use_vllm=True` generates reflections and
 retries with TRL's colocated vLLM.
 
-What it deliberately does not do: choose data (learner.dataset), judge or publish adapters
-(gate/publish), set run statuses, or show progress bars (the CLI does, from `on_step`).
+What it deliberately does not do: choose data (learner.dataset), start itself (learner.launch),
+judge or publish adapters (learner.gate, adapters.serving), set run statuses, or show progress
+bars (the CLI does, from `on_step`).
 torch/transformers/peft/trl/datasets are imported lazily.
 """
 
@@ -35,11 +36,8 @@ import json
 import logging
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +54,8 @@ from learner.checkpoints import (
     truncate_metrics,
 )
 from learner.config import TrainConfig
-from learner.dataset import read_rows, render_rows
 from learner.reward import RetryReward
+from learner.rows import read_rows, render_rows
 from learner.trl_compat import check_trl_version
 
 log = logging.getLogger(__name__)
@@ -278,7 +276,7 @@ def train(config: TrainConfig, model_path: str, rows: Sequence[dict[str, Any]], 
             path.unlink(missing_ok=True)
     elif adapter.is_dir() and result_path.is_file():
         log.info("run in %s already finished; returning its adapter", out)
-        return _read_result(result_path, adapter)
+        return read_result(result_path, adapter)
     start = newest_complete_checkpoint(checkpoints, delete_partial=True) if resume else None
     resumed = checkpoint_step(start) if start is not None else None
     truncate_metrics(metrics_path, resumed or 0)
@@ -308,107 +306,14 @@ def train(config: TrainConfig, model_path: str, rows: Sequence[dict[str, Any]], 
     return result
 
 
-def _read_result(result_path: Path, adapter: Path) -> TrainResult:
+def read_result(result_path: Path, adapter: Path) -> TrainResult:
     data = json.loads(result_path.read_text(encoding="utf-8"))
     return TrainResult(adapter_dir=adapter, steps=int(data["steps"]),
                        metrics=read_metrics(result_path.parent / "metrics.jsonl"),
                        resumed_from_step=data.get("resumed_from_step"))
 
 
-# --- the subprocess --------------------------------------------------------------------------------
-
-def launch_training(run_id: str, database_url: str, model_path: str, work_dir: Path, config: TrainConfig, *,
-                    on_step: Callable[[dict[str, Any]], None] | None = None, timeout_s: float | None = None,
-                    heartbeat_s: float = 30.0, poll_s: float = 0.5, env: dict[str, str] | None = None,
-                    launcher: Sequence[str] | None = None) -> TrainResult:
-    """Run training for `run_id` in a child process (`python -m learner.train`) and wait for it.
-
-    The caller has written the rows with `learner.dataset.write_rows(work_dir / "train.jsonl", rows)`.
-    The child stores per-step metrics and heartbeats on the training run, resumes from the newest
-    complete checkpoint in `work_dir`, and publishes `work_dir/adapter`. `on_step` here sees each
-    step as the child finishes it (for a progress bar; the stored metrics are authoritative).
-    `env` adds environment variables for the child (e.g. `CUDA_VISIBLE_DEVICES`, or
-    `OMP_NUM_THREADS=1`, which trains tiny CPU models several times faster on a busy machine).
-    `launcher` replaces `python` in front of `-m learner.train ...`: `["accelerate", "launch",
-    "--num_processes", "4"]` trains on four GPUs (default: one process, this interpreter).
-    Raises TrainingFailed with the child's last error line when it fails, is killed or times out.
-    """
-    work = Path(work_dir)
-    if not (work / "train.jsonl").is_file():
-        raise FileNotFoundError(f"no training rows: write them first with write_rows({work / 'train.jsonl'}, rows)")
-    write_atomic(work / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    child_env = {**os.environ, **(env or {})}
-    child_env[DATABASE_URL_ENV] = database_url
-    child_env["PYTHONUNBUFFERED"] = "1"
-    root = str(Path(__file__).resolve().parents[1])
-    child_env["PYTHONPATH"] = root + (os.pathsep + child_env["PYTHONPATH"] if child_env.get("PYTHONPATH") else "")
-    cmd = [*(launcher or [sys.executable]), "-m", "learner.train", "--run-id", run_id, "--model", str(model_path),
-           "--work-dir", str(work), "--heartbeat-s", str(heartbeat_s)]
-    log_path = work / "train.log"
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    reported = 0
-    with log_path.open("ab") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env)
-        write_atomic(work / "train.pid", f"{proc.pid}\n")
-        try:
-            while True:
-                try:
-                    proc.wait(timeout=poll_s)
-                    done = True
-                except subprocess.TimeoutExpired:
-                    done = False
-                reported = _report_new_steps(work / "metrics.jsonl", reported, on_step)
-                if done:
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    proc.kill()
-                    proc.wait()
-                    raise TrainingFailed(f"training timed out after {timeout_s:g}s (checkpoints in {work} are kept)")
-        except BaseException:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            raise
-    if proc.returncode != 0 or not (work / ADAPTER).is_dir():
-        raise TrainingFailed(_failure_reason(proc.returncode, log_path))
-    return _read_result(work / "result.json", work / ADAPTER)
-
-
-def _report_new_steps(path: Path, reported: int, on_step: Callable[[dict[str, Any]], None] | None) -> int:
-    if on_step is None:
-        return reported
-    for item in read_metrics(path):
-        step = int(item.get("step", 0))
-        if step > reported:
-            on_step(item)
-            reported = step
-    return reported
-
-
-def _failure_reason(returncode: int, log_path: Path) -> str:
-    lines = [line.strip() for line in _tail(log_path).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith(ERROR_PREFIX):
-            return line[len(ERROR_PREFIX):]
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"the training process was killed by {name}"
-    if returncode == 0:
-        return "the training process exited without writing an adapter"
-    return lines[-1] if lines else f"the training process exited with status {returncode}"
-
-
-def _tail(path: Path, size: int = 16384) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(max(0, path.stat().st_size - size))
-            return fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
+# --- the child process ------------------------------------------------------------------------------
 
 class _RunRecorder:
     """Stores step metrics and heartbeats on the training run (the child's only database writes)."""

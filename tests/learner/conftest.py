@@ -222,7 +222,7 @@ def evaluate_retry_success(trainer: Any, reward: Any, rows: list[dict[str, Any]]
     current policy and scored by the training reward itself (retry by the same policy)."""
     import torch
 
-    from learner.dataset import render_rows
+    from learner.rows import render_rows
     from learner.trl_compat import generate_with_policy
 
     tokenizer = reward.tokenizer

@@ -106,7 +106,7 @@ class StandInTrainer:
     def __call__(self, run_id: str, database_url: str, model_path: str, work_dir: Path, config: Any) -> Any:
         import time
 
-        from learner.dataset import read_rows
+        from learner.rows import read_rows
         from learner.train import TrainResult
 
         rows = read_rows(Path(work_dir) / "train.jsonl")

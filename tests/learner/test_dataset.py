@@ -11,17 +11,8 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent import prompts
-from learner.dataset import (
-    FAILURE_ROW_COLUMNS,
-    FailureCandidate,
-    build_failure_dataset,
-    cap_client_share,
-    decode_row,
-    failure_candidates,
-    read_rows,
-    render_rows,
-    write_rows,
-)
+from learner.dataset import FailureCandidate, build_failure_dataset, cap_client_share, failure_candidates
+from learner.rows import FAILURE_ROW_COLUMNS, decode_row, read_rows, render_rows, write_rows
 from store import repos
 from store.records import EpisodeRecord
 from tests.learner.conftest import WEATHER_TOOLS, call, episode

@@ -19,8 +19,8 @@ import pytest
 pytest.importorskip("transformers")
 
 from agent import prompts
-from learner.dataset import render_messages, render_rows
 from learner.reward import RetryReward
+from learner.rows import render_messages, render_rows
 from tests.learner.conftest import WEATHER_TOOLS, call, weather_call_text
 
 

@@ -115,7 +115,7 @@ def test_grpo_trains_only_reflection_tokens_and_only_the_lora(taught_model_dir: 
 def test_saved_adapter_is_servable_and_changes_local_engine_outputs(taught_model_dir: Path, tmp_path: Path,
                                                                    one_thread: None) -> None:
     from engines.local import LocalEngine, validate_adapter_dir
-    from learner.dataset import render_rows
+    from learner.rows import render_rows
 
     config = small_config(max_steps=6, save_steps=100, learning_rate=3e-3)
     result = train(config, str(taught_model_dir), task_rows(TRAIN_TEMPLATES, target="London"), tmp_path / "run")

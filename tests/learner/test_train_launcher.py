@@ -10,7 +10,8 @@ import pytest
 
 from cli.learn import _learner_config
 from learner.config import TrainConfig
-from learner.train import TrainingFailed, launch_training
+from learner.launch import launch_training
+from learner.train import TrainingFailed
 
 
 def test_the_launcher_replaces_python_in_front_of_the_training_module(tmp_path: Path) -> None:
@@ -32,10 +33,9 @@ def test_the_launcher_replaces_python_in_front_of_the_training_module(tmp_path: 
 
 
 def test_the_cli_option_is_split_like_a_shell_command(tmp_path: Path) -> None:
-    config = _learner_config(f"sqlite:///{tmp_path / 'db'}", [], str(tmp_path), "/models/base", None, None, 32,
-                             0.02, 0.01, 20, 120.0, 16, 0.25, 512, None, 3600.0,
-                             "accelerate launch --num_processes 4 --mixed_precision 'bf16'")
+    db = f"sqlite:///{tmp_path / 'db'}"
+    config, _ = _learner_config([], database_url=db, adapters_root=str(tmp_path), model="/models/base",
+                                train_launcher="accelerate launch --num_processes 4 --mixed_precision 'bf16'")
     assert config.train_launcher == ("accelerate", "launch", "--num_processes", "4", "--mixed_precision", "bf16")
-    default = _learner_config(f"sqlite:///{tmp_path / 'db'}", [], str(tmp_path), "/models/base", None, None, 32,
-                              0.02, 0.01, 20, 120.0, 16, 0.25, 512, None, 3600.0)
+    default, _ = _learner_config([], database_url=db, adapters_root=str(tmp_path), model="/models/base")
     assert default.train_launcher == ()

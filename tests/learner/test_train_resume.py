@@ -30,8 +30,9 @@ from learner.checkpoints import (  # noqa: E402
     newest_complete_checkpoint,
 )
 from learner.config import TrainConfig  # noqa: E402
-from learner.dataset import write_rows  # noqa: E402
-from learner.train import TrainingFailed, launch_training  # noqa: E402
+from learner.launch import launch_training  # noqa: E402
+from learner.rows import write_rows  # noqa: E402
+from learner.train import TrainingFailed  # noqa: E402
 from store import repos  # noqa: E402
 from tests.learner.conftest import TRAIN_TEMPLATES, task_rows  # noqa: E402
 
