@@ -73,9 +73,6 @@ class PolicyResolver:
             self._snapshot = snap
             return snap
 
-    def active_adapter(self) -> str | None:
-        return self._current().active
-
     def resolve(self, requested: str | None) -> Resolved:
         """``None``/``"rrr"`` → the active adapter (or the base); the base name; a registered adapter."""
         snap = self._current()

@@ -10,7 +10,7 @@ per resource under ``api/routes``):
 | ``POST /v1/episodes/{id}/feedback`` | inference (owner) | late verdict; may add the reference calls |
 | ``GET /v1/episodes``, ``GET /v1/episodes/{id}`` | admin | filtered, cursor-paged listing; detail |
 | ``GET /v1/stats`` | admin | success rates overall, by adapter, by day |
-| ``GET/POST /v1/training-runs``, ``GET /v1/training-runs/{id}`` | admin | queue runs for the learner |
+| ``GET /v1/training-runs``, ``GET /v1/training-runs/{id}`` | admin | the learner's runs, metrics, gate decisions |
 | ``GET /v1/adapters``, ``POST /v1/adapters/{name}/activate``, ``POST /v1/adapters/rollback`` | admin | atomic flips |
 | ``GET /health``, ``GET /metrics``, ``GET /docs``, ``GET /openapi.json`` | none | |
 

@@ -21,7 +21,6 @@ Everything is a pure function of its seed. Tokenising and loss masks are ``demo.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -346,9 +345,3 @@ def training_conversations(items: Sequence[DemoItem], *, reflection_share: float
         conversations.append(reflection_example(item, rng))
     rng.shuffle(conversations)
     return conversations
-
-
-def corpus_fingerprint(items: Sequence[DemoItem]) -> str:
-    """A short hash of a list of items (cache keys, logs)."""
-    blob = json.dumps([item.to_record() for item in items], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -355,12 +355,6 @@ class LocalEngine:
         finally:
             self._lock.release()
 
-    def generate_text(self, prompt_ids: Sequence[int], *, adapter: str | None = None,
-                      **kwargs: Any) -> tuple[str, str, int, int]:
-        """`generate` as `(text, finish_reason, prompt_tokens, completion_tokens)`."""
-        out = self.generate(prompt_ids, adapter=adapter, **kwargs)
-        return out.text, out.finish_reason, out.prompt_tokens, out.completion_tokens
-
     def _generate_locked(self, prompt: list[int], adapter: str | None, limit: int, sampling: dict[str, Any],
                          seed: int | None, stop: list[str], skip_special: bool, deadline: float | None,
                          cancel: threading.Event | None, on_text: Callable[[str], None] | None

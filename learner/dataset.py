@@ -73,7 +73,6 @@ class FailureCandidate:
     created_at: Any
 
 
-_Candidate = FailureCandidate  # the name an earlier revision used
 
 
 def build_failure_dataset(

@@ -42,7 +42,8 @@ def test_the_route_table_is_what_this_test_knows(rrr: Rrr) -> None:
     assert routes >= OPEN | INFERENCE
     admin = routes - OPEN - INFERENCE
     assert {("GET", "/v1/episodes"), ("GET", "/v1/stats"), ("POST", "/v1/adapters/rollback"),
-            ("POST", "/v1/training-runs")} <= admin
+            ("GET", "/v1/training-runs")} <= admin
+    assert ("POST", "/v1/training-runs") not in routes  # runs are created by the learner only
 
 
 def test_every_route_is_walked_for_auth(rrr: Rrr) -> None:

@@ -14,6 +14,7 @@ from adapters.folder import write_adapter_folder
 from store.episodes import record_episodes
 from store.records import EpisodeRecord
 from store.registry import create_adapter
+from store.runs import create_training_run
 from tests.api.conftest import ADMIN, INFER, OTHER, Rrr, running
 from tests.store.helpers import T0, make_record
 
@@ -246,17 +247,17 @@ def test_adapters_activate_and_roll_back_atomically(db_rrr: Rrr) -> None:
     assert adapters[0] == "rrr-v2" and adapters.count("rrr-v1") == 3 and None in adapters
 
 
-def test_training_runs_are_queued_for_the_learner(db_rrr: Rrr) -> None:
+def test_training_runs_the_learner_stored_are_listed_and_read(db_rrr: Rrr) -> None:
     admin = db_rrr.http(ADMIN)
-    first = admin.post("/v1/training-runs", json={})
-    assert first.status_code == 201 and first.json()["status"] == "queued"
-    second = admin.post("/v1/training-runs", json={"config": {"learning_rate": 5e-6, "group_size": 4}})
-    assert second.json()["config"] == {"learning_rate": 5e-6, "group_size": 4}
+    with db_rrr.state.session_factory() as session, session.begin():
+        first = create_training_run(session, config={}).id
+        second = create_training_run(session, config={"learning_rate": 5e-6, "group_size": 4}).id
     listed = _get(db_rrr, "/v1/training-runs")["data"]
-    assert [r["id"] for r in listed] == [second.json()["id"], first.json()["id"]]
-    assert _get(db_rrr, f"/v1/training-runs/{first.json()['id']}")["status"] == "queued"
+    assert [r["id"] for r in listed] == [second, first]
+    assert listed[0]["config"] == {"learning_rate": 5e-6, "group_size": 4}
+    assert _get(db_rrr, f"/v1/training-runs/{first}")["status"] == "queued"
     assert admin.get("/v1/training-runs/nope").status_code == 404
-    assert admin.post("/v1/training-runs", json={"cfg": {}}).status_code == 400
+    assert admin.post("/v1/training-runs", json={}).status_code == 405  # runs are the learner's to create
     assert admin.get("/v1/training-runs", params={"status": "sleeping"}).status_code == 400
     assert _get(db_rrr, "/v1/training-runs", status="running")["data"] == []
 
