@@ -13,15 +13,14 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from agent import prompts
 from engines.base import ChatRequest, ChatResult, Engine, EngineError, EngineTimeout
+from store.records import AttemptKind, EpisodeStatus
 from tools.parse import parse_openai_tool_calls
 from tools.spec import ToolSpec
-from tools.verify import ModelOutput, Verdict, run_verifier
-
-AttemptKind = Literal["answer", "reflection", "retry"]
+from tools.verify import SCHEMA, ModelOutput, Verdict, VerifierSpec, effective_tool_choice, run_verifier
 
 
 @dataclass(frozen=True)
@@ -43,13 +42,25 @@ class LoopConfig:
 
 @dataclass(frozen=True)
 class TaskOptions:
-    """What the client's ``rrr`` extension says about how to judge its request."""
+    """How to judge a request (from the client's ``rrr`` extension, or a stored episode).
 
-    verifier: str | dict[str, Any] = "schema"
+    ``verifier`` may be given as a name or JSON object; it is parsed into a ``VerifierSpec`` here,
+    once (ValueError if it is not valid), and everything downstream uses the parsed spec.
+    """
+
+    verifier: VerifierSpec = SCHEMA
     expected: list[dict[str, Any]] | None = None
     task: str | None = None
     max_retries: int = 1
-    math: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.verifier, VerifierSpec):
+            object.__setattr__(self, "verifier", VerifierSpec.parse(self.verifier))
+
+    @property
+    def math(self) -> bool:
+        """Reflect with the paper's math prompt (countdown problems)."""
+        return self.verifier.math
 
 
 @dataclass
@@ -82,7 +93,7 @@ class Outcome:
 
     episode_id: str
     attempts: list[Attempt] = field(default_factory=list)
-    status: str = "failed"
+    status: EpisodeStatus = "failed"
     answer: Attempt | None = None
     error: EngineError | None = None
     latency_ms: float = 0.0
@@ -122,7 +133,7 @@ async def run_episode(
     deadline = started + config.deadline_s
     outcome = Outcome(episode_id=episode_id or str(uuid.uuid4()))
     specs = tools if tools is not None else [ToolSpec.from_openai(t) for t in request.tools or []]
-    tool_choice: str | dict[str, Any] = request.tool_choice or ("auto" if specs else "none")
+    tool_choice = effective_tool_choice(request.tool_choice, bool(specs))
     budget = min(config.max_calls, 1 + 2 * max(0, options.max_retries))
 
     async def call(kind: AttemptKind, req: ChatRequest) -> Attempt:
@@ -194,7 +205,7 @@ def _derive(
     )
 
 
-def _status(outcome: Outcome) -> str:
+def _status(outcome: Outcome) -> EpisodeStatus:
     answers = [a for a in outcome.attempts if a.kind != "reflection"]
     if not answers:
         return "upstream_error"

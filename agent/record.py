@@ -6,19 +6,9 @@ conversion: it does not write (the episode writer does) and does not judge (the 
 
 from __future__ import annotations
 
-from typing import Any
-
 from agent.loop import Outcome, TaskOptions
 from engines.base import ChatRequest
 from store.records import AttemptRecord, EpisodeRecord
-from tools.verify import is_rerunnable, normalize_spec
-
-
-def _verifier_spec(options: TaskOptions) -> dict[str, Any]:
-    try:
-        return normalize_spec(options.verifier)
-    except ValueError:
-        return {"type": str(options.verifier)}
 
 
 def outcome_to_record(
@@ -49,12 +39,9 @@ def outcome_to_record(
                 adapter=adapter,
             )
         )
-    spec = _verifier_spec(options)
+    spec = options.verifier.to_json()
     failed_first = outcome.status in ("retry_ok", "failed")
-    try:
-        rerunnable = is_rerunnable(spec, options.expected)
-    except ValueError:
-        rerunnable = False
+    rerunnable = options.verifier.rerunnable(options.expected)
     return EpisodeRecord(
         id=outcome.episode_id,
         status=outcome.status,

@@ -24,7 +24,7 @@ from api.settings import Settings
 from engines.base import ChatRequest
 from tools.schema import SchemaError, validate_tool_specs
 from tools.spec import ToolSpec, canonical_json
-from tools.verify import normalize_expected, normalize_spec, parse_tool_choice
+from tools.verify import VerifierSpec, normalize_expected, parse_tool_choice
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 RRR_FIELDS = ("verifier", "expected_tool_calls", "task", "max_retries", "include_attempts")
@@ -186,12 +186,6 @@ def _tools(body: dict[str, Any], settings: Settings) -> tuple[list[dict[str, Any
     return tools, specs
 
 
-def _verifier_parts(spec: dict[str, Any]) -> list[str]:
-    if spec["type"] == "all":
-        return [kind for part in spec["of"] for kind in _verifier_parts(part)]
-    return [str(spec["type"])]
-
-
 def _task_options(body: dict[str, Any], settings: Settings) -> TaskOptions:
     ext = body.get("rrr")
     if ext is None:
@@ -203,7 +197,7 @@ def _task_options(body: dict[str, Any], settings: Settings) -> TaskOptions:
         raise _reject(f"`rrr` does not take {', '.join(unknown)} (it takes {', '.join(RRR_FIELDS)}).", "rrr", "rrr")
     verifier_raw = ext.get("verifier", "schema")
     try:
-        verifier = normalize_spec(verifier_raw if verifier_raw is not None else "schema")
+        verifier = VerifierSpec.parse(verifier_raw if verifier_raw is not None else "schema")
     except (ValueError, TypeError) as exc:
         raise _reject(f"rrr.verifier: {exc}.", "rrr", "rrr.verifier") from None
     expected = ext.get("expected_tool_calls")
@@ -212,8 +206,7 @@ def _task_options(body: dict[str, Any], settings: Settings) -> TaskOptions:
             normalize_expected(expected)
         except (ValueError, TypeError) as exc:
             raise _reject(f"rrr.expected_tool_calls: {exc}.", "rrr", "rrr.expected_tool_calls") from None
-    kinds = _verifier_parts(verifier)
-    if "reference" in kinds and expected is None:
+    if verifier.needs_reference and expected is None:
         raise _reject("rrr.verifier 'reference' needs rrr.expected_tool_calls (the reference answer).", "rrr",
                       "rrr.expected_tool_calls")
     task = ext.get("task")
@@ -224,8 +217,7 @@ def _task_options(body: dict[str, Any], settings: Settings) -> TaskOptions:
     if not _is_int(retries) or not 0 <= retries <= settings.max_client_retries:
         raise _reject(f"rrr.max_retries must be an integer from 0 to {settings.max_client_retries}.", "rrr",
                       "rrr.max_retries")
-    return TaskOptions(verifier=verifier, expected=expected, task=task, max_retries=retries,
-                       math=kinds == ["countdown"])
+    return TaskOptions(verifier=verifier, expected=expected, task=task, max_retries=retries)
 
 
 def _include_attempts(body: dict[str, Any]) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 
 from engines.base import AdapterError, EngineRequestError
 from tools.parse import parse_hermes
+from tools.verify import effective_tool_choice
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def check_tool_request(tools: list[dict[str, Any]] | None, tool_choice: str | di
             raise bad_request("Each tool must be {\"type\": \"function\", \"function\": {\"name\": ...}}.", "tools")
         names.add(fn["name"])
     if tool_choice is None:
-        return "auto" if tools else "none"
+        return effective_tool_choice(None, bool(tools))
     if isinstance(tool_choice, str):
         if tool_choice not in ("none", "auto", "required"):
             raise bad_request(f"Invalid value for `tool_choice`: {tool_choice}! Only named tools, \"none\", "

@@ -23,7 +23,7 @@ from agent.loop import TaskOptions
 from tools.formats import DatasetItem
 from tools.parse import parse_openai_tool_calls
 from tools.score import score_item
-from tools.verify import ModelOutput, Verdict, normalize_spec
+from tools.verify import ModelOutput, Verdict, VerifierSpec
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,12 @@ class EvalTask:
     item: DatasetItem
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None
-    verifier: dict[str, Any]
+    verifier: VerifierSpec
     expected: list[dict[str, Any]] | None
-    math: bool
+
+    @property
+    def math(self) -> bool:
+        return self.verifier.math
 
     @property
     def id(self) -> str:
@@ -44,11 +47,11 @@ class EvalTask:
     def options(self, *, max_retries: int, task: str | None = None) -> TaskOptions:
         """How the loop judges this item when it runs in this process (mining, the in-process runner)."""
         return TaskOptions(verifier=self.verifier, expected=self.expected, task=task or self.item.task,
-                           max_retries=max_retries, math=self.math)
+                           max_retries=max_retries)
 
     def extension(self, attempts: int, *, task: str | None = None) -> dict[str, Any]:
         """The ``rrr`` object of the request: verifier, reference answer, retry budget, attempt trace."""
-        ext: dict[str, Any] = {"verifier": self.verifier, "max_retries": attempts - 1, "include_attempts": True,
+        ext: dict[str, Any] = {"verifier": self.verifier.to_json(), "max_retries": attempts - 1, "include_attempts": True,
                                "task": task or self.item.task}
         if self.expected is not None:
             ext["expected_tool_calls"] = self.expected
@@ -61,17 +64,16 @@ def eval_task(item: DatasetItem) -> EvalTask:
     expected: list[dict[str, Any]] | None
     if item.task == "countdown":
         raw: dict[str, Any] = {"type": "countdown", "nums": item.extra.get("nums"), "target": item.extra.get("target")}
-        expected, math = None, True
+        expected = None
     elif item.extra.get("relevance"):
-        raw, expected, math = {"type": "relevance"}, None, False
+        raw, expected = {"type": "relevance"}, None
     else:
-        raw, expected, math = {"type": "reference"}, list(item.expected), False
+        raw, expected = {"type": "reference"}, list(item.expected)
     try:
-        verifier = normalize_spec(raw)
+        verifier = VerifierSpec.parse(raw)
     except ValueError as exc:
         raise ValueError(f"item {item.id}: {exc}") from None
-    return EvalTask(item=item, messages=list(item.messages), tools=tools, verifier=verifier, expected=expected,
-                    math=math)
+    return EvalTask(item=item, messages=list(item.messages), tools=tools, verifier=verifier, expected=expected)
 
 
 def eval_tasks(items: Sequence[DatasetItem]) -> list[EvalTask]:
@@ -110,14 +112,10 @@ class EvalItem:
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    verifier: str | dict[str, Any] = "schema"
+    verifier: VerifierSpec | str | dict[str, Any] = "schema"
+    """As stored; parsed when the item runs, so one whose spec no longer validates fails alone."""
     expected: list[dict[str, Any]] | None = None
     id: str | None = None
-
-    @property
-    def math(self) -> bool:
-        kind = self.verifier.get("type") if isinstance(self.verifier, dict) else self.verifier
-        return kind == "countdown"
 
 
 def gate_item(row: Any) -> EvalItem:

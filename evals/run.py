@@ -27,6 +27,7 @@ from evals.items import EvalItem, EvalTask
 from evals.report import Reports, summarize, write_reports
 from evals.results import EvalOutput, ItemResult, score_trace
 from evals.runners import ItemError, Runner, TargetError
+from tools.verify import VerifierSpec
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,9 @@ async def run_outcomes(engine: Engine, model: str | None, items: Sequence[EvalIt
         async with limit:
             request = ChatRequest(messages=item.messages, model=model, tools=item.tools,
                                   tool_choice=item.tool_choice, temperature=0.0, max_tokens=max_tokens)
-            options = TaskOptions(verifier=item.verifier, expected=item.expected, max_retries=1, math=item.math)
             try:
+                options = TaskOptions(verifier=VerifierSpec.parse(item.verifier), expected=item.expected,
+                                      max_retries=1)
                 return await run_episode(engine, request, options, config)
             except ValueError as exc:
                 log.warning("item %s could not be judged: %s", item.id, exc)

@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session, aliased, selectinload
 from agent import prompts
 from learner.rows import FailureRow
 from store.models import Attempt, Episode, TrainingRun
-from tools.verify import is_rerunnable, normalize_spec
+from tools.verify import VerifierSpec, is_rerunnable
 
 log = logging.getLogger(__name__)
 
@@ -219,32 +219,22 @@ def _hash_unit(seed: int, episode_id: str) -> float:
 
 # --- rows ------------------------------------------------------------------------------------------
 
-def _has_reference(spec: dict[str, Any]) -> bool:
-    if spec.get("type") == "all":
-        return any(_has_reference(part) for part in spec.get("of", []))
-    return spec.get("type") == "reference"
-
-
-def _is_math(spec: dict[str, Any]) -> bool:
-    if spec.get("type") == "all":
-        return any(_is_math(part) for part in spec.get("of", []))
-    return spec.get("type") == "countdown"
-
-
 def _training_verifier(verifier: Any, expected: Any, feedback_expected: Any
-                       ) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
-    """The spec and expected calls a retry is judged by; (None, None) for an unusable spec."""
+                       ) -> tuple[VerifierSpec | None, list[dict[str, Any]] | None]:
+    """The spec and expected calls a retry is judged by; (None, None) for an unusable spec.
+
+    The stored spec is parsed here, once per episode; rows carry its canonical JSON."""
     try:
-        spec = normalize_spec(verifier if verifier is not None else "schema")
+        spec = VerifierSpec.parse(verifier if verifier is not None else "schema")
     except ValueError:
         return None, None
     if feedback_expected is not None:
         expected = feedback_expected
-        if not _has_reference(spec):
+        if not spec.needs_reference:
             try:
-                spec = normalize_spec({"type": "all", "of": [spec, {"type": "reference"}]})
+                spec = VerifierSpec.parse({"type": "all", "of": [spec.to_json(), {"type": "reference"}]})
             except ValueError:  # nested too deep to wrap: the reference alone decides
-                spec = {"type": "reference"}
+                spec = VerifierSpec(kind="reference")
     return spec, expected
 
 
@@ -255,25 +245,25 @@ def failure_row(episode: Episode, *, with_reason: bool = False) -> FailureRow | 
         return None
     first = attempts[0]
     spec, expected = _training_verifier(episode.verifier, episode.expected_calls, episode.feedback_expected_calls)
-    if spec is None or not is_rerunnable(spec, expected):
+    if spec is None or not spec.rerunnable(expected):
         return None
     task = list(episode.request_messages or [])
     if not task:
         return None
     failed = prompts.failed_assistant_message(first.text, first.tool_calls)
     reason = (first.reason or episode.feedback_reason) if with_reason else None
-    history = prompts.reflection_messages(task, failed, reason or None, math=_is_math(spec))
+    history = prompts.reflection_messages(task, failed, reason or None, math=spec.math)
     return FailureRow(episode_id=episode.id, client_key_id=episode.client_key_id, task_messages=task,
                       prompt_messages=history, tools=episode.request_tools or None, tool_choice=episode.tool_choice,
-                      verifier=spec, expected=expected)
+                      verifier=spec.to_json(), expected=expected)
 
 
 def success_row(episode: Episode) -> FailureRow | None:
     """A regression row (a past first-attempt success): no reflection prompt."""
     spec, expected = _training_verifier(episode.verifier, episode.expected_calls, None)
     task = list(episode.request_messages or [])
-    if spec is None or not task or not is_rerunnable(spec, expected):
+    if spec is None or not task or not spec.rerunnable(expected):
         return None
     return FailureRow(episode_id=episode.id, client_key_id=episode.client_key_id, task_messages=task,
                       prompt_messages=[], tools=episode.request_tools or None, tool_choice=episode.tool_choice,
-                      verifier=spec, expected=expected)
+                      verifier=spec.to_json(), expected=expected)

@@ -26,7 +26,7 @@ from agent.prompts import retry_messages
 from learner.rows import decode_row, render_messages
 from learner.trl_compat import generate_with_policy
 from tools.spec import ToolSpec
-from tools.verify import ModelOutput, run_verifier
+from tools.verify import ModelOutput, effective_tool_choice, run_verifier
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class RetryReward:
         body = ids[:-1] if finished else ids
         tools = row.get("tools") or []
         specs = [ToolSpec.from_openai(t) for t in tools]
-        tool_choice = row.get("tool_choice") or ("auto" if specs else "none")
+        tool_choice = effective_tool_choice(row.get("tool_choice"), bool(specs))
         # The hermes parser needs the <tool_call> tags: vLLM keeps special tokens whenever tools may be called.
         keep_special = bool(specs) and tool_choice != "none"
         text = str(tokenizer.decode(body, skip_special_tokens=not keep_special, clean_up_tokenization_spaces=False))

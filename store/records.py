@@ -12,10 +12,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
-EPISODE_STATUSES = ("first_ok", "retry_ok", "failed", "upstream_error", "rejected")
-ATTEMPT_KINDS = ("answer", "reflection", "retry")
+EpisodeStatus = Literal["first_ok", "retry_ok", "failed", "upstream_error", "rejected"]
+"""The one list of episode statuses (the store's check constraint, the loop's outcome, the API)."""
+AttemptKind = Literal["answer", "reflection", "retry"]
+EPISODE_STATUSES: tuple[str, ...] = get_args(EpisodeStatus)
+ATTEMPT_KINDS: tuple[str, ...] = get_args(AttemptKind)
 
 
 def utcnow() -> datetime:
@@ -70,7 +73,7 @@ class EpisodeRecord:
     exists for this episode (set by the agent).
     """
 
-    status: str
+    status: EpisodeStatus
     messages: list[dict[str, Any]] = field(default_factory=list)
     id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=utcnow)

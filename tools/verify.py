@@ -8,7 +8,8 @@ implementations live one per module in ``tools.verifiers``:
 * ``verify_execution`` — run registered Python functions in a subprocess with a timeout;
 * ``verify_relevance`` — BFCL live_relevance: some well-formed call, whichever;
 * ``verify_countdown`` — TinyZero's Countdown rules on the last ``<answer>``;
-* ``normalize_spec`` / ``run_verifier`` / ``is_rerunnable`` — the serialisable specs.
+* ``VerifierSpec`` (parsed once at the edge) / ``normalize_spec`` / ``run_verifier`` /
+  ``is_rerunnable`` — the serialisable specs; ``effective_tool_choice`` — the tool_choice default.
 
 None of them raises on model output: a failed call is a Verdict. Bad specs raise ValueError.
 """
@@ -24,15 +25,25 @@ from tools.verifiers.reference import (
     verify_reference,
 )
 from tools.verifiers.relevance import verify_relevance
-from tools.verifiers.schema_check import parse_tool_choice, verify_schema
-from tools.verifiers.specs import VERIFIER_TYPES, is_rerunnable, normalize_spec, run_verifier
+from tools.verifiers.schema_check import effective_tool_choice, parse_tool_choice, verify_schema
+from tools.verifiers.specs import (
+    SCHEMA,
+    VERIFIER_TYPES,
+    VerifierSpec,
+    is_rerunnable,
+    normalize_spec,
+    run_verifier,
+)
 
 __all__ = [
     "DEFAULT_EXECUTION_MODULES",
+    "SCHEMA",
     "VERIFIER_TYPES",
     "Expected",
     "ModelOutput",
     "Verdict",
+    "VerifierSpec",
+    "effective_tool_choice",
     "expected_from_calls",
     "is_rerunnable",
     "normalize_expected",

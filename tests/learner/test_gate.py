@@ -19,6 +19,7 @@ from evals.stats import Rate
 from learner.config import GateConfig
 from learner.gate import PolicyScores, decide, evaluate_gate
 from tests.conftest import ToolModel
+from tools.verify import VerifierSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
@@ -85,7 +86,7 @@ def test_rows_become_eval_items_from_dataset_rows_or_objects() -> None:
            "tools": None, "tool_choice": None, "verifier": {"type": "countdown", "nums": [1], "target": 1},
            "expected": None}
     item = gate_item(row)
-    assert item.id == "e1" and item.math and item.messages == row["task_messages"]
+    assert item.id == "e1" and VerifierSpec.parse(item.verifier).math and item.messages == row["task_messages"]
     assert gate_item(item) == item
     with pytest.raises(ValueError, match="task messages"):
         gate_item({"task_messages": []})

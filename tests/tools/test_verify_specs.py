@@ -153,3 +153,28 @@ def test_is_rerunnable() -> None:
     assert not is_rerunnable({"type": "all", "of": ["schema", "reference"]}, None)
     assert not is_rerunnable("magic", None)
     assert not is_rerunnable({"type": "execution", "functions": {"f": "os:system"}}, None)
+
+
+def test_a_verifier_spec_is_parsed_once_into_a_typed_value_that_round_trips() -> None:
+    from tools.verify import SCHEMA, VerifierSpec
+
+    spec = VerifierSpec.parse({"type": "all", "of": ["schema", {"type": "countdown", "nums": [1, 2], "target": 3}]})
+    assert (spec.kind, [p.kind for p in spec.parts]) == ("all", ["schema", "countdown"])
+    assert VerifierSpec.parse(spec.to_json()) == spec and VerifierSpec.parse(spec) is spec
+    assert spec.to_json() == normalize_spec(spec.to_json())
+    assert VerifierSpec.parse("schema") == SCHEMA and not SCHEMA.math and not SCHEMA.needs_reference
+    # math: countdown problems only, the same rule for serving and for training prompts
+    assert VerifierSpec.parse({"type": "countdown", "nums": [1], "target": 1}).math
+    assert not spec.math
+    reference = VerifierSpec.parse({"type": "all", "of": ["schema", "reference"]})
+    assert reference.needs_reference and not reference.rerunnable(None) and reference.rerunnable([])
+    assert SCHEMA.rerunnable(None)
+    with pytest.raises(ValueError, match="unknown verifier type"):
+        VerifierSpec.parse("nope")
+
+
+def test_the_tool_choice_default_lives_in_one_place() -> None:
+    from tools.verify import effective_tool_choice
+
+    assert effective_tool_choice(None, True) == "auto" and effective_tool_choice(None, False) == "none"
+    assert effective_tool_choice("required", True) == "required"

@@ -31,6 +31,14 @@ def parse_tool_choice(tool_choice: str | dict[str, Any], tools: list[ToolSpec]) 
     raise ValueError('invalid tool_choice: a named choice is {"type": "function", "function": {"name": ...}}')
 
 
+def effective_tool_choice(tool_choice: str | dict[str, Any] | None, has_tools: bool) -> str | dict[str, Any]:
+    """OpenAI's (and vLLM's) default when a request leaves `tool_choice` out: `auto` with tools, else `none`.
+    The one place rrr applies it (the loop, the learner's reward, the engines' wire rules)."""
+    if tool_choice is not None:
+        return tool_choice
+    return "auto" if has_tools else "none"
+
+
 def verify_schema(output: ModelOutput, tools: list[ToolSpec], tool_choice: str | dict[str, Any] = "auto") -> Verdict:
     """Pass if the calls are allowed by ``tool_choice``, name offered tools and fit their schemas.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from tools.spec import ToolSpec
@@ -88,20 +89,76 @@ def _normalize(spec: Any, allowed_modules: tuple[str, ...], depth: int) -> dict[
     return {"type": kind, "of": [_normalize(part, allowed_modules, depth + 1) for part in parts]}
 
 
-def normalize_spec(spec: str | dict[str, Any], *, allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES) -> dict[str, Any]:
+@dataclass(frozen=True)
+class VerifierSpec:
+    """A validated verifier spec: parsed once where it enters (a request, a stored row), passed down.
+
+    `kind` is one of VERIFIER_TYPES; `parts` are the children of an `all` spec; `params` the kind's
+    own fields (execution: functions, timeout_s; countdown: nums, target). `to_json()` is the
+    canonical JSON stored with each episode, and `VerifierSpec.parse(spec.to_json()) == spec`.
+    """
+
+    kind: str
+    parts: tuple[VerifierSpec, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def parse(cls, spec: VerifierSpec | str | dict[str, Any], *,
+              allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES) -> VerifierSpec:
+        """Validate a spec (a name, JSON text or an object); ValueError says what to change."""
+        if isinstance(spec, VerifierSpec):
+            return spec
+        return cls._from_json(_normalize(spec, allowed_modules, 0))
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> VerifierSpec:
+        if data["type"] == "all":
+            return cls(kind="all", parts=tuple(cls._from_json(part) for part in data["of"]))
+        return cls(kind=data["type"], params={k: v for k, v in data.items() if k != "type"})
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind == "all":
+            return {"type": "all", "of": [part.to_json() for part in self.parts]}
+        return {"type": self.kind, **self.params}
+
+    def leaves(self) -> list[VerifierSpec]:
+        """The specs that judge something (an `all` spec's leaves, in order; else the spec itself)."""
+        return [leaf for part in self.parts for leaf in part.leaves()] if self.kind == "all" else [self]
+
+    @property
+    def math(self) -> bool:
+        """Countdown problems only: the reflection uses the paper's math prompt (serving and training alike)."""
+        return all(leaf.kind == "countdown" for leaf in self.leaves())
+
+    @property
+    def needs_reference(self) -> bool:
+        """Some part compares with expected calls (`reference`): a request must bring them."""
+        return any(leaf.kind == "reference" for leaf in self.leaves())
+
+    def rerunnable(self, expected: list[Any] | None) -> bool:
+        """Whether the learner can re-run this verifier offline (reference needs expected calls)."""
+        return expected is not None or not self.needs_reference
+
+
+SCHEMA = VerifierSpec(kind="schema")
+"""The default verifier: calls name offered tools, arguments fit their schemas, tool_choice holds."""
+
+
+def normalize_spec(spec: VerifierSpec | str | dict[str, Any], *,
+                   allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES) -> dict[str, Any]:
     """Validate a spec and return its canonical JSON form (defaults filled in); ValueError if bad."""
-    return _normalize(spec, allowed_modules, 0)
+    return VerifierSpec.parse(spec, allowed_modules=allowed_modules).to_json()
 
 
 def _run(
-    spec: dict[str, Any],
+    spec: VerifierSpec,
     output: ModelOutput,
     tools: list[ToolSpec],
     tool_choice: str | dict[str, Any],
     expected: list[Any] | None,
     allowed_modules: tuple[str, ...],
 ) -> Verdict:
-    kind = spec["type"]
+    kind, params = spec.kind, spec.params
     if kind == "schema":
         return verify_schema(output, tools, tool_choice)
     if kind == "reference":
@@ -111,20 +168,20 @@ def _run(
     if kind == "relevance":
         return verify_relevance(output)
     if kind == "execution":
-        return verify_execution(output, spec["functions"], spec["timeout_s"], allowed_modules=allowed_modules)
+        return verify_execution(output, params["functions"], params["timeout_s"], allowed_modules=allowed_modules)
     if kind == "countdown":
-        return verify_countdown(output.content, spec["nums"], spec["target"])
+        return verify_countdown(output.content, params["nums"], params["target"])
     results = []
-    for index, part in enumerate(spec["of"]):
+    for index, part in enumerate(spec.parts):
         verdict = _run(part, output, tools, tool_choice, expected, allowed_modules)
         if not verdict.ok:
-            return Verdict(False, verdict.reason, {**verdict.details, "failed": part["type"], "failed_index": index})
-        results.append({"type": part["type"], "details": verdict.details})
+            return Verdict(False, verdict.reason, {**verdict.details, "failed": part.kind, "failed_index": index})
+        results.append({"type": part.kind, "details": verdict.details})
     return passed(results=results)
 
 
 def run_verifier(
-    spec: str | dict[str, Any],
+    spec: VerifierSpec | str | dict[str, Any],
     output: ModelOutput,
     *,
     tools: list[ToolSpec],
@@ -132,22 +189,18 @@ def run_verifier(
     expected: list[Any] | None = None,
     allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES,
 ) -> Verdict:
-    """Run the verifier a spec describes. ValueError only for a bad spec, tool list or reference."""
-    return _run(normalize_spec(spec, allowed_modules=allowed_modules), output, tools, tool_choice, expected, allowed_modules)
+    """Run the verifier a spec describes (parsed first unless it is a `VerifierSpec` already).
+    ValueError only for a bad spec, tool list or reference."""
+    parsed = VerifierSpec.parse(spec, allowed_modules=allowed_modules)
+    return _run(parsed, output, tools, tool_choice, expected, allowed_modules)
 
 
 def is_rerunnable(
-    spec: str | dict[str, Any], expected: list[Any] | None, *, allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES
+    spec: VerifierSpec | str | dict[str, Any], expected: list[Any] | None, *,
+    allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES,
 ) -> bool:
     """Whether the learner can re-run this verifier offline (reference needs expected calls)."""
     try:
-        normalized = normalize_spec(spec, allowed_modules=allowed_modules)
+        return VerifierSpec.parse(spec, allowed_modules=allowed_modules).rerunnable(expected)
     except ValueError:
         return False
-
-    def rerunnable(part: dict[str, Any]) -> bool:
-        if part["type"] == "all":
-            return all(rerunnable(child) for child in part["of"])
-        return part["type"] != "reference" or expected is not None
-
-    return rerunnable(normalized)
