@@ -19,9 +19,9 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test lint typecheck pytest demo clean lock compose-tool
+.PHONY: install test lint typecheck pytest demo clean lock compose-tool format
 
-install: $(STAMP) compose-tool
+install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,27 +32,29 @@ $(STAMP): pyproject.toml constraints.txt
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy $(PACKAGES)
 
-pytest: $(STAMP) compose-tool
+pytest: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # tests/test_compose.py validates docker-compose.yml with `docker-compose config` (Debian's package
-# docker-compose 1.29: no Docker engine needed). Installed here when missing and apt-get is usable
-# as root; otherwise that check skips, saying why. Never fails the build.
+# docker-compose 1.29: no Docker engine needed). Not part of install or pytest (no apt-get as a side
+# effect of testing): `.ci/run` installs it; elsewhere run `make compose-tool` as root, or the check skips
+# and says why.
 compose-tool:
 	@command -v docker-compose >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing docker-compose (apt-get) for the compose file check"; \
-	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1 || \
-	      { apt-get update -q >/dev/null 2>&1 && \
-	        DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1; }; } || \
-	      echo "note: could not install docker-compose; tests/test_compose.py skips its docker-compose check"; \
-	  else \
-	    echo "note: docker-compose not found (apt-get install docker-compose); tests/test_compose.py skips its docker-compose check"; \
-	  fi; }
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1; } || \
+	  echo "note: could not install docker-compose; tests/test_compose.py skips its docker-compose check"; }
+
+# Format the tree the way `make lint` checks it.
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 test: lint typecheck pytest
 

@@ -59,6 +59,7 @@ class VerifiedAdapter:
 
 # --- durable file operations --------------------------------------------------------------------
 
+
 def fsync_dir(path: Path) -> None:
     """Make a folder's entries durable (a rename inside it, a new file); quiet where unsupported."""
     try:
@@ -115,6 +116,7 @@ def sha256_file(path: Path) -> str:
 
 # --- names and versions -------------------------------------------------------------------------
 
+
 def adapter_name(version: int) -> str:
     """The registry name and folder name of a version: `rrr-v<version>`."""
     return f"{ADAPTER_PREFIX}{version}"
@@ -133,8 +135,10 @@ def folder_versions(root: Path) -> dict[int, Path]:
 
 # --- checking -----------------------------------------------------------------------------------
 
-def verify_adapter_dir(path: str | os.PathLike[str], adapters_root: str | os.PathLike[str], *,
-                       manifest_sha256: str | None = None) -> VerifiedAdapter:
+
+def verify_adapter_dir(
+    path: str | os.PathLike[str], adapters_root: str | os.PathLike[str], *, manifest_sha256: str | None = None
+) -> VerifiedAdapter:
     """Check an adapter folder before anything loads it (R16); raises `UnsafeAdapter` with the reason.
 
     `path` is absolute or relative to the root. With `manifest_sha256` (the registry's copy) the
@@ -197,8 +201,11 @@ def _check_files(real: Path, files: dict[str, Any]) -> None:
             raise UnsafeAdapter(f"{real.name}: the manifest lists no {name}")
     for name, entry in present.items():
         expected = files[name]
-        if (not isinstance(expected, dict) or entry.stat().st_size != expected.get("size")
-                or sha256_file(entry) != expected.get("sha256")):
+        if (
+            not isinstance(expected, dict)
+            or entry.stat().st_size != expected.get("size")
+            or sha256_file(entry) != expected.get("sha256")
+        ):
             raise UnsafeAdapter(f"{real.name}/{name}: contents do not match the manifest")
 
 
@@ -225,8 +232,15 @@ def check_adapter_source(source: str | os.PathLike[str]) -> list[Path]:
 
 # --- writing ------------------------------------------------------------------------------------
 
-def write_adapter_folder(source: str | os.PathLike[str], adapters_root: str | os.PathLike[str], version: int,
-                         *, base_model: str, run_id: str | None = None) -> tuple[Path, str]:
+
+def write_adapter_folder(
+    source: str | os.PathLike[str],
+    adapters_root: str | os.PathLike[str],
+    version: int,
+    *,
+    base_model: str,
+    run_id: str | None = None,
+) -> tuple[Path, str]:
     """Steps 1 of the protocol: `<root>/rrr-v<version>/` with its manifest; returns (path, manifest sha256).
 
     The folder appears by one rename of a complete, fsync'd temp folder, or not at all.
@@ -252,8 +266,15 @@ def write_adapter_folder(source: str | os.PathLike[str], adapters_root: str | os
                 fout.flush()
                 os.fsync(fout.fileno())
             entries[src.name] = {"sha256": sha256_file(dst), "size": dst.stat().st_size}
-        manifest = {"format": MANIFEST_FORMAT, "name": name, "version": version, "base_model": base_model,
-                    "run_id": run_id, "created_at": datetime.now(UTC).isoformat(), "files": entries}
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "name": name,
+            "version": version,
+            "base_model": base_model,
+            "run_id": run_id,
+            "created_at": datetime.now(UTC).isoformat(),
+            "files": entries,
+        }
         raw = json.dumps(manifest, indent=2, sort_keys=True).encode()
         with (tmp / MANIFEST).open("wb") as fh:
             fh.write(raw)

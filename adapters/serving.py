@@ -63,8 +63,7 @@ from store.records import utcnow
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_PROBE = ChatRequest(messages=[{"role": "user", "content": "Reply with OK."}], temperature=0.0,
-                            max_tokens=16)
+DEFAULT_PROBE = ChatRequest(messages=[{"role": "user", "content": "Reply with OK."}], temperature=0.0, max_tokens=16)
 
 SessionFactory = Callable[[], Session]
 FailureKind = Literal["rejected", "unsafe", "cannot_serve", "conflict"]
@@ -117,6 +116,7 @@ class PublishResult:
 
 # --- engines ----------------------------------------------------------------------------------
 
+
 async def is_listed(engine: Engine, name: str) -> bool:
     """Whether `engine`'s `/v1/models` lists `name`."""
     return any(card.get("id") == name for card in await engine.list_models())
@@ -160,8 +160,9 @@ async def ensure_loaded(engines: Engine, name: str, path: str) -> list[Engine]:
     return loaded
 
 
-async def probe(engines: Engine, name: str, request: ChatRequest | None = None, *,
-                timeout: float = 60.0) -> dict[str, Any]:
+async def probe(
+    engines: Engine, name: str, request: ChatRequest | None = None, *, timeout: float = 60.0
+) -> dict[str, Any]:
     """One temperature-0 chat on `name` per replica; raises an `EngineError` if any fails.
 
     The answer must come from `name` itself, within `timeout` (enforced here too, whatever the engine).
@@ -169,16 +170,28 @@ async def probe(engines: Engine, name: str, request: ChatRequest | None = None, 
     base = request or DEFAULT_PROBE
     results = []
     for engine in engines.replicas():
-        req = ChatRequest(messages=base.messages, model=name, tools=base.tools, tool_choice=base.tool_choice,
-                          temperature=0.0, max_tokens=base.max_tokens or 16, seed=base.seed)
+        req = ChatRequest(
+            messages=base.messages,
+            model=name,
+            tools=base.tools,
+            tool_choice=base.tool_choice,
+            temperature=0.0,
+            max_tokens=base.max_tokens or 16,
+            seed=base.seed,
+        )
         try:
             result = await asyncio.wait_for(engine.chat(req, timeout=timeout), timeout + 1.0)
         except TimeoutError:
             raise EngineTimeout(f"the probe of {name} got no answer within {timeout:g} s") from None
         if result.model and result.model != name:
             raise EngineError(f"the probe of {name} was answered by {result.model}")
-        results.append({"finish_reason": result.finish_reason, "latency_ms": round(result.latency_ms),
-                        "completion_tokens": result.completion_tokens})
+        results.append(
+            {
+                "finish_reason": result.finish_reason,
+                "latency_ms": round(result.latency_ms),
+                "completion_tokens": result.completion_tokens,
+            }
+        )
     return {"replicas": len(results), "results": results}
 
 
@@ -189,9 +202,16 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def prepare(engines: Engine, name: str, path: str, *, adapters_root: str | os.PathLike[str],
-                  manifest_sha256: str | None, probe_request: ChatRequest | None = None,
-                  probe_timeout_s: float = 60.0) -> tuple[VerifiedAdapter, dict[str, Any]]:
+async def prepare(
+    engines: Engine,
+    name: str,
+    path: str,
+    *,
+    adapters_root: str | os.PathLike[str],
+    manifest_sha256: str | None,
+    probe_request: ChatRequest | None = None,
+    probe_timeout_s: float = 60.0,
+) -> tuple[VerifiedAdapter, dict[str, Any]]:
     """Verify the folder, load `name` on every replica, probe each: (the verified folder, probe summary).
 
     Raises `ActivationError` (`unsafe` or `cannot_serve`) with the loads made by this call undone.
@@ -223,6 +243,7 @@ async def _reload_after_flip(engines: Engine, name: str, path: str) -> None:
 
 # --- the flip: activate, rollback ------------------------------------------------------------
 
+
 def _read(session_factory: SessionFactory, work: Callable[[Session], T]) -> T:
     with session_factory() as session:
         return work(session)
@@ -233,11 +254,18 @@ def _write(session_factory: SessionFactory, work: Callable[[Session], T]) -> T:
         return work(session)
 
 
-async def _flip(name: str, verified: VerifiedAdapter, *, session_factory: SessionFactory, engines: Engine,
-                metrics: dict[str, Any] | None = None) -> Flip:
+async def _flip(
+    name: str,
+    verified: VerifiedAdapter,
+    *,
+    session_factory: SessionFactory,
+    engines: Engine,
+    metrics: dict[str, Any] | None = None,
+) -> Flip:
     """Move the active pointer to a prepared adapter in one transaction, then reload it wherever an
     unload raced the flip. The one activation flip: `activate` and `publish_adapter` both end here.
     `metrics` (publish) replaces the row's metrics in the same transaction."""
+
     def flip(session: Session) -> tuple[Adapter, str | None, bool]:
         current = repos.get_active_adapter(session)
         if current is not None and current.name == name:
@@ -252,9 +280,15 @@ async def _flip(name: str, verified: VerifiedAdapter, *, session_factory: Sessio
     return Flip(active=active, replaced=replaced, changed=changed)
 
 
-async def activate(name: str, *, session_factory: SessionFactory, engines: Engine,
-                   adapters_root: str | os.PathLike[str], probe_request: ChatRequest | None = None,
-                   probe_timeout_s: float = 60.0) -> Flip:
+async def activate(
+    name: str,
+    *,
+    session_factory: SessionFactory,
+    engines: Engine,
+    adapters_root: str | os.PathLike[str],
+    probe_request: ChatRequest | None = None,
+    probe_timeout_s: float = 60.0,
+) -> Flip:
     """Make a registered adapter active: verify, (re)load on every replica, probe, then flip (R19).
 
     Raises `store.repos.AdapterNotFound`, or `ActivationError` (`rejected`, `unsafe`,
@@ -266,15 +300,27 @@ async def activate(name: str, *, session_factory: SessionFactory, engines: Engin
         raise repos.AdapterNotFound(name)
     if adapter.status == "rejected":
         raise ActivationError(name, "rejected", f"{name} was rejected by the evaluation gate and cannot be activated")
-    verified, _ = await prepare(engines, name, adapter.path, adapters_root=adapters_root,
-                                manifest_sha256=adapter.manifest_sha256, probe_request=probe_request,
-                                probe_timeout_s=probe_timeout_s)
+    verified, _ = await prepare(
+        engines,
+        name,
+        adapter.path,
+        adapters_root=adapters_root,
+        manifest_sha256=adapter.manifest_sha256,
+        probe_request=probe_request,
+        probe_timeout_s=probe_timeout_s,
+    )
 
     return await _flip(name, verified, session_factory=session_factory, engines=engines)
 
 
-async def rollback(*, session_factory: SessionFactory, engines: Engine, adapters_root: str | os.PathLike[str],
-                   probe_request: ChatRequest | None = None, probe_timeout_s: float = 60.0) -> Flip:
+async def rollback(
+    *,
+    session_factory: SessionFactory,
+    engines: Engine,
+    adapters_root: str | os.PathLike[str],
+    probe_request: ChatRequest | None = None,
+    probe_timeout_s: float = 60.0,
+) -> Flip:
     """Re-activate the adapter the active one replaced (verified, loaded and probed first), or the base model.
 
     With nothing active nothing changes (`changed` False). Raises `ActivationError` (`unsafe`,
@@ -285,9 +331,15 @@ async def rollback(*, session_factory: SessionFactory, engines: Engine, adapters
         return Flip(active=None, replaced=None, changed=False)
     verified = None
     if target is not None:
-        verified, _ = await prepare(engines, target.name, target.path, adapters_root=adapters_root,
-                                    manifest_sha256=target.manifest_sha256, probe_request=probe_request,
-                                    probe_timeout_s=probe_timeout_s)
+        verified, _ = await prepare(
+            engines,
+            target.name,
+            target.path,
+            adapters_root=adapters_root,
+            manifest_sha256=target.manifest_sha256,
+            probe_request=probe_request,
+            probe_timeout_s=probe_timeout_s,
+        )
 
     def flip(session: Session) -> Adapter | None:
         now_active = repos.get_active_adapter(session)
@@ -305,6 +357,7 @@ async def rollback(*, session_factory: SessionFactory, engines: Engine, adapters
 
 
 # --- publish --------------------------------------------------------------------------------
+
 
 def _next_version(session_factory: SessionFactory, root: Path) -> int:
     version = _read(session_factory, repos.next_adapter_version)
@@ -331,9 +384,15 @@ class Candidate:
     root: Path
 
 
-async def register_candidate(adapter_dir: str | os.PathLike[str], *, adapters_root: str | os.PathLike[str],
-                             session_factory: SessionFactory, base_model: str, run_id: str | None = None,
-                             metrics: dict[str, Any] | None = None) -> Candidate:
+async def register_candidate(
+    adapter_dir: str | os.PathLike[str],
+    *,
+    adapters_root: str | os.PathLike[str],
+    session_factory: SessionFactory,
+    base_model: str,
+    run_id: str | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Candidate:
     """Steps 1-2 of publishing: the next version's folder, then its `candidate` row (never active).
 
     Raises `UnsafeAdapter` before taking a version number for a source with pickles, symlinks or
@@ -344,11 +403,23 @@ async def register_candidate(adapter_dir: str | os.PathLike[str], *, adapters_ro
     await asyncio.to_thread(check_adapter_source, Path(adapter_dir))
     version = await asyncio.to_thread(_next_version, session_factory, root.resolve())
     name = adapter_name(version)
-    final, manifest_sha = await asyncio.to_thread(write_adapter_folder, adapter_dir, root, version,
-                                                  base_model=base_model, run_id=run_id)
-    await asyncio.to_thread(_write, session_factory, lambda s: repos.create_adapter(
-        s, name=name, version=version, path=str(final), base_model=base_model, run_id=run_id,
-        metrics=dict(metrics or {}), manifest_sha256=manifest_sha))
+    final, manifest_sha = await asyncio.to_thread(
+        write_adapter_folder, adapter_dir, root, version, base_model=base_model, run_id=run_id
+    )
+    await asyncio.to_thread(
+        _write,
+        session_factory,
+        lambda s: repos.create_adapter(
+            s,
+            name=name,
+            version=version,
+            path=str(final),
+            base_model=base_model,
+            run_id=run_id,
+            metrics=dict(metrics or {}),
+            manifest_sha256=manifest_sha,
+        ),
+    )
     return Candidate(name=name, version=version, path=final, manifest_sha256=manifest_sha, root=root)
 
 
@@ -371,8 +442,14 @@ async def publish_adapter(
     Raises `UnsafeAdapter` (before any folder or row exists) for a source folder with pickle weights,
     symlinks or missing files; engine and probe failures are a `rejected` result, not an exception.
     """
-    staged = await register_candidate(adapter_dir, adapters_root=adapters_root, session_factory=session_factory,
-                                      base_model=base_model, run_id=run_id, metrics=metrics)
+    staged = await register_candidate(
+        adapter_dir,
+        adapters_root=adapters_root,
+        session_factory=session_factory,
+        base_model=base_model,
+        run_id=run_id,
+        metrics=metrics,
+    )
     name, row_metrics = staged.name, dict(metrics or {})
     result = PublishResult(name=name, version=staged.version, status="rejected", path=str(staged.path))
 
@@ -383,15 +460,26 @@ async def publish_adapter(
         return result
 
     try:
-        verified, result.probe = await prepare(engines, name, str(staged.path), adapters_root=staged.root,
-                                               manifest_sha256=staged.manifest_sha256, probe_request=probe_request,
-                                               probe_timeout_s=probe_timeout_s)
+        verified, result.probe = await prepare(
+            engines,
+            name,
+            str(staged.path),
+            adapters_root=staged.root,
+            manifest_sha256=staged.manifest_sha256,
+            probe_request=probe_request,
+            probe_timeout_s=probe_timeout_s,
+        )
     except ActivationError as exc:
         log.warning("adapter %s rejected: %s", name, exc.reason)
         return await refuse(exc.reason)
     try:
-        flipped = await _flip(name, verified, session_factory=session_factory, engines=engines,
-                              metrics={**row_metrics, "probe": result.probe})
+        flipped = await _flip(
+            name,
+            verified,
+            session_factory=session_factory,
+            engines=engines,
+            metrics={**row_metrics, "probe": result.probe},
+        )
     except Exception as exc:
         log.exception("adapter %s not activated", name)
         return await refuse(f"the active pointer could not be flipped: {type(exc).__name__}")
@@ -407,12 +495,19 @@ async def publish_adapter(
 _background: set[asyncio.Task[None]] = set()
 
 
-def schedule_unload(engines: Engine, session_factory: SessionFactory, name: str, drain_s: float, *,
-                    adapters_root: str | os.PathLike[str]) -> None:
+def schedule_unload(
+    engines: Engine,
+    session_factory: SessionFactory,
+    name: str,
+    drain_s: float,
+    *,
+    adapters_root: str | os.PathLike[str],
+) -> None:
     """Unload `name` after `drain_s` on the running event loop, unless it is active again by then.
 
     A version re-activated while it was being unloaded is verified and loaded again at once.
     """
+
     async def later() -> None:
         await asyncio.sleep(drain_s)
         adapter = await asyncio.to_thread(_read, session_factory, lambda s: repos.get_adapter(s, name))
@@ -422,8 +517,9 @@ def schedule_unload(engines: Engine, session_factory: SessionFactory, name: str,
         adapter = await asyncio.to_thread(_read, session_factory, lambda s: repos.get_adapter(s, name))
         if adapter is not None and adapter.status == "active":  # re-activated while we unloaded
             try:
-                verified = await asyncio.to_thread(verify_adapter_dir, adapter.path, adapters_root,
-                                                   manifest_sha256=adapter.manifest_sha256)
+                verified = await asyncio.to_thread(
+                    verify_adapter_dir, adapter.path, adapters_root, manifest_sha256=adapter.manifest_sha256
+                )
                 await ensure_loaded(engines, name, verified.path)
             except (UnsafeAdapter, EngineError) as exc:
                 log.error("%s is active again but could not be reloaded: %s", name, describe_failure(exc))
@@ -459,6 +555,7 @@ async def unload_drained(engines: Engine, session_factory: SessionFactory, drain
     Called at the start of each learner cycle, for unloads a previous process could not finish.
     Candidates are left alone (a publish may be under way); with no adapter active nothing is unloaded.
     """
+
     def idle_names(session: Session) -> set[str]:
         active = repos.get_active_adapter(session)
         if active is None or active.activated_at is None:
@@ -489,13 +586,22 @@ def reject_stale_candidates(session_factory: SessionFactory) -> list[str]:
     with session_factory() as session, session.begin():
         stale = repos.list_adapters(session, status="candidate")
         for adapter in stale:
-            repos.set_adapter_status(session, adapter.name, "rejected",
-                                     metrics={**(adapter.metrics or {}), "rejected_reason": "publish interrupted"})
+            repos.set_adapter_status(
+                session,
+                adapter.name,
+                "rejected",
+                metrics={**(adapter.metrics or {}), "rejected_reason": "publish interrupted"},
+            )
         return [a.name for a in stale]
 
 
-async def collect_folders(adapters_root: str | os.PathLike[str], session_factory: SessionFactory,
-                          engines: Engine | None = None, *, keep_cycles: int = 2) -> list[str]:
+async def collect_folders(
+    adapters_root: str | os.PathLike[str],
+    session_factory: SessionFactory,
+    engines: Engine | None = None,
+    *,
+    keep_cycles: int = 2,
+) -> list[str]:
     """Delete folders of retired/rejected (or unregistered) versions `keep_cycles`+ publishes old.
 
     Never the active adapter, its rollback target, a version newer than that, or one an engine lists.
@@ -521,8 +627,9 @@ async def collect_folders(adapters_root: str | os.PathLike[str], session_factory
     return removed
 
 
-def _remove_old_folders(root: Path, rows: dict[int, Adapter], protected: set[int], listed: set[str],
-                        keep_cycles: int) -> list[str]:
+def _remove_old_folders(
+    root: Path, rows: dict[int, Adapter], protected: set[int], listed: set[str], keep_cycles: int
+) -> list[str]:
     found = folder_versions(root)
     published = [v for v, f in found.items() if not f.name.startswith(".")]
     newest = max([*rows, *published], default=0)

@@ -170,8 +170,12 @@ async def run_episode(
             reflect_history = prompts.reflection_messages(history, failed, reason, math=options.math)
             reflection = await call(
                 "reflection",
-                _derive(request, reflect_history, tool_choice="none" if specs else None,
-                        max_tokens=config.reflection_max_tokens),
+                _derive(
+                    request,
+                    reflect_history,
+                    tool_choice="none" if specs else None,
+                    max_tokens=config.reflection_max_tokens,
+                ),
             )
             history = prompts.retry_messages(reflect_history, reflection.content or "")
             answer = await call("retry", _derive(request, history))

@@ -91,12 +91,34 @@ class PolicyResolver:
         snap = self._current()
         now = int(time.time())
         cards: list[dict[str, Any]] = [
-            {"id": ALIAS, "object": "model", "created": now, "owned_by": "rrr", "root": snap.active or self.base_model,
-             "parent": None, "rrr": {"alias_of": snap.active or self.base_model}},
-            {"id": self.base_model, "object": "model", "created": now, "owned_by": "rrr", "root": self.base_model,
-             "parent": None},
+            {
+                "id": ALIAS,
+                "object": "model",
+                "created": now,
+                "owned_by": "rrr",
+                "root": snap.active or self.base_model,
+                "parent": None,
+                "rrr": {"alias_of": snap.active or self.base_model},
+            },
+            {
+                "id": self.base_model,
+                "object": "model",
+                "created": now,
+                "owned_by": "rrr",
+                "root": self.base_model,
+                "parent": None,
+            },
         ]
         for name, status, created in snap.adapters:
-            cards.append({"id": name, "object": "model", "created": created, "owned_by": "rrr", "root": name,
-                          "parent": self.base_model, "rrr": {"status": status}})
+            cards.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "rrr",
+                    "root": name,
+                    "parent": self.base_model,
+                    "rrr": {"status": status},
+                }
+            )
         return cards

@@ -44,8 +44,16 @@ from store.writer import EpisodeWriter, SpoolInUse
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (chat.router, models.router, episodes.feedback_router, episodes.router, stats.router, runs.router,
-           adapters.router, health.router)
+ROUTERS = (
+    chat.router,
+    models.router,
+    episodes.feedback_router,
+    episodes.router,
+    stats.router,
+    runs.router,
+    adapters.router,
+    health.router,
+)
 
 
 class StartupError(RuntimeError):
@@ -63,13 +71,21 @@ async def _build_engine(settings: Settings) -> tuple[Engine, str | None]:
     """The engine pool from the settings, and the base model's name when it is known without asking."""
 
     def pool(engines: list[Engine]) -> EnginePool:
-        return EnginePool(engines, failure_threshold=settings.engine_failure_threshold,
-                          probe_interval_s=settings.engine_probe_interval_s)
+        return EnginePool(
+            engines,
+            failure_threshold=settings.engine_failure_threshold,
+            probe_interval_s=settings.engine_probe_interval_s,
+        )
 
     if settings.engine_urls:
         engines: list[Engine] = [
-            VLLMEngine(url, settings.engine_api_key, timeout=settings.engine_timeout_s,
-                       connect_timeout=settings.engine_connect_timeout_s, name=f"engine-{i}")
+            VLLMEngine(
+                url,
+                settings.engine_api_key,
+                timeout=settings.engine_timeout_s,
+                connect_timeout=settings.engine_connect_timeout_s,
+                name=f"engine-{i}",
+            )
             for i, url in enumerate(settings.engine_urls)
         ]
         return pool(engines), settings.base_model_name
@@ -78,11 +94,19 @@ async def _build_engine(settings: Settings) -> tuple[Engine, str | None]:
 
         name = settings.base_model_name or Path(settings.model).name
         try:
-            local = await asyncio.to_thread(LocalEngine, settings.model, device=settings.local_device,
-                                            served_name=name, enable_lora=True, name="local")
+            local = await asyncio.to_thread(
+                LocalEngine,
+                settings.model,
+                device=settings.local_device,
+                served_name=name,
+                enable_lora=True,
+                name="local",
+            )
         except ImportError as exc:
-            raise StartupError(f"the local engine needs the ml extra ({exc.name}); install with: "
-                               "pip install -e '.[ml]', or serve through --engine-url") from None
+            raise StartupError(
+                f"the local engine needs the ml extra ({exc.name}); install with: "
+                "pip install -e '.[ml]', or serve through --engine-url"
+            ) from None
         except Exception as exc:
             raise StartupError(f"could not load the model: {type(exc).__name__}") from exc
         return pool([local]), name
@@ -100,8 +124,10 @@ async def _discover_base_model(engine: Engine, timeout_s: float) -> str:
         except EngineError:
             pass
         if time.monotonic() >= deadline:
-            raise StartupError(f"no engine listed a base model within {timeout_s:g}s; start the engines first "
-                               "or set RRR_BASE_MODEL_NAME")
+            raise StartupError(
+                f"no engine listed a base model within {timeout_s:g}s; start the engines first "
+                "or set RRR_BASE_MODEL_NAME"
+            )
         await asyncio.sleep(0.5)
 
 
@@ -126,18 +152,25 @@ async def build_state(
         if migrate:
             await asyncio.to_thread(upgrade, url)
         elif await asyncio.to_thread(schema_state, url) == "outdated":  # unreachable: serve degraded (R6)
-            raise StartupError("the database schema is missing or out of date: run `rrr db upgrade "
-                               "--database-url ...` first (or set RRR_AUTO_MIGRATE=true)")
+            raise StartupError(
+                "the database schema is missing or out of date: run `rrr db upgrade "
+                "--database-url ...` first (or set RRR_AUTO_MIGRATE=true)"
+            )
         db_engine = make_engine(url)
         closers.append(db_engine.dispose)
         session_factory = make_session_factory(db_engine)
     if writer is None:
         try:
-            writer = EpisodeWriter(session_factory, settings.resolved_spool_path(),
-                                   max_queue=settings.writer_max_queue, batch_size=settings.writer_batch_size)
+            writer = EpisodeWriter(
+                session_factory,
+                settings.resolved_spool_path(),
+                max_queue=settings.writer_max_queue,
+                batch_size=settings.writer_batch_size,
+            )
         except SpoolInUse:
-            raise StartupError("another rrr process uses the same episode spool; give each process its own "
-                               "RRR_SPOOL_PATH (or port)") from None
+            raise StartupError(
+                "another rrr process uses the same episode spool; give each process its own RRR_SPOOL_PATH (or port)"
+            ) from None
         owned_writer = writer
         closers.append(lambda: asyncio.to_thread(owned_writer.close, 30.0))
     base_model = settings.base_model_name
@@ -148,12 +181,22 @@ async def build_state(
     if base_model is None:
         base_model = await _discover_base_model(engine, settings.engine_startup_timeout_s)
     policy = PolicyResolver(session_factory, base_model, ttl_s=settings.policy_ttl_s / 2)
-    loop_config = LoopConfig(max_calls=settings.max_calls, deadline_s=settings.deadline_s,
-                             reflection_with_reason=settings.reflection_with_reason,
-                             reflection_max_tokens=settings.reflection_max_tokens)
-    state = AppState(settings=settings, keys=KeyRing(settings.api_keys, settings.admin_keys), metrics=metrics,
-                     engine=engine, session_factory=session_factory, writer=writer,
-                     models=ModelResolver(policy, ttl_s=settings.policy_ttl_s / 2), loop_config=loop_config)
+    loop_config = LoopConfig(
+        max_calls=settings.max_calls,
+        deadline_s=settings.deadline_s,
+        reflection_with_reason=settings.reflection_with_reason,
+        reflection_max_tokens=settings.reflection_max_tokens,
+    )
+    state = AppState(
+        settings=settings,
+        keys=KeyRing(settings.api_keys, settings.admin_keys),
+        metrics=metrics,
+        engine=engine,
+        session_factory=session_factory,
+        writer=writer,
+        models=ModelResolver(policy, ttl_s=settings.policy_ttl_s / 2),
+        loop_config=loop_config,
+    )
     metrics.attach(writer.stats, state.engine_up)
     return state
 
@@ -187,8 +230,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         closers: list[Callable[[], object]] = []
         try:
-            state = await build_state(settings, metrics, closers, engine=engine, session_factory=session_factory,
-                                      writer=writer)
+            state = await build_state(
+                settings, metrics, closers, engine=engine, session_factory=session_factory, writer=writer
+            )
         except BaseException as exc:
             app.state.startup_error = exc  # `rrr serve` prints it as one line
             for close in reversed(closers):
@@ -216,7 +260,11 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["authorization", "content-type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+        )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -124,8 +124,9 @@ def not_found(message: str, param: str | None = None, code: str | None = "not_fo
 
 
 def database_unavailable() -> ApiError:
-    return ApiError(503, "The database is unavailable; retry shortly.", code="database_unavailable",
-                    headers={"Retry-After": "2"})
+    return ApiError(
+        503, "The database is unavailable; retry shortly.", code="database_unavailable", headers={"Retry-After": "2"}
+    )
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

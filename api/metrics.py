@@ -34,17 +34,25 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         stats = self._writer_stats()
-        records = CounterMetricFamily("rrr_writer_records", "Episode records by what the writer did with them",
-                                      labels=["state"])
+        records = CounterMetricFamily(
+            "rrr_writer_records", "Episode records by what the writer did with them", labels=["state"]
+        )
         for name in WRITER_COUNTERS:
             records.add_metric([name], float(stats.get(name, 0)))
         yield records
-        yield GaugeMetricFamily("rrr_writer_queue_depth", "Episode records waiting for the writer",
-                                value=float(stats.get("queue_depth", 0)))
-        yield GaugeMetricFamily("rrr_writer_degraded", "1 while the database is unreachable and records are spooled",
-                                value=1.0 if stats.get("degraded") else 0.0)
-        yield GaugeMetricFamily("rrr_engine_up", "1 while at least one engine replica takes traffic",
-                                value=1.0 if self._engine_up() else 0.0)
+        yield GaugeMetricFamily(
+            "rrr_writer_queue_depth", "Episode records waiting for the writer", value=float(stats.get("queue_depth", 0))
+        )
+        yield GaugeMetricFamily(
+            "rrr_writer_degraded",
+            "1 while the database is unreachable and records are spooled",
+            value=1.0 if stats.get("degraded") else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "rrr_engine_up",
+            "1 while at least one engine replica takes traffic",
+            value=1.0 if self._engine_up() else 0.0,
+        )
 
 
 class Metrics:
@@ -53,21 +61,36 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("rrr_http_requests", "HTTP requests by route template, method and status",
-                                ["route", "method", "status"], registry=r)
-        self.request_seconds = Histogram("rrr_http_request_duration_seconds", "HTTP request latency by route",
-                                         ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "rrr_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "rrr_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge("rrr_http_requests_in_flight", "HTTP requests being served", registry=r)
         self.episodes = Counter("rrr_episodes", "Chat requests by episode status", ["status"], registry=r)
-        self.episode_seconds = Histogram("rrr_episode_duration_seconds", "Reflect/retry loop latency per request",
-                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.episode_seconds = Histogram(
+            "rrr_episode_duration_seconds",
+            "Reflect/retry loop latency per request",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.verdicts = Counter("rrr_verdicts", "Verifier verdicts by attempt kind", ["kind", "ok"], registry=r)
         self.retries = Counter("rrr_retries", "Reflect-and-retry rounds started", registry=r)
         self.model_calls = Counter("rrr_model_calls", "Model calls by kind", ["kind"], registry=r)
-        self.rejected = Counter("rrr_rejected_requests", "Chat requests refused before any model call, by limit",
-                                ["reason"], registry=r)
-        self.upstream_errors = Counter("rrr_upstream_errors", "Requests that ended on an engine failure",
-                                       ["kind"], registry=r)
+        self.rejected = Counter(
+            "rrr_rejected_requests", "Chat requests refused before any model call, by limit", ["reason"], registry=r
+        )
+        self.upstream_errors = Counter(
+            "rrr_upstream_errors", "Requests that ended on an engine failure", ["kind"], registry=r
+        )
         self.stream_errors = Counter("rrr_stream_errors", "Streams that ended with an error event", registry=r)
 
     def attach(self, writer_stats: Callable[[], dict[str, Any]], engine_up: Callable[[], bool]) -> None:

@@ -46,14 +46,20 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RRR_", extra="ignore", validate_default=True)
 
     # storage
-    database_url: str | None = Field(default=None, repr=False, description="SQLAlchemy URL; default SQLite under data_dir.")
+    database_url: str | None = Field(
+        default=None, repr=False, description="SQLAlchemy URL; default SQLite under data_dir."
+    )
     data_dir: Path = Field(default_factory=_default_data_dir, description="Embedded database, spool files.")
     auto_migrate: bool | None = Field(
-        default=None, description="Run schema migrations at startup; default: for SQLite files only (others: `rrr db upgrade`).")
+        default=None,
+        description="Run schema migrations at startup; default: for SQLite files only (others: `rrr db upgrade`).",
+    )
     spool_path: Path | None = Field(
-        default=None, description="Episode spool file (one per process); default data_dir/spool/episodes-<port>.jsonl.")
+        default=None, description="Episode spool file (one per process); default data_dir/spool/episodes-<port>.jsonl."
+    )
     adapters_root: Path | None = Field(
-        default=None, description="Published adapter folders (R16); default data_dir/adapters, as the learner's.")
+        default=None, description="Published adapter folders (R16); default data_dir/adapters, as the learner's."
+    )
     writer_max_queue: int = Field(default=10_000, ge=1)
     writer_batch_size: int = Field(default=200, ge=1)
 
@@ -62,13 +68,19 @@ class Settings(BaseSettings):
     engine_api_key: str | None = Field(default=None, repr=False, description="Bearer key the engines expect.")
     model: str | None = Field(default=None, description="Local model directory for the in-process engine.")
     base_model_name: str | None = Field(
-        default=None, description="Public name of the base model; default: asked from the engines (or the model folder name).")
+        default=None,
+        description="Public name of the base model; default: asked from the engines (or the model folder name).",
+    )
     engine_timeout_s: float = Field(default=120.0, gt=0)
     engine_connect_timeout_s: float = Field(default=2.0, gt=0)
     engine_failure_threshold: int = Field(default=3, ge=1)
     engine_probe_interval_s: float = Field(default=1.0, gt=0)
-    engine_startup_timeout_s: float = Field(default=60.0, ge=0, description="How long to wait for an engine at startup.")
-    local_device: str | None = Field(default=None, description="torch device of the local engine (default: cuda if any).")
+    engine_startup_timeout_s: float = Field(
+        default=60.0, ge=0, description="How long to wait for an engine at startup."
+    )
+    local_device: str | None = Field(
+        default=None, description="torch device of the local engine (default: cuda if any)."
+    )
     policy_ttl_s: float = Field(default=1.0, ge=0, description="How long the active adapter is cached.")
 
     # access
@@ -98,7 +110,8 @@ class Settings(BaseSettings):
 
     # streaming and shutdown
     stream_start_s: float = Field(
-        default=1.0, ge=0, description="A stream whose loop takes longer starts its SSE response (200) then.")
+        default=1.0, ge=0, description="A stream whose loop takes longer starts its SSE response (200) then."
+    )
     stream_keepalive_s: float = Field(default=10.0, gt=0, description="SSE comment interval while the loop runs.")
     shutdown_drain_s: float = Field(default=30.0, ge=0, description="How long shutdown waits for in-flight requests.")
     record_rejected: bool = Field(default=True, description="Store rejected chat requests as `rejected` episodes.")

@@ -127,8 +127,12 @@ class ModelResolver:
             if value is _DB_DOWN:
                 return self._fallback(key)
         if not isinstance(value, Resolved):
-            raise ApiError(404, f"The model `{name}` does not exist; GET /v1/models lists the models.",
-                           param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"The model `{name}` does not exist; GET /v1/models lists the models.",
+                param="model",
+                code="model_not_found",
+            )
         return value
 
     async def models(self) -> list[dict[str, Any]]:

@@ -29,8 +29,12 @@ from tools.verify import VerifierSpec, normalize_expected, parse_tool_choice
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 RRR_FIELDS = ("verifier", "expected_tool_calls", "task", "max_retries", "include_attempts")
 # Sampling parameters passed through to the engine as they are (after a type check).
-PASSTHROUGH_NUMBERS = {"presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0),
-                       "repetition_penalty": (0.0, 10.0), "min_p": (0.0, 1.0)}
+PASSTHROUGH_NUMBERS = {
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+    "repetition_penalty": (0.0, 10.0),
+    "min_p": (0.0, 1.0),
+}
 MAX_MODEL_NAME = 200
 MAX_TASK_CHARS = 200
 MAX_STOP = 16
@@ -146,8 +150,9 @@ def _messages(body: dict[str, Any], limit: int) -> list[dict[str, Any]]:
             raise _reject(f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}.", "shape", "messages")
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
-            raise _reject(f"messages[{index}].content must be a string, an array of parts or null.", "shape",
-                          "messages")
+            raise _reject(
+                f"messages[{index}].content must be a string, an array of parts or null.", "shape", "messages"
+            )
         calls = message.get("tool_calls")
         if calls is not None and not isinstance(calls, list):
             raise _reject(f"messages[{index}].tool_calls must be an array.", "shape", "messages")
@@ -161,8 +166,9 @@ def _tools(body: dict[str, Any], settings: Settings) -> tuple[list[dict[str, Any
     if not isinstance(tools, list):
         raise _reject("`tools` must be an array of function tools.", "shape", "tools")
     if not tools:
-        raise _reject("`tools` must not be an empty array. Either provide at least one tool or omit the field.",
-                      "shape", "tools")
+        raise _reject(
+            "`tools` must not be an empty array. Either provide at least one tool or omit the field.", "shape", "tools"
+        )
     if len(tools) > settings.max_tools:
         raise _reject(f"{len(tools)} tools; the limit is {settings.max_tools}.", "tools", "tools")
     specs: list[ToolSpec] = []
@@ -172,12 +178,18 @@ def _tools(body: dict[str, Any], settings: Settings) -> tuple[list[dict[str, Any
         except (ValueError, TypeError) as exc:
             raise _reject(f"tools[{index}]: {exc}.", "shape", "tools") from None
         if _depth_exceeds(spec.parameters, settings.max_schema_depth):
-            raise _reject(f"tool {spec.name!r}: parameters schema is nested more than {settings.max_schema_depth} "
-                          "levels deep.", "schema_depth", "tools")
+            raise _reject(
+                f"tool {spec.name!r}: parameters schema is nested more than {settings.max_schema_depth} levels deep.",
+                "schema_depth",
+                "tools",
+            )
         size = len(canonical_json(spec.parameters).encode("utf-8", "surrogatepass"))
         if size > settings.max_schema_bytes:
-            raise _reject(f"tool {spec.name!r}: parameters schema is {size} bytes; the limit is "
-                          f"{settings.max_schema_bytes}.", "schema_size", "tools")
+            raise _reject(
+                f"tool {spec.name!r}: parameters schema is {size} bytes; the limit is {settings.max_schema_bytes}.",
+                "schema_size",
+                "tools",
+            )
         specs.append(spec)
     try:
         validate_tool_specs(specs)
@@ -207,16 +219,19 @@ def _task_options(body: dict[str, Any], settings: Settings) -> TaskOptions:
         except (ValueError, TypeError) as exc:
             raise _reject(f"rrr.expected_tool_calls: {exc}.", "rrr", "rrr.expected_tool_calls") from None
     if verifier.needs_reference and expected is None:
-        raise _reject("rrr.verifier 'reference' needs rrr.expected_tool_calls (the reference answer).", "rrr",
-                      "rrr.expected_tool_calls")
+        raise _reject(
+            "rrr.verifier 'reference' needs rrr.expected_tool_calls (the reference answer).",
+            "rrr",
+            "rrr.expected_tool_calls",
+        )
     task = ext.get("task")
     if task is not None and (not isinstance(task, str) or not task or len(task) > MAX_TASK_CHARS):
-        raise _reject(f"rrr.task must be a non-empty string of at most {MAX_TASK_CHARS} characters.", "rrr",
-                      "rrr.task")
+        raise _reject(f"rrr.task must be a non-empty string of at most {MAX_TASK_CHARS} characters.", "rrr", "rrr.task")
     retries = ext.get("max_retries", 1)
     if not _is_int(retries) or not 0 <= retries <= settings.max_client_retries:
-        raise _reject(f"rrr.max_retries must be an integer from 0 to {settings.max_client_retries}.", "rrr",
-                      "rrr.max_retries")
+        raise _reject(
+            f"rrr.max_retries must be an integer from 0 to {settings.max_client_retries}.", "rrr", "rrr.max_retries"
+        )
     return TaskOptions(verifier=verifier, expected=expected, task=task, max_retries=retries)
 
 
@@ -255,7 +270,8 @@ def _stop(body: dict[str, Any]) -> list[str] | None:
     raise _reject(f"`stop` must be a string or an array of at most {MAX_STOP} strings.", "shape", "stop")
 
 
-def parse_chat(body: Any, settings: Settings) -> ChatInput:
+# Complexity: one check per field of the chat body, in the order OpenAI documents them.
+def parse_chat(body: Any, settings: Settings) -> ChatInput:  # noqa: C901
     """Check a chat-completion body against the shape and the limits; raise Rejection if it fails."""
     if not isinstance(body, dict):
         raise _reject("The request body must be a JSON object.", "shape")
@@ -314,8 +330,15 @@ def parse_chat(body: Any, settings: Settings) -> ChatInput:
         parallel_tool_calls=parallel,
         extra=extra,
     )
-    return ChatInput(model=model or None, request=request, specs=specs, options=_task_options(body, settings),
-                     stream=stream, include_usage=include_usage, include_attempts=_include_attempts(body))
+    return ChatInput(
+        model=model or None,
+        request=request,
+        specs=specs,
+        options=_task_options(body, settings),
+        stream=stream,
+        include_usage=include_usage,
+        include_attempts=_include_attempts(body),
+    )
 
 
 def parse_model(raw: bytes, model: type[BaseModel]) -> Any:

@@ -34,9 +34,14 @@ def episode_summary(episode: Episode) -> dict[str, Any]:
         "prompt_tokens": episode.prompt_tokens,
         "completion_tokens": episode.completion_tokens,
         "error": sanitize(episode.error) if episode.error else None,
-        "feedback": None if episode.feedback_ok is None else {
-            "ok": episode.feedback_ok, "reason": episode.feedback_reason, "at": iso(episode.feedback_at),
-            "expected_tool_calls": episode.feedback_expected_calls},
+        "feedback": None
+        if episode.feedback_ok is None
+        else {
+            "ok": episode.feedback_ok,
+            "reason": episode.feedback_reason,
+            "at": iso(episode.feedback_at),
+            "expected_tool_calls": episode.feedback_expected_calls,
+        },
         "trainable": episode.trainable,
         "consumed_by_run": episode.consumed_by_run,
     }
@@ -49,8 +54,9 @@ def attempt_view(attempt: Attempt) -> dict[str, Any]:
         "text": attempt.text,
         "tool_calls": attempt.tool_calls,
         "finish_reason": attempt.finish_reason,
-        "verdict": None if attempt.ok is None else {
-            "ok": attempt.ok, "reason": attempt.reason, "details": attempt.details},
+        "verdict": None
+        if attempt.ok is None
+        else {"ok": attempt.ok, "reason": attempt.reason, "details": attempt.details},
         "prompt_tokens": attempt.prompt_tokens,
         "completion_tokens": attempt.completion_tokens,
         "latency_ms": attempt.latency_ms,
@@ -64,8 +70,11 @@ def episode_detail(episode: Episode) -> dict[str, Any]:
     attempts = [attempt_view(a) for a in episode.attempts]
     return {
         **episode_summary(episode),
-        "request": {"messages": episode.request_messages, "tools": episode.request_tools,
-                    "tool_choice": episode.tool_choice},
+        "request": {
+            "messages": episode.request_messages,
+            "tools": episode.request_tools,
+            "tool_choice": episode.tool_choice,
+        },
         "verifier": episode.verifier,
         "expected_tool_calls": episode.expected_calls,
         "attempts": attempts,

@@ -76,12 +76,16 @@ def wire_tool_calls(raw: Any) -> list[dict[str, Any]]:
         fn: dict[str, Any] = inner if isinstance(inner, dict) else item
         name = fn.get("name")
         call_id = item.get("id")
-        calls.append({
-            "id": call_id if isinstance(call_id, str) and call_id else "call_" + uuid.uuid4().hex[:24],
-            "type": "function",
-            "function": {"name": name if isinstance(name, str) else str(name or ""),
-                         "arguments": _arguments(fn.get("arguments"))},
-        })
+        calls.append(
+            {
+                "id": call_id if isinstance(call_id, str) and call_id else "call_" + uuid.uuid4().hex[:24],
+                "type": "function",
+                "function": {
+                    "name": name if isinstance(name, str) else str(name or ""),
+                    "arguments": _arguments(fn.get("arguments")),
+                },
+            }
+        )
     return calls
 
 
@@ -112,9 +116,7 @@ def completion_id(episode_id: str) -> str:
     return "chatcmpl-" + episode_id.replace("-", "")
 
 
-def completion_body(
-    outcome: Outcome, *, model: str, created: int, rrr: dict[str, Any]
-) -> dict[str, Any]:
+def completion_body(outcome: Outcome, *, model: str, created: int, rrr: dict[str, Any]) -> dict[str, Any]:
     """The ``chat.completion`` body for an outcome that has an answer."""
     assert outcome.answer is not None
     message = wire_message(outcome.answer.message)
@@ -123,8 +125,14 @@ def completion_body(
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": wire_finish_reason(outcome.answer.finish_reason, message)}],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": wire_finish_reason(outcome.answer.finish_reason, message),
+            }
+        ],
         "usage": usage(outcome),
         "system_fingerprint": None,
         "rrr": rrr,
@@ -140,9 +148,16 @@ class ChunkWriter:
         self.created = created
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
-        return sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-                    **extra})
+        return sse(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+                **extra,
+            }
+        )
 
     def role(self) -> bytes:
         return self._chunk({"role": "assistant", "content": ""})
@@ -156,13 +171,35 @@ class ChunkWriter:
             frames.append(self._chunk({"content": message["content"]}))
         for index, call in enumerate(message.get("tool_calls", [])):
             fn = call["function"]
-            frames.append(self._chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                                                       "function": {"name": fn["name"], "arguments": ""}}]}))
+            frames.append(
+                self._chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": index,
+                                "id": call["id"],
+                                "type": "function",
+                                "function": {"name": fn["name"], "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            )
             frames.append(self._chunk({"tool_calls": [{"index": index, "function": {"arguments": fn["arguments"]}}]}))
         frames.append(self._chunk({}, wire_finish_reason(outcome.answer.finish_reason, message), rrr=rrr))
         if include_usage:
-            frames.append(sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                               "model": self.model, "choices": [], "usage": usage(outcome)}))
+            frames.append(
+                sse(
+                    {
+                        "id": self.id,
+                        "object": "chat.completion.chunk",
+                        "created": self.created,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": usage(outcome),
+                    }
+                )
+            )
         frames.append(DONE)
         return frames
 

@@ -27,12 +27,19 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 BODY = {"model": "rrr", "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": TOOLS}
 
-STUB = r'''
+STUB = r"""
 import asyncio, json, sys, time, uuid
 delay = float(sys.argv[2]) / 1000
 REPLY = {"id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": "base",
@@ -64,7 +71,7 @@ async def app(scope, receive, send):
 
 import uvicorn
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
-'''
+"""
 
 
 def free_port() -> int:
@@ -93,13 +100,16 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
     raise RuntimeError(f"{url} did not come up in {timeout:.0f}s")
 
 
-async def drive(url: str, clients: int, *, requests: int | None = None, seconds: float | None = None) -> dict[str, float]:
+async def drive(
+    url: str, clients: int, *, requests: int | None = None, seconds: float | None = None
+) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
     stop_at = time.monotonic() + 3600.0  # the warm-up is bounded by count; the measured run by time too
     remaining = [0]
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
+
         async def worker() -> None:
             nonlocal errors
             while remaining[0] > 0 and time.monotonic() < stop_at:
@@ -120,8 +130,14 @@ async def drive(url: str, clients: int, *, requests: int | None = None, seconds:
         await asyncio.gather(*(worker() for _ in range(clients)))
         elapsed = time.perf_counter() - began
     q = statistics.quantiles(latencies, n=100)
-    return {"n": len(latencies), "errors": errors, "p50_ms": q[49] * 1000, "p95_ms": q[94] * 1000,
-            "p99_ms": q[98] * 1000, "rps": len(latencies) / elapsed}
+    return {
+        "n": len(latencies),
+        "errors": errors,
+        "p50_ms": q[49] * 1000,
+        "p95_ms": q[94] * 1000,
+        "p99_ms": q[98] * 1000,
+        "rps": len(latencies) / elapsed,
+    }
 
 
 def start_pair(delay_ms: float, workdir: Path) -> tuple[list[subprocess.Popen[bytes]], str, str]:
@@ -138,12 +154,32 @@ def start_pair(delay_ms: float, workdir: Path) -> tuple[list[subprocess.Popen[by
     return procs, stub_url + "/v1/chat/completions", rrr_url + "/v1/chat/completions"
 
 
-def start_rrr(stub_url: str, rrr_port: int, delay_ms: float, workdir: Path, procs: list[subprocess.Popen[bytes]]) -> str:
+def start_rrr(
+    stub_url: str, rrr_port: int, delay_ms: float, workdir: Path, procs: list[subprocess.Popen[bytes]]
+) -> str:
     env = {**os.environ, "RRR_DATA_DIR": str(workdir / f"data-{delay_ms:g}"), "RRR_LOG_LEVEL": "WARNING"}
-    rrr = subprocess.Popen(pinned([sys.executable, "-m", "cli", "serve", "--engine-url", stub_url + "/v1",
-                                   "--database-url", f"sqlite:///{workdir}/rrr-{delay_ms:g}.db",
-                                   "--host", "127.0.0.1", "--port", str(rrr_port)], 1), env=env,
-                           stdout=subprocess.DEVNULL, cwd=ROOT)
+    rrr = subprocess.Popen(
+        pinned(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "serve",
+                "--engine-url",
+                stub_url + "/v1",
+                "--database-url",
+                f"sqlite:///{workdir}/rrr-{delay_ms:g}.db",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(rrr_port),
+            ],
+            1,
+        ),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
     procs.append(rrr)
     rrr_url = f"http://127.0.0.1:{rrr_port}"
     wait_ready(rrr_url + "/health", rrr)
@@ -164,11 +200,15 @@ def report(name: str, direct: dict[str, float], proxied: dict[str, float]) -> di
     print(f"\n{name}")
     print(f"{'':>10} {'n':>6} {'err':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>8}")
     for label, row in (("direct", direct), ("via rrr", proxied)):
-        print(f"{label:>10} {row['n']:>6.0f} {row['errors']:>4.0f} {row['p50_ms']:>8.2f} {row['p95_ms']:>8.2f} "
-              f"{row['p99_ms']:>8.2f} {row['rps']:>8.1f}")
+        print(
+            f"{label:>10} {row['n']:>6.0f} {row['errors']:>4.0f} {row['p50_ms']:>8.2f} {row['p95_ms']:>8.2f} "
+            f"{row['p99_ms']:>8.2f} {row['rps']:>8.1f}"
+        )
     added = {k: proxied[k] - direct[k] for k in ("p50_ms", "p95_ms", "p99_ms")}
-    print(f"{'added':>10} {'':>6} {'':>4} {added['p50_ms']:>8.2f} {added['p95_ms']:>8.2f} {added['p99_ms']:>8.2f} "
-          f"{proxied['rps'] / direct['rps']:>7.2f}x")
+    print(
+        f"{'added':>10} {'':>6} {'':>4} {added['p50_ms']:>8.2f} {added['p95_ms']:>8.2f} {added['p99_ms']:>8.2f} "
+        f"{proxied['rps'] / direct['rps']:>7.2f}x"
+    )
     return {"direct": direct, "rrr": proxied, "added": added, "rps_ratio": proxied["rps"] / direct["rps"]}
 
 
@@ -180,8 +220,10 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for delay_ms, clients, name in ((0.0, 1, "latency: 1 client, upstream answers at once"),
-                                        (50.0, 16, "throughput: 16 clients, 50 ms upstream")):
+        for delay_ms, clients, name in (
+            (0.0, 1, "latency: 1 client, upstream answers at once"),
+            (50.0, 16, "throughput: 16 clients, 50 ms upstream"),
+        ):
             procs, direct_url, rrr_url = start_pair(delay_ms, Path(tmp))
             try:
                 kw = {"requests": args.requests} if clients == 1 else {"seconds": args.seconds}

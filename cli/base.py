@@ -56,4 +56,3 @@ def _engine_pool(urls: list[str]) -> EnginePool:
         fail("no serving engine: give --engine-url URL (or set RRR_ENGINE_URLS)")
     key = os.environ.get("RRR_ENGINE_API_KEY") or None
     return EnginePool([VLLMEngine(url, key, name=f"engine-{i}") for i, url in enumerate(urls)])
-

@@ -16,7 +16,9 @@ app.add_typer(tools_app, name="tools")
 
 @db_app.command("upgrade")
 def db_upgrade(
-    database_url: str = typer.Option(None, "--database-url", help="SQLAlchemy URL; default $RRR_DATABASE_URL or SQLite under $RRR_DATA_DIR."),
+    database_url: str = typer.Option(
+        None, "--database-url", help="SQLAlchemy URL; default $RRR_DATABASE_URL or SQLite under $RRR_DATA_DIR."
+    ),
     revision: str = typer.Option("head", help="Target Alembic revision."),
 ) -> None:
     """Create or migrate the schema to REVISION (default: the newest)."""

@@ -18,8 +18,11 @@ def demo_build_policy(
     out: Path = typer.Option(Path("demo/policy"), "--out", help="Directory to write the policy into (replaced)."),
     seed: int = typer.Option(0, "--seed", help="Corpus, initialisation and batch-order seed."),
     steps: int | None = typer.Option(None, "--steps", help="Optimiser steps (default: the shipped recipe)."),
-    threads: int = typer.Option(2, "--threads", help="CPU threads for training (the result depends on it only "
-                                "through floating-point summation order)."),
+    threads: int = typer.Option(
+        2,
+        "--threads",
+        help="CPU threads for training (the result depends on it only through floating-point summation order).",
+    ),
 ) -> None:
     """Train the demo's base policy from scratch on the synthetic catalog corpus (minutes on 2 cores)."""
     from dataclasses import replace
@@ -37,8 +40,9 @@ def demo_build_policy(
     except OSError as exc:
         fail(f"could not write the policy to {out}: {exc.strerror or exc}")
     size = policy_size_bytes(out) / 1e6
-    typer.echo(f"policy written to {out}: {result.parameters:,} parameters, {size:.1f} MB, "
-               f"trained in {result.seconds:.0f} s")
+    typer.echo(
+        f"policy written to {out}: {result.parameters:,} parameters, {size:.1f} MB, trained in {result.seconds:.0f} s"
+    )
 
 
 @demo_app.command("eval-policy")
@@ -65,8 +69,9 @@ def demo_eval_policy(
         fail(f"the ml extra is not installed ({exc.name}); install with: pip install -e '.[ml]'")
     if not (policy / "config.json").is_file():
         fail(f"no policy at {policy}; build one with: rrr demo build-policy --out {policy}")
-    summary = evaluate_policy(policy, held_out_items(n, policy_recipe(policy)), adapter_dir=adapter,
-                              num_threads=threads)
+    summary = evaluate_policy(
+        policy, held_out_items(n, policy_recipe(policy)), adapter_dir=adapter, num_threads=threads
+    )
     if out is not None:
         write_summary(out, summary)
     typer.echo(json.dumps(summary, ensure_ascii=False) if as_json else format_summary(summary))
@@ -77,10 +82,15 @@ def demo_tasks(
     split: str = typer.Option("heldout", "--split", help="train (the demo's traffic) or heldout."),
     n: int = typer.Option(600, "--n", help="How many tasks."),
     out: Path = typer.Option(..., "--out", help="JSON Lines file to write (the repo's openai format)."),
-    policy: Path = typer.Option(Path("demo/policy"), "--policy",
-                                help="The policy whose recipe decides the held-out set (its sft.json)."),
-    heldout: int = typer.Option(500, "--heldout", help="With --split train: held-out tasks the traffic must "
-                                "not share a query with (as `rrr demo run --heldout`)."),
+    policy: Path = typer.Option(
+        Path("demo/policy"), "--policy", help="The policy whose recipe decides the held-out set (its sft.json)."
+    ),
+    heldout: int = typer.Option(
+        500,
+        "--heldout",
+        help="With --split train: held-out tasks the traffic must "
+        "not share a query with (as `rrr demo run --heldout`).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Traffic seed (as `rrr demo run --seed`)."),
 ) -> None:
     """Write demo tasks with their reference answers (`rrr eval`/`--dataset openai:PATH` reads them)."""
@@ -108,7 +118,9 @@ def demo_tasks(
 def demo_run(
     out: Path = typer.Option(Path(".rrr-demo"), "--out", help="Demo folder (git-ignored; cleaned before each run)."),
     policy: Path | None = typer.Option(None, "--policy", help="Base policy (default: demo/policy, else built once)."),
-    train: int | None = typer.Option(None, "--train", help="Training tasks sent before the learner cycle (default 1000)."),
+    train: int | None = typer.Option(
+        None, "--train", help="Training tasks sent before the learner cycle (default 1000)."
+    ),
     heldout: int | None = typer.Option(None, "--heldout", help="Held-out tasks measured per policy (default 500)."),
     steps: int | None = typer.Option(None, "--steps", help="GRPO steps (default: the demo's setting)."),
     seed: int = typer.Option(0, "--seed", help="Traffic and learner seed."),
@@ -138,10 +150,12 @@ def demo_run(
     try:
         config = DemoConfig(out_dir=out, policy=policy, build_policy_if_missing=not no_build, seed=seed)
         config = dataclasses.replace(
-            config, n_train=config.n_train if train is None else train,
+            config,
+            n_train=config.n_train if train is None else train,
             n_heldout=config.n_heldout if heldout is None else heldout,
             concurrency=config.concurrency if concurrency is None else concurrency,
-            train=dataclasses.replace(config.train if steps is None else demo_train_config(steps), seed=seed))
+            train=dataclasses.replace(config.train if steps is None else demo_train_config(steps), seed=seed),
+        )
     except ValueError as exc:
         fail(str(exc))
 

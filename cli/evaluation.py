@@ -65,8 +65,10 @@ def _model_names(names: list[str], *, base_url: str | None, model: str | None) -
             fail(f"--model-name {raw!r}: the name is empty")
         if sep:
             if base_url is not None:
-                fail(f"--model-name {raw!r}: NAME=ADAPTER_DIR needs --model DIR; with --base-url give the names "
-                     "rrr serves (GET /v1/models)")
+                fail(
+                    f"--model-name {raw!r}: NAME=ADAPTER_DIR needs --model DIR; with --base-url give the names "
+                    "rrr serves (GET /v1/models)"
+                )
             if not (Path(path) / "adapter_config.json").is_file():
                 fail(f"--model-name {raw!r}: {path} is not an adapter folder (no adapter_config.json)")
             adapters[name] = str(Path(path).resolve())
@@ -80,19 +82,43 @@ def _model_names(names: list[str], *, base_url: str | None, model: str | None) -
 
 
 @eval_app.command("run")
-def eval_run(
+def eval_run(  # noqa: C901 (a command: flag checks, then one call per stage)
     dataset: str = typer.Option(..., "--dataset", help="FORMAT:PATH with FORMAT xlam, bfcl, openai or countdown."),
     answers: str | None = typer.Option(None, "--answers", help="BFCL possible_answer file (default: BFCL's layout)."),
-    base_url: str | None = typer.Option(None, "--base-url", help="A running `rrr serve`, e.g. http://127.0.0.1:8000 (it reflects and retries itself)."),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="RRR_API_KEY", show_envvar=True, help="Inference key for --base-url."),
-    model: str | None = typer.Option(None, "--model", help="Local model directory (or Hugging Face id), run in-process with rrr's loop (needs the ml extra)."),
-    model_name: list[str] = typer.Option([], "--model-name", help="Model or adapter to evaluate, repeatable (one table row each). With --base-url: names rrr serves (default `rrr`, the active policy). With --model: a label for the base model, or NAME=ADAPTER_DIR for a LoRA folder."),
-    attempts: int = typer.Option(2, "--attempts", help="Answer attempts per item: 2 = first try, then a retry after self-reflection."),
+    base_url: str | None = typer.Option(
+        None, "--base-url", help="A running `rrr serve`, e.g. http://127.0.0.1:8000 (it reflects and retries itself)."
+    ),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="RRR_API_KEY", show_envvar=True, help="Inference key for --base-url."
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="Local model directory (or Hugging Face id), run in-process with rrr's loop (needs the ml extra).",
+    ),
+    model_name: list[str] = typer.Option(
+        [],
+        "--model-name",
+        help=(
+            "Model or adapter to evaluate, repeatable (one table row each). With --base-url: names rrr serves "
+            "(default `rrr`, the active policy). With --model: a label for the base model, or NAME=ADAPTER_DIR for "
+            "a LoRA folder."
+        ),
+    ),
+    attempts: int = typer.Option(
+        2, "--attempts", help="Answer attempts per item: 2 = first try, then a retry after self-reflection."
+    ),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N items of the dataset."),
-    out: str = typer.Option("rrr-eval", "--out", help="Output folder: items.jsonl, summary.json, table.md, chart.png. Rerunning with the same folder resumes."),
+    out: str = typer.Option(
+        "rrr-eval",
+        "--out",
+        help="Output folder: items.jsonl, summary.json, table.md, chart.png. Rerunning with the same folder resumes.",
+    ),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Cap per answer."),
     temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature of the answers (0 = greedy)."),
-    concurrency: int = typer.Option(4, "--concurrency", help="Items in flight at once (--base-url only; a local model runs one at a time)."),
+    concurrency: int = typer.Option(
+        4, "--concurrency", help="Items in flight at once (--base-url only; a local model runs one at a time)."
+    ),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds per item (all its model calls)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object instead of the table."),
 ) -> None:
@@ -118,8 +144,11 @@ def eval_run(
     from tools.formats import load_dataset, split_spec
 
     if (base_url is None) == (model is None):
-        fail("give either --base-url URL (a running `rrr serve`) or --model DIR (a local model), not both" if base_url
-             else "nothing to evaluate: give --base-url URL (a running `rrr serve`) or --model DIR (a local model)")
+        fail(
+            "give either --base-url URL (a running `rrr serve`) or --model DIR (a local model), not both"
+            if base_url
+            else "nothing to evaluate: give --base-url URL (a running `rrr serve`) or --model DIR (a local model)"
+        )
     if limit is not None and limit < 1:
         fail(f"--limit must be at least 1, got {limit}")
     if max_tokens < 1 or timeout <= 0 or not 0.0 <= temperature <= 2.0:
@@ -154,6 +183,7 @@ def eval_run(
     spec = f"{fmt}:{Path(path).resolve()}"
 
     with tqdm(total=0, desc="evaluating", unit="item", disable=None) as bar:
+
         def started(todo: int, resumed: int) -> None:
             bar.total = todo
             bar.refresh()
@@ -165,8 +195,9 @@ def eval_run(
 
         async def go() -> EvalRun:
             try:
-                return await run_evaluation(tasks, runner, names, out, dataset=spec, config=config,
-                                            on_start=started, on_item=step)
+                return await run_evaluation(
+                    tasks, runner, names, out, dataset=spec, config=config, on_start=started, on_item=step
+                )
             finally:
                 await runner.aclose()
 
@@ -189,5 +220,7 @@ def eval_run(
             typer.echo(f"note: {reports.chart_note}", err=True)
     if run.errors:
         model_, item, message = run.errors[0]
-        fail(f"{len(run.errors)} item(s) could not be evaluated (first: item {item} on {model_}: {message}); "
-             "rerun the same command to retry them")
+        fail(
+            f"{len(run.errors)} item(s) could not be evaluated (first: item {item} on {model_}: {message}); "
+            "rerun the same command to retry them"
+        )

@@ -11,9 +11,12 @@ from cli.base import _data_dir, _engine_pool, _engine_urls, _session_factory, ap
 
 # --- learner and adapters -------------------------------------------------------------------------------
 
-learn_app = typer.Typer(help="The learner: mine failures, run one cycle now, or run on a schedule.", no_args_is_help=True)
-adapters_app = typer.Typer(help="LoRA adapters: list, activate, roll back (verified, loaded and probed before any flip).",
-                           no_args_is_help=True)
+learn_app = typer.Typer(
+    help="The learner: mine failures, run one cycle now, or run on a schedule.", no_args_is_help=True
+)
+adapters_app = typer.Typer(
+    help="LoRA adapters: list, activate, roll back (verified, loaded and probed before any flip).", no_args_is_help=True
+)
 app.add_typer(learn_app, name="learn")
 app.add_typer(adapters_app, name="adapters")
 
@@ -25,35 +28,129 @@ if TYPE_CHECKING:
     from learner.mine import MineSummary
     from store.models import Adapter
 
-_DB_OPT = typer.Option(None, "--database-url", help="SQLAlchemy URL; default $RRR_DATABASE_URL or SQLite under $RRR_DATA_DIR.")
+_DB_OPT = typer.Option(
+    None, "--database-url", help="SQLAlchemy URL; default $RRR_DATABASE_URL or SQLite under $RRR_DATA_DIR."
+)
 # The learner's flags override `learner.settings.LearnerSettings` (RRR_* variables, the RRR_CONFIG file); a flag
 # left out keeps the setting, and an unset setting keeps the default of `learner.config` (shown by --help there).
-_ENGINES_OPT = typer.Option([], "--engine-url", help="Serving engine URL (vLLM or `rrr engine serve`); repeat or comma-separate replicas. [env: RRR_ENGINE_URLS]")
-_ROOT_OPT = typer.Option(None, "--adapters-root", help="Folder of published adapters (default: adapters/ under $RRR_DATA_DIR); the engines must see the same path. [env: RRR_ADAPTERS_ROOT]")
-_MODEL_OPT = typer.Option(None, "--model", help="Base model folder the engines serve (training and the gate's local engine use it). [env: RRR_MODEL]")
-_BASE_OPT = typer.Option(None, "--base-model-name", help="The engines' served base name (default: asked from the engines). [env: RRR_BASE_MODEL_NAME]")
-_WORK_OPT = typer.Option(None, "--work-dir", help="Training outputs and checkpoints (default: learner/ under $RRR_DATA_DIR). [env: RRR_LEARNER_WORK_DIR]")
-_K_OPT = typer.Option(None, "--min-failures", help="K: train only when at least this many new trainable failures exist (default 32). [env: RRR_LEARN_MIN_FAILURES]")
-_MARGIN_OPT = typer.Option(None, "--gate-margin", help="Held-out retry success must improve by at least this (default 0.02 = 2 points). [env: RRR_GATE_MARGIN]")
-_TOL_OPT = typer.Option(None, "--gate-tolerance", help="Regression first-attempt success may drop by at most this (default 0.01). [env: RRR_GATE_TOLERANCE]")
-_MIN_ITEMS_OPT = typer.Option(None, "--gate-min-items", help="Fewer held-out items than this: no promotion (default 20). [env: RRR_GATE_MIN_ITEMS]")
-_HELDOUT_OPT = typer.Option(None, "--heldout-fraction", help="Share of the batch's failures held out for the gate (default 0.2). [env: RRR_HELDOUT_FRACTION]")
-_REGRESSION_OPT = typer.Option(None, "--regression-limit", help="Past successes the gate re-checks for forgetting (default: the dataset limit). [env: RRR_REGRESSION_LIMIT]")
-_DRAIN_OPT = typer.Option(None, "--drain-s", help="Seconds a replaced adapter stays loaded; cover the API deadline + policy TTL (default 120). [env: RRR_ADAPTER_DRAIN_S]")
-_RANK_OPT = typer.Option(None, "--max-lora-rank", help="The engines' --max-lora-rank (default 16). [env: RRR_MAX_LORA_RANK]")
-_SHARE_OPT = typer.Option(None, "--max-client-share", help="Largest share of a batch from one client key; 1.0 for single-tenant or mined data (default 0.25). [env: RRR_MAX_CLIENT_SHARE]")
-_LIMIT_OPT = typer.Option(None, "--dataset-limit", help="Failures per training batch at most (default 512). [env: RRR_DATASET_LIMIT]")
-_TRAIN_OPT = typer.Option(None, "--train-config", help="JSON file of TrainConfig fields (default: the paper's defaults). [env: RRR_TRAIN_CONFIG]")
-_INTERVAL_OPT = typer.Option(None, "--interval", help="Seconds between scheduled cycles (default 3600). [env: RRR_LEARN_INTERVAL_S]")
-_LAUNCHER_OPT = typer.Option(None, "--train-launcher", help="Command that starts the training process in place of `python`, e.g. 'accelerate launch --num_processes 4' for multi-GPU training. [env: RRR_TRAIN_LAUNCHER]")
+_ENGINES_OPT = typer.Option(
+    [],
+    "--engine-url",
+    help="Serving engine URL (vLLM or `rrr engine serve`); repeat or comma-separate replicas. [env: RRR_ENGINE_URLS]",
+)
+_ROOT_OPT = typer.Option(
+    None,
+    "--adapters-root",
+    help=(
+        "Folder of published adapters (default: adapters/ under $RRR_DATA_DIR); the engines must see the same "
+        "path. [env: RRR_ADAPTERS_ROOT]"
+    ),
+)
+_MODEL_OPT = typer.Option(
+    None,
+    "--model",
+    help="Base model folder the engines serve (training and the gate's local engine use it). [env: RRR_MODEL]",
+)
+_BASE_OPT = typer.Option(
+    None,
+    "--base-model-name",
+    help="The engines' served base name (default: asked from the engines). [env: RRR_BASE_MODEL_NAME]",
+)
+_WORK_OPT = typer.Option(
+    None,
+    "--work-dir",
+    help="Training outputs and checkpoints (default: learner/ under $RRR_DATA_DIR). [env: RRR_LEARNER_WORK_DIR]",
+)
+_K_OPT = typer.Option(
+    None,
+    "--min-failures",
+    help=(
+        "K: train only when at least this many new trainable failures exist (default 32). [env: RRR_LEARN_MIN_FAILURES]"
+    ),
+)
+_MARGIN_OPT = typer.Option(
+    None,
+    "--gate-margin",
+    help="Held-out retry success must improve by at least this (default 0.02 = 2 points). [env: RRR_GATE_MARGIN]",
+)
+_TOL_OPT = typer.Option(
+    None,
+    "--gate-tolerance",
+    help="Regression first-attempt success may drop by at most this (default 0.01). [env: RRR_GATE_TOLERANCE]",
+)
+_MIN_ITEMS_OPT = typer.Option(
+    None,
+    "--gate-min-items",
+    help="Fewer held-out items than this: no promotion (default 20). [env: RRR_GATE_MIN_ITEMS]",
+)
+_HELDOUT_OPT = typer.Option(
+    None,
+    "--heldout-fraction",
+    help="Share of the batch's failures held out for the gate (default 0.2). [env: RRR_HELDOUT_FRACTION]",
+)
+_REGRESSION_OPT = typer.Option(
+    None,
+    "--regression-limit",
+    help="Past successes the gate re-checks for forgetting (default: the dataset limit). [env: RRR_REGRESSION_LIMIT]",
+)
+_DRAIN_OPT = typer.Option(
+    None,
+    "--drain-s",
+    help=(
+        "Seconds a replaced adapter stays loaded; cover the API deadline + policy TTL (default 120). [env: "
+        "RRR_ADAPTER_DRAIN_S]"
+    ),
+)
+_RANK_OPT = typer.Option(
+    None, "--max-lora-rank", help="The engines' --max-lora-rank (default 16). [env: RRR_MAX_LORA_RANK]"
+)
+_SHARE_OPT = typer.Option(
+    None,
+    "--max-client-share",
+    help=(
+        "Largest share of a batch from one client key; 1.0 for single-tenant or mined data (default 0.25). [env: "
+        "RRR_MAX_CLIENT_SHARE]"
+    ),
+)
+_LIMIT_OPT = typer.Option(
+    None, "--dataset-limit", help="Failures per training batch at most (default 512). [env: RRR_DATASET_LIMIT]"
+)
+_TRAIN_OPT = typer.Option(
+    None,
+    "--train-config",
+    help="JSON file of TrainConfig fields (default: the paper's defaults). [env: RRR_TRAIN_CONFIG]",
+)
+_INTERVAL_OPT = typer.Option(
+    None, "--interval", help="Seconds between scheduled cycles (default 3600). [env: RRR_LEARN_INTERVAL_S]"
+)
+_LAUNCHER_OPT = typer.Option(
+    None,
+    "--train-launcher",
+    help=(
+        "Command that starts the training process in place of `python`, e.g. 'accelerate launch --num_processes 4' "
+        "for multi-GPU training. [env: RRR_TRAIN_LAUNCHER]"
+    ),
+)
 
 _FLAG_SETTINGS = {
-    "database_url": "database_url", "adapters_root": "adapters_root", "model": "model",
-    "base_model_name": "base_model_name", "work_dir": "learner_work_dir", "min_failures": "learn_min_failures",
-    "gate_margin": "gate_margin", "gate_tolerance": "gate_tolerance", "gate_min_items": "gate_min_items",
-    "heldout_fraction": "heldout_fraction", "regression_limit": "regression_limit", "drain_s": "adapter_drain_s",
-    "max_lora_rank": "max_lora_rank", "max_client_share": "max_client_share", "dataset_limit": "dataset_limit",
-    "train_config": "train_config", "interval": "learn_interval_s", "train_launcher": "train_launcher",
+    "database_url": "database_url",
+    "adapters_root": "adapters_root",
+    "model": "model",
+    "base_model_name": "base_model_name",
+    "work_dir": "learner_work_dir",
+    "min_failures": "learn_min_failures",
+    "gate_margin": "gate_margin",
+    "gate_tolerance": "gate_tolerance",
+    "gate_min_items": "gate_min_items",
+    "heldout_fraction": "heldout_fraction",
+    "regression_limit": "regression_limit",
+    "drain_s": "adapter_drain_s",
+    "max_lora_rank": "max_lora_rank",
+    "max_client_share": "max_client_share",
+    "dataset_limit": "dataset_limit",
+    "train_config": "train_config",
+    "interval": "learn_interval_s",
+    "train_launcher": "train_launcher",
 }
 
 
@@ -81,13 +178,17 @@ def _learner_config(engine_url: list[str], **flags: object) -> tuple[LearnerConf
 @learn_app.command("mine")
 def learn_mine(
     dataset: str = typer.Option(..., "--dataset", help="FORMAT:PATH with FORMAT xlam, bfcl, openai or countdown."),
-    samples: int = typer.Option(8, "--samples", help="Answers sampled per query at most (sampling stops at the first failure)."),
+    samples: int = typer.Option(
+        8, "--samples", help="Answers sampled per query at most (sampling stops at the first failure)."
+    ),
     engine_url: str = typer.Option(..., "--engine-url", help="The engine to sample from (vLLM or `rrr engine serve`)."),
     database_url: str | None = _DB_OPT,
     answers: str | None = typer.Option(None, "--answers", help="BFCL possible_answer file (default: BFCL's layout)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (above 0)."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Cap per sampled answer."),
-    model: str | None = typer.Option(None, "--model", help="Adapter name to sample from (default: the engine's base model)."),
+    model: str | None = typer.Option(
+        None, "--model", help="Adapter name to sample from (default: the engine's base model)."
+    ),
     task: str = typer.Option("mined", "--task", help="Task tag stored on the episodes."),
     concurrency: int = typer.Option(4, "--concurrency", help="Queries sampled at once."),
     seed: int | None = typer.Option(None, "--seed", help="Base sampling seed (repeatable runs)."),
@@ -103,14 +204,22 @@ def learn_mine(
     from tools.formats import load_dataset
 
     try:
-        config = MineConfig(samples=samples, temperature=temperature, max_tokens=max_tokens,
-                            concurrency=concurrency, model=model, task=task, seed=seed)
+        config = MineConfig(
+            samples=samples,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            concurrency=concurrency,
+            model=model,
+            task=task,
+            seed=seed,
+        )
         items = load_dataset(dataset, answers)
     except ValueError as exc:
         fail(str(exc))
     _, sessions = _session_factory(database_url)
     pool = _engine_pool([engine_url])
     with tqdm(total=len(items), desc="mining", unit="query", disable=None) as bar:
+
         def step(summary: MineSummary) -> None:
             bar.update(1)
             bar.set_postfix(failures=summary.queries_with_failure, ok=summary.queries_all_ok)
@@ -149,14 +258,24 @@ def _print_cycle(result: CycleResult, as_json: bool) -> None:
 
 @learn_app.command("run")
 def learn_run(
-    database_url: str | None = _DB_OPT, engine_url: list[str] = _ENGINES_OPT, adapters_root: str | None = _ROOT_OPT,
-    model: str | None = _MODEL_OPT, base_model_name: str | None = _BASE_OPT, work_dir: str | None = _WORK_OPT,
-    min_failures: int | None = _K_OPT, gate_margin: float | None = _MARGIN_OPT,
-    gate_tolerance: float | None = _TOL_OPT, gate_min_items: int | None = _MIN_ITEMS_OPT,
-    heldout_fraction: float | None = _HELDOUT_OPT, regression_limit: int | None = _REGRESSION_OPT,
-    drain_s: float | None = _DRAIN_OPT, max_lora_rank: int | None = _RANK_OPT,
-    max_client_share: float | None = _SHARE_OPT, dataset_limit: int | None = _LIMIT_OPT,
-    train_config: str | None = _TRAIN_OPT, train_launcher: str | None = _LAUNCHER_OPT,
+    database_url: str | None = _DB_OPT,
+    engine_url: list[str] = _ENGINES_OPT,
+    adapters_root: str | None = _ROOT_OPT,
+    model: str | None = _MODEL_OPT,
+    base_model_name: str | None = _BASE_OPT,
+    work_dir: str | None = _WORK_OPT,
+    min_failures: int | None = _K_OPT,
+    gate_margin: float | None = _MARGIN_OPT,
+    gate_tolerance: float | None = _TOL_OPT,
+    gate_min_items: int | None = _MIN_ITEMS_OPT,
+    heldout_fraction: float | None = _HELDOUT_OPT,
+    regression_limit: int | None = _REGRESSION_OPT,
+    drain_s: float | None = _DRAIN_OPT,
+    max_lora_rank: int | None = _RANK_OPT,
+    max_client_share: float | None = _SHARE_OPT,
+    dataset_limit: int | None = _LIMIT_OPT,
+    train_config: str | None = _TRAIN_OPT,
+    train_launcher: str | None = _LAUNCHER_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print the cycle's result as one JSON object."),
 ) -> None:
     """One learner cycle now: count failures, train, gate, and publish or record why not."""
@@ -167,15 +286,29 @@ def learn_run(
     from learner.cycle import run_cycle
 
     config, sessions = _learner_config(
-        engine_url, database_url=database_url, adapters_root=adapters_root, model=model,
-        base_model_name=base_model_name, work_dir=work_dir, min_failures=min_failures, gate_margin=gate_margin,
-        gate_tolerance=gate_tolerance, gate_min_items=gate_min_items, heldout_fraction=heldout_fraction,
-        regression_limit=regression_limit, drain_s=drain_s, max_lora_rank=max_lora_rank,
-        max_client_share=max_client_share, dataset_limit=dataset_limit, train_config=train_config,
-        train_launcher=train_launcher)
+        engine_url,
+        database_url=database_url,
+        adapters_root=adapters_root,
+        model=model,
+        base_model_name=base_model_name,
+        work_dir=work_dir,
+        min_failures=min_failures,
+        gate_margin=gate_margin,
+        gate_tolerance=gate_tolerance,
+        gate_min_items=gate_min_items,
+        heldout_fraction=heldout_fraction,
+        regression_limit=regression_limit,
+        drain_s=drain_s,
+        max_lora_rank=max_lora_rank,
+        max_client_share=max_client_share,
+        dataset_limit=dataset_limit,
+        train_config=train_config,
+        train_launcher=train_launcher,
+    )
     pool = _engine_pool(config.engine_urls)
     steps = config.train.max_steps if config.train else None
     with tqdm(total=steps, desc="training", unit="step", disable=None, leave=False) as bar:
+
         def on_step(item: dict[str, object]) -> None:
             bar.update(1)
             bar.set_postfix({k: item[k] for k in ("reward", "loss") if isinstance(item.get(k), int | float)})
@@ -186,8 +319,9 @@ def learn_run(
 
         async def go() -> CycleResult:
             try:
-                return await run_cycle(config, session_factory=sessions, engines=pool, on_event=on_event,
-                                       on_step=on_step)
+                return await run_cycle(
+                    config, session_factory=sessions, engines=pool, on_event=on_event, on_step=on_step
+                )
             finally:
                 await pool.aclose()
 
@@ -199,30 +333,58 @@ def learn_run(
 
 @learn_app.command("schedule")
 def learn_schedule(
-    interval: float | None = _INTERVAL_OPT, min_failures: int | None = _K_OPT,
-    database_url: str | None = _DB_OPT, engine_url: list[str] = _ENGINES_OPT, adapters_root: str | None = _ROOT_OPT,
-    model: str | None = _MODEL_OPT, base_model_name: str | None = _BASE_OPT, work_dir: str | None = _WORK_OPT,
-    gate_margin: float | None = _MARGIN_OPT, gate_tolerance: float | None = _TOL_OPT,
-    gate_min_items: int | None = _MIN_ITEMS_OPT, heldout_fraction: float | None = _HELDOUT_OPT,
-    regression_limit: int | None = _REGRESSION_OPT, drain_s: float | None = _DRAIN_OPT,
-    max_lora_rank: int | None = _RANK_OPT, max_client_share: float | None = _SHARE_OPT,
-    dataset_limit: int | None = _LIMIT_OPT, train_config: str | None = _TRAIN_OPT,
+    interval: float | None = _INTERVAL_OPT,
+    min_failures: int | None = _K_OPT,
+    database_url: str | None = _DB_OPT,
+    engine_url: list[str] = _ENGINES_OPT,
+    adapters_root: str | None = _ROOT_OPT,
+    model: str | None = _MODEL_OPT,
+    base_model_name: str | None = _BASE_OPT,
+    work_dir: str | None = _WORK_OPT,
+    gate_margin: float | None = _MARGIN_OPT,
+    gate_tolerance: float | None = _TOL_OPT,
+    gate_min_items: int | None = _MIN_ITEMS_OPT,
+    heldout_fraction: float | None = _HELDOUT_OPT,
+    regression_limit: int | None = _REGRESSION_OPT,
+    drain_s: float | None = _DRAIN_OPT,
+    max_lora_rank: int | None = _RANK_OPT,
+    max_client_share: float | None = _SHARE_OPT,
+    dataset_limit: int | None = _LIMIT_OPT,
+    train_config: str | None = _TRAIN_OPT,
     train_launcher: str | None = _LAUNCHER_OPT,
 ) -> None:
     """Run learner cycles every --interval seconds (one at a time across processes, by store lease) until Ctrl-C."""
     from learner.schedule import LearnerScheduler
 
     config, sessions = _learner_config(
-        engine_url, database_url=database_url, adapters_root=adapters_root, model=model,
-        base_model_name=base_model_name, work_dir=work_dir, min_failures=min_failures, gate_margin=gate_margin,
-        gate_tolerance=gate_tolerance, gate_min_items=gate_min_items, heldout_fraction=heldout_fraction,
-        regression_limit=regression_limit, drain_s=drain_s, max_lora_rank=max_lora_rank,
-        max_client_share=max_client_share, dataset_limit=dataset_limit, train_config=train_config,
-        train_launcher=train_launcher, interval=interval)
+        engine_url,
+        database_url=database_url,
+        adapters_root=adapters_root,
+        model=model,
+        base_model_name=base_model_name,
+        work_dir=work_dir,
+        min_failures=min_failures,
+        gate_margin=gate_margin,
+        gate_tolerance=gate_tolerance,
+        gate_min_items=gate_min_items,
+        heldout_fraction=heldout_fraction,
+        regression_limit=regression_limit,
+        drain_s=drain_s,
+        max_lora_rank=max_lora_rank,
+        max_client_share=max_client_share,
+        dataset_limit=dataset_limit,
+        train_config=train_config,
+        train_launcher=train_launcher,
+        interval=interval,
+    )
     _engine_pool(config.engine_urls)  # fail fast on a missing engine
-    scheduler = LearnerScheduler(config, session_factory=sessions, make_engines=lambda: _engine_pool(config.engine_urls),
-                                 on_result=lambda r: _print_cycle(r, False),
-                                 on_event=lambda e: typer.echo(e.message, err=True))
+    scheduler = LearnerScheduler(
+        config,
+        session_factory=sessions,
+        make_engines=lambda: _engine_pool(config.engine_urls),
+        on_result=lambda r: _print_cycle(r, False),
+        on_event=lambda e: typer.echo(e.message, err=True),
+    )
     import signal
 
     def stop(signum: int, frame: object) -> None:
@@ -234,16 +396,24 @@ def learn_schedule(
 
 
 def _adapter_row(adapter: Adapter) -> dict[str, object]:
-    return {"name": adapter.name, "version": adapter.version, "status": adapter.status,
-            "base_model": adapter.base_model, "run_id": adapter.run_id, "path": adapter.path,
-            "created_at": adapter.created_at.isoformat() if adapter.created_at else None,
-            "activated_at": adapter.activated_at.isoformat() if adapter.activated_at else None}
+    return {
+        "name": adapter.name,
+        "version": adapter.version,
+        "status": adapter.status,
+        "base_model": adapter.base_model,
+        "run_id": adapter.run_id,
+        "path": adapter.path,
+        "created_at": adapter.created_at.isoformat() if adapter.created_at else None,
+        "activated_at": adapter.activated_at.isoformat() if adapter.activated_at else None,
+    }
 
 
 @adapters_app.command("list")
 def adapters_list(
     database_url: str | None = _DB_OPT,
-    status: str | None = typer.Option(None, "--status", help="Only adapters with this status (candidate, active, retired, rejected)."),
+    status: str | None = typer.Option(
+        None, "--status", help="Only adapters with this status (candidate, active, retired, rejected)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array instead of a table."),
 ) -> None:
     """List adapters, newest version first."""
@@ -263,8 +433,14 @@ def adapters_list(
         typer.echo(f"{row['name']:<12} {row['status']:<10} {row['created_at']}  run {row['run_id'] or '-'}")
 
 
-def _adapter_admin(action: str, name: str | None, database_url: str | None, engine_url: list[str],
-                   adapters_root: str | None, unload_after: float | None) -> None:
+def _adapter_admin(
+    action: str,
+    name: str | None,
+    database_url: str | None,
+    engine_url: list[str],
+    adapters_root: str | None,
+    unload_after: float | None,
+) -> None:
     import asyncio
 
     from adapters import serving
@@ -298,13 +474,22 @@ def _adapter_admin(action: str, name: str | None, database_url: str | None, engi
         fail(f"{exc}; nothing changed")
 
 
-_UNLOAD_OPT = typer.Option(None, "--unload-after", help="Wait this many seconds, then unload the replaced adapter (default: leave it loaded; the learner's next cycle unloads it after its drain period).")
+_UNLOAD_OPT = typer.Option(
+    None,
+    "--unload-after",
+    help=(
+        "Wait this many seconds, then unload the replaced adapter (default: leave it loaded; the learner's next "
+        "cycle unloads it after its drain period)."
+    ),
+)
 
 
 @adapters_app.command("activate")
 def adapters_activate(
     name: str = typer.Argument(..., help="The adapter to make active, e.g. rrr-v3."),
-    database_url: str | None = _DB_OPT, engine_url: list[str] = _ENGINES_OPT, adapters_root: str | None = _ROOT_OPT,
+    database_url: str | None = _DB_OPT,
+    engine_url: list[str] = _ENGINES_OPT,
+    adapters_root: str | None = _ROOT_OPT,
     unload_after: float | None = _UNLOAD_OPT,
 ) -> None:
     """Verify, load and probe NAME on every engine, then make it active (the previous one is kept for rollback)."""
@@ -313,7 +498,9 @@ def adapters_activate(
 
 @adapters_app.command("rollback")
 def adapters_rollback(
-    database_url: str | None = _DB_OPT, engine_url: list[str] = _ENGINES_OPT, adapters_root: str | None = _ROOT_OPT,
+    database_url: str | None = _DB_OPT,
+    engine_url: list[str] = _ENGINES_OPT,
+    adapters_root: str | None = _ROOT_OPT,
     unload_after: float | None = _UNLOAD_OPT,
 ) -> None:
     """Re-activate the adapter the active one replaced (reloading it first), or the base model."""

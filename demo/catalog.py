@@ -25,8 +25,14 @@ GENRES = ("jazz", "rock", "pop", "classical", "blues", "electronic")
 
 
 def _tool(name: str, description: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": {
-        "type": "object", "properties": properties, "required": required}}}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {"type": "object", "properties": properties, "required": required},
+        },
+    }
 
 
 def _s(description: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -38,30 +44,47 @@ def _s(description: str | None = None, **extra: Any) -> dict[str, Any]:
 
 
 TOOLS: list[dict[str, Any]] = [
-    _tool("get_weather", "Current weather in a city.",
-          {"city": _s(), "unit": _s(enum=list(TEMPERATURE_UNITS))}, ["city"]),
-    _tool("convert_currency", "Convert money between currencies.",
-          {"amount": {"type": "number"}, "from_currency": _s("ISO code"), "to_currency": _s("ISO code")},
-          ["amount", "from_currency", "to_currency"]),
-    _tool("create_event", "Add an event to the calendar.",
-          {"title": _s(), "day": _s(enum=list(WEEKDAYS)), "time": _s("HH:MM")}, ["title", "day"]),
+    _tool(
+        "get_weather", "Current weather in a city.", {"city": _s(), "unit": _s(enum=list(TEMPERATURE_UNITS))}, ["city"]
+    ),
+    _tool(
+        "convert_currency",
+        "Convert money between currencies.",
+        {"amount": {"type": "number"}, "from_currency": _s("ISO code"), "to_currency": _s("ISO code")},
+        ["amount", "from_currency", "to_currency"],
+    ),
+    _tool(
+        "create_event",
+        "Add an event to the calendar.",
+        {"title": _s(), "day": _s(enum=list(WEEKDAYS)), "time": _s("HH:MM")},
+        ["title", "day"],
+    ),
     _tool("send_email", "Send an email.", {"to": _s(), "subject": _s()}, ["to", "subject"]),
     _tool("search_web", "Search the web.", {"query": _s(), "num_results": {"type": "integer"}}, ["query"]),
-    _tool("set_timer", "Start a countdown timer.",
-          {"minutes": {"type": "integer"}, "label": _s()}, ["minutes"]),
-    _tool("translate", "Translate text.", {"text": _s(), "target_language": _s("ISO code")},
-          ["text", "target_language"]),
+    _tool("set_timer", "Start a countdown timer.", {"minutes": {"type": "integer"}, "label": _s()}, ["minutes"]),
+    _tool(
+        "translate", "Translate text.", {"text": _s(), "target_language": _s("ISO code")}, ["text", "target_language"]
+    ),
     _tool("get_stock_price", "Latest stock price.", {"symbol": _s("ticker")}, ["symbol"]),
-    _tool("book_table", "Reserve a restaurant table.",
-          {"restaurant": _s(), "party_size": {"type": "integer"}, "time": _s("HH:MM")},
-          ["restaurant", "party_size", "time"]),
-    _tool("play_music", "Play music.", {"query": _s("song or artist"), "genre": _s(enum=list(GENRES))},
-          ["query"]),
-    _tool("calculate_tip", "Tip for a restaurant bill.",
-          {"bill": {"type": "number"}, "percent": {"type": "number"}}, ["bill", "percent"]),
-    _tool("get_directions", "Route between two places.",
-          {"origin": _s(), "destination": _s(), "mode": _s(enum=list(TRAVEL_MODES))},
-          ["origin", "destination"]),
+    _tool(
+        "book_table",
+        "Reserve a restaurant table.",
+        {"restaurant": _s(), "party_size": {"type": "integer"}, "time": _s("HH:MM")},
+        ["restaurant", "party_size", "time"],
+    ),
+    _tool("play_music", "Play music.", {"query": _s("song or artist"), "genre": _s(enum=list(GENRES))}, ["query"]),
+    _tool(
+        "calculate_tip",
+        "Tip for a restaurant bill.",
+        {"bill": {"type": "number"}, "percent": {"type": "number"}},
+        ["bill", "percent"],
+    ),
+    _tool(
+        "get_directions",
+        "Route between two places.",
+        {"origin": _s(), "destination": _s(), "mode": _s(enum=list(TRAVEL_MODES))},
+        ["origin", "destination"],
+    ),
 ]
 TOOLS_BY_NAME: dict[str, dict[str, Any]] = {t["function"]["name"]: t for t in TOOLS}
 
@@ -70,6 +93,7 @@ FUNCTIONS: dict[str, str] = {name: f"demo.catalog:{name}" for name in TOOLS_BY_N
 
 
 # --- deterministic implementations ----------------------------------------------------------------
+
 
 def _h(*parts: object) -> int:
     """A stable small integer from the arguments (Python's hash() is salted per process)."""

@@ -29,8 +29,15 @@ def _points(diff: Mapping[str, Any]) -> str:
     return f"{100 * diff['difference']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
-def write_chart(path: str | Path, table: Mapping[str, Any], *, before_label: str, after_label: str,
-                steps: Sequence[Mapping[str, Any]], title: str = "rrr demo") -> Path:
+def write_chart(
+    path: str | Path,
+    table: Mapping[str, Any],
+    *,
+    before_label: str,
+    after_label: str,
+    steps: Sequence[Mapping[str, Any]],
+    title: str = "rrr demo",
+) -> Path:
     """Two panels: grouped bars (before/after x first attempt/after retry) with Wilson intervals,
     and the GRPO reward (retry success of sampled reflections) per training step."""
     from matplotlib.figure import Figure
@@ -38,8 +45,9 @@ def write_chart(path: str | Path, table: Mapping[str, Any], *, before_label: str
     fig = Figure(figsize=(11, 4.3), dpi=110)
     bars, curve = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.1, 1]})
     width = 0.38
-    for offset, (key, label, color) in enumerate((("before", before_label, "#9aa5b1"),
-                                                  ("after", after_label, "#2f7ed8"))):
+    for offset, (key, label, color) in enumerate(
+        (("before", before_label, "#9aa5b1"), ("after", after_label, "#2f7ed8"))
+    ):
         rows = [table[key][metric] for metric, _ in METRICS]
         xs = [i + (offset - 0.5) * width for i in range(len(METRICS))]
         heights = [100 * r["rate"] for r in rows]
@@ -59,15 +67,26 @@ def write_chart(path: str | Path, table: Mapping[str, Any], *, before_label: str
         xs_steps = [s for s, _ in numbered]
         rewards = [r for _, r in numbered]
         curve.plot(xs_steps, rewards, color="#9cc0ee", linewidth=1, label="reward per step")
-        curve.plot(xs_steps, _moving_average(rewards, max(1, len(rewards) // 10)), color="#2f7ed8",
-                   linewidth=2, label="moving average")
+        curve.plot(
+            xs_steps,
+            _moving_average(rewards, max(1, len(rewards) // 10)),
+            color="#2f7ed8",
+            linewidth=2,
+            label="moving average",
+        )
         curve.set_ylim(0, max(0.1, 1.8 * max(rewards)))  # headroom for the legend
         handles, labels = curve.get_legend_handles_labels()
         zero = [(int(s["step"]), float(s["frac_reward_zero_std"])) for s in steps if "frac_reward_zero_std" in s]
         if zero:
             share = curve.twinx()
-            share.plot([s for s, _ in zero], [z for _, z in zero], color="#e8a33d", linewidth=1, alpha=0.7,
-                       label="groups with zero reward variance (right axis)")
+            share.plot(
+                [s for s, _ in zero],
+                [z for _, z in zero],
+                color="#e8a33d",
+                linewidth=1,
+                alpha=0.7,
+                label="groups with zero reward variance (right axis)",
+            )
             share.set_ylim(0, 1.8)
             share.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
             share.set_ylabel("share of groups with zero reward variance", fontsize=8)

@@ -39,9 +39,18 @@ class Sent:
     errors: list[str] = field(default_factory=list)
 
 
-async def send_tasks(api_url: str, items: Sequence[DemoItem], *, model: str, task: str, concurrency: int = 4,
-                     max_tokens: int = 128, timeout_s: float = 180.0, desc: str = "tasks",
-                     progress: bool = True) -> Sent:
+async def send_tasks(
+    api_url: str,
+    items: Sequence[DemoItem],
+    *,
+    model: str,
+    task: str,
+    concurrency: int = 4,
+    max_tokens: int = 128,
+    timeout_s: float = 180.0,
+    desc: str = "tasks",
+    progress: bool = True,
+) -> Sent:
     """Each item as one chat completion (greedy) with the reference verifier; `concurrency` in flight."""
     import openai
     from tqdm.auto import tqdm
@@ -55,10 +64,13 @@ async def send_tasks(api_url: str, items: Sequence[DemoItem], *, model: str, tas
         async with limit:
             try:
                 completion = await client.chat.completions.create(
-                    model=model, messages=item.messages,  # type: ignore[arg-type]
+                    model=model,
+                    messages=item.messages,  # type: ignore[arg-type]
                     tools=item.tools,  # type: ignore[arg-type]
-                    temperature=0.0, max_tokens=max_tokens,
-                    extra_body={"rrr": {"verifier": "reference", "expected_tool_calls": item.expected, "task": task}})
+                    temperature=0.0,
+                    max_tokens=max_tokens,
+                    extra_body={"rrr": {"verifier": "reference", "expected_tool_calls": item.expected, "task": task}},
+                )
                 info = (completion.model_extra or {}).get("rrr") or {}
                 sent.statuses[item.id] = str(info.get("status") or "error")
                 if info.get("episode_id"):
@@ -69,8 +81,9 @@ async def send_tasks(api_url: str, items: Sequence[DemoItem], *, model: str, tas
                 sent.errors.append(f"{item.id}: {type(exc).__name__}: {str(exc)[:200]}")
             bar.update(1)
             counts = Counter(sent.statuses.values())
-            bar.set_postfix(first_ok=counts["first_ok"], retry_ok=counts["retry_ok"], failed=counts["failed"],
-                            refresh=False)
+            bar.set_postfix(
+                first_ok=counts["first_ok"], retry_ok=counts["retry_ok"], failed=counts["failed"], refresh=False
+            )
 
     try:
         await asyncio.gather(*(one(item) for item in items))
@@ -121,16 +134,20 @@ def sample_episode(sent: Sent) -> str | None:
     return None
 
 
-async def snapshot_inspection(api_url: str, out_dir: Path, *, sample_episode: str | None,
-                              run_id: str | None) -> dict[str, str]:
+async def snapshot_inspection(
+    api_url: str, out_dir: Path, *, sample_episode: str | None, run_id: str | None
+) -> dict[str, str]:
     """The inspection URLs, each fetched once and saved as `<name>.json` under `out_dir` (the demo's
     servers stop when it ends). On loopback without keys these routes are open; with keys they need
     an admin key (`Authorization: Bearer`)."""
     import httpx
 
-    urls = {"failed_episodes": f"{api_url}/v1/episodes?status=failed",
-            "adapters": f"{api_url}/v1/adapters", "training_runs": f"{api_url}/v1/training-runs",
-            "stats": f"{api_url}/v1/stats"}
+    urls = {
+        "failed_episodes": f"{api_url}/v1/episodes?status=failed",
+        "adapters": f"{api_url}/v1/adapters",
+        "training_runs": f"{api_url}/v1/training-runs",
+        "stats": f"{api_url}/v1/stats",
+    }
     if sample_episode:
         urls["episode_with_reflection"] = f"{api_url}/v1/episodes/{sample_episode}"
     if run_id:

@@ -37,8 +37,14 @@ from tools.spec import ToolSpec
 from tools.verify import ModelOutput, normalize_string, verify_reference
 
 TOOL_NAMES = [t["function"]["name"] for t in TOOLS]
-CORRUPTIONS = {"wrong_value": 0.35, "unmapped_value": 0.15, "missing_param": 0.15, "extra_param": 0.1,
-               "wrong_tool": 0.1, "broken_json": 0.15}
+CORRUPTIONS = {
+    "wrong_value": 0.35,
+    "unmapped_value": 0.15,
+    "missing_param": 0.15,
+    "extra_param": 0.1,
+    "wrong_tool": 0.1,
+    "broken_json": 0.15,
+}
 """Kinds of failed first attempts in reflection-shaped examples, weighted like a tiny model's errors."""
 
 
@@ -72,8 +78,13 @@ class DemoItem:
 
     def to_record(self) -> dict[str, Any]:
         """The repo's OpenAI JSONL record (``tools.formats.openai_chat``), tagged with its tool."""
-        return {"id": self.id, "messages": self.messages, "tools": self.tools,
-                "expected_tool_calls": self.expected, "category": self.name}
+        return {
+            "id": self.id,
+            "messages": self.messages,
+            "tools": self.tools,
+            "expected_tool_calls": self.expected,
+            "category": self.name,
+        }
 
 
 @dataclass(frozen=True)
@@ -93,8 +104,13 @@ class Conversation:
 
 def call_text(name: str, arguments: dict[str, Any]) -> str:
     """A hermes tool call exactly as the chat template writes one in history."""
-    return ('<tool_call>\n{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments": '
-            + json.dumps(arguments, ensure_ascii=False) + "}\n</tool_call>")
+    return (
+        '<tool_call>\n{"name": '
+        + json.dumps(name, ensure_ascii=False)
+        + ', "arguments": '
+        + json.dumps(arguments, ensure_ascii=False)
+        + "}\n</tool_call>"
+    )
 
 
 def _dress(rng: random.Random, query: str) -> str:
@@ -119,20 +135,35 @@ def offer_tools(rng: random.Random, name: str | None = None) -> tuple[str, ...]:
     return tuple(offered)
 
 
-def make_item(rng: random.Random, name: str, index: int, prefix: str,
-              offered: tuple[str, ...] | None = None) -> DemoItem:
+def make_item(
+    rng: random.Random, name: str, index: int, prefix: str, offered: tuple[str, ...] | None = None
+) -> DemoItem:
     template, query, arguments = phrases.GENERATORS[name](rng)
     tools = offered if offered is not None else offer_tools(rng, name)
-    return DemoItem(id=f"{prefix}-{index:05d}", query=_dress(rng, query), tool_names=tools, name=name,
-                    arguments=arguments, template=template)
+    return DemoItem(
+        id=f"{prefix}-{index:05d}",
+        query=_dress(rng, query),
+        tool_names=tools,
+        name=name,
+        arguments=arguments,
+        template=template,
+    )
 
 
 def _key(item: DemoItem) -> tuple[str, tuple[str, ...]]:
     return item.query, item.tool_names
 
 
-def generate_items(n: int, seed: int, *, prefix: str = "demo", balanced: bool = False, group_size: int = 1,
-                   exclude_queries: Iterable[str] = (), max_tries: int = 50) -> list[DemoItem]:
+def generate_items(
+    n: int,
+    seed: int,
+    *,
+    prefix: str = "demo",
+    balanced: bool = False,
+    group_size: int = 1,
+    exclude_queries: Iterable[str] = (),
+    max_tries: int = 50,
+) -> list[DemoItem]:
     """``n`` distinct tasks from ``seed``; tools drawn uniformly (or round-robin when ``balanced``).
 
     Queries in ``exclude_queries`` are skipped. With ``balanced``, tools take turns (so every prefix
@@ -168,12 +199,14 @@ def generate_items(n: int, seed: int, *, prefix: str = "demo", balanced: bool = 
     return items
 
 
-def split_items(n_train: int, n_held_out: int, seed: int = 0, *,
-                group_size: int = 1) -> tuple[list[DemoItem], list[DemoItem]]:
+def split_items(
+    n_train: int, n_held_out: int, seed: int = 0, *, group_size: int = 1
+) -> tuple[list[DemoItem], list[DemoItem]]:
     """Training tasks from ``seed`` and held-out tasks from another seed, sharing no query."""
     train = generate_items(n_train, seed * 2, prefix="train", group_size=group_size)
-    held_out = generate_items(n_held_out, seed * 2 + 1, prefix="heldout", balanced=True,
-                              exclude_queries={it.query for it in train})
+    held_out = generate_items(
+        n_held_out, seed * 2 + 1, prefix="heldout", balanced=True, exclude_queries={it.query for it in train}
+    )
     return train, held_out
 
 
@@ -182,6 +215,7 @@ def items_to_records(items: Sequence[DemoItem]) -> list[dict[str, Any]]:
 
 
 # --- reflection-shaped examples -------------------------------------------------------------------
+
 
 def _other_value(rng: random.Random, name: str, param: str, value: Any) -> Any:
     """A plausible wrong value of the same type (digit slips for numbers, another option otherwise)."""
@@ -192,7 +226,7 @@ def _other_value(rng: random.Random, name: str, param: str, value: Any) -> Any:
         digits = [i for i, ch in enumerate(text) if ch.isdigit()]
         for _ in range(20):
             i = rng.choice(digits)
-            wrong_text = text[:i] + str(rng.choice([d for d in range(10) if str(d) != text[i]])) + text[i + 1:]
+            wrong_text = text[:i] + str(rng.choice([d for d in range(10) if str(d) != text[i]])) + text[i + 1 :]
             if not wrong_text.startswith("0") or wrong_text.startswith("0."):
                 return type(value)(wrong_text)
         return value + 1
@@ -200,12 +234,19 @@ def _other_value(rng: random.Random, name: str, param: str, value: Any) -> Any:
     pools: list[Any] = schema.get("enum") or []
     if not pools:
         pools = {
-            "city": phrases.CITIES, "origin": phrases.CITIES + phrases.PLACES,
-            "destination": phrases.CITIES + phrases.PLACES, "from_currency": phrases.CURRENCY_CODES,
-            "to_currency": phrases.CURRENCY_CODES, "title": phrases.EVENT_TITLES, "subject": phrases.SUBJECTS,
-            "query": phrases.SEARCHES if name == "search_web" else phrases.MUSIC, "label": phrases.TIMER_LABELS,
-            "text": phrases.PHRASES, "target_language": list(phrases.LANGUAGES.values()),
-            "symbol": list(phrases.COMPANIES.values()), "restaurant": phrases.RESTAURANTS,
+            "city": phrases.CITIES,
+            "origin": phrases.CITIES + phrases.PLACES,
+            "destination": phrases.CITIES + phrases.PLACES,
+            "from_currency": phrases.CURRENCY_CODES,
+            "to_currency": phrases.CURRENCY_CODES,
+            "title": phrases.EVENT_TITLES,
+            "subject": phrases.SUBJECTS,
+            "query": phrases.SEARCHES if name == "search_web" else phrases.MUSIC,
+            "label": phrases.TIMER_LABELS,
+            "text": phrases.PHRASES,
+            "target_language": list(phrases.LANGUAGES.values()),
+            "symbol": list(phrases.COMPANIES.values()),
+            "restaurant": phrases.RESTAURANTS,
             "time": [f"{h:02d}:{m}" for h in range(7, 23) for m in ("00", "30")],
         }.get(param, [])
     if param == "to":
@@ -218,16 +259,24 @@ def _other_value(rng: random.Random, name: str, param: str, value: Any) -> Any:
 def _unmapped(item: DemoItem) -> tuple[str, Any, Any] | None:
     """(param, the phrase the user wrote, the mapped value) for a value that needs mapping, if any."""
     tables: dict[str, dict[str, Any]] = {
-        "unit": phrases.UNIT_PHRASES, "from_currency": phrases.CURRENCY_NAMES,
-        "to_currency": phrases.CURRENCY_NAMES, "day": phrases.WEEKDAYS, "target_language": phrases.LANGUAGES,
-        "symbol": phrases.COMPANIES, "party_size": phrases.PARTY_WORDS, "mode": phrases.MODE_PHRASES,
+        "unit": phrases.UNIT_PHRASES,
+        "from_currency": phrases.CURRENCY_NAMES,
+        "to_currency": phrases.CURRENCY_NAMES,
+        "day": phrases.WEEKDAYS,
+        "target_language": phrases.LANGUAGES,
+        "symbol": phrases.COMPANIES,
+        "party_size": phrases.PARTY_WORDS,
+        "mode": phrases.MODE_PHRASES,
         "minutes": phrases.TIMER_PHRASES,
     }
     query = f" {item.query}"
     for param, value in item.arguments.items():
         table = tables.get(param, {})
-        written = [s for s, mapped in table.items()
-                   if mapped == value and f" {s}" in query and normalize_string(s) != normalize_string(str(value))]
+        written = [
+            s
+            for s, mapped in table.items()
+            if mapped == value and f" {s}" in query and normalize_string(s) != normalize_string(str(value))
+        ]
         # "dollars" inside "Canadian dollars" is not what the user wrote for USD
         written = [s for s in written if not any(s != k and s in k and f" {k}" in query for k in table)]
         if written:
@@ -243,8 +292,9 @@ def corrupt(item: DemoItem, rng: random.Random, kind: str | None = None) -> tupl
     """
     for _ in range(20):
         kind_done, text, reflection = _corrupt_once(item, rng, kind)
-        verdict = verify_reference(_model_output(text, item.tools), item.expected,
-                                   [ToolSpec.from_openai(t) for t in item.tools])
+        verdict = verify_reference(
+            _model_output(text, item.tools), item.expected, [ToolSpec.from_openai(t) for t in item.tools]
+        )
         if not verdict.ok:
             return kind_done, text, reflection
     raise ValueError(f"could not corrupt item {item.id} ({kind or 'any kind'})")
@@ -271,8 +321,10 @@ def _corrupt_once(item: DemoItem, rng: random.Random, kind: str | None) -> tuple
     if kind == "wrong_value":
         param = rng.choice(list(args))
         args[param] = _other_value(rng, name, param, args[param])
-        why = (f"I wrote {json.dumps(args[param], ensure_ascii=False)} for {param}, but the request says "
-               f"{json.dumps(item.arguments[param], ensure_ascii=False)}.")
+        why = (
+            f"I wrote {json.dumps(args[param], ensure_ascii=False)} for {param}, but the request says "
+            f"{json.dumps(item.arguments[param], ensure_ascii=False)}."
+        )
     elif kind == "unmapped_value":
         param, said, value = _unmapped(item) or ("", "", "")
         args[param] = said
@@ -284,8 +336,11 @@ def _corrupt_once(item: DemoItem, rng: random.Random, kind: str | None) -> tuple
     elif kind == "extra_param":
         param = rng.choice(optional_absent)
         schema = props[param]
-        args[param] = rng.choice(schema["enum"]) if "enum" in schema else _other_value(
-            rng, name, param, 5 if schema["type"] in ("integer", "number") else "")
+        args[param] = (
+            rng.choice(schema["enum"])
+            if "enum" in schema
+            else _other_value(rng, name, param, 5 if schema["type"] in ("integer", "number") else "")
+        )
         why = f"I added {param}, which the request does not ask for."
     elif kind == "wrong_tool":
         wrong = rng.choice([n for n in item.tool_names if n != name])
@@ -293,8 +348,13 @@ def _corrupt_once(item: DemoItem, rng: random.Random, kind: str | None) -> tuple
         return kind, text, f"I called {wrong}, but the request needs {name}. {fix}"
     else:
         text = call_text(name, args)
-        cut = rng.choice([text.replace("}}", "}", 1), text.replace('"arguments": ', '"arguments" ', 1),
-                          text.replace("\n</tool_call>", "", 1).rstrip("}")])
+        cut = rng.choice(
+            [
+                text.replace("}}", "}", 1),
+                text.replace('"arguments": ', '"arguments" ', 1),
+                text.replace("\n</tool_call>", "", 1).rstrip("}"),
+            ]
+        )
         return "broken_json", cut, f"My call was not valid JSON. {fix}"
     return kind, call_text(name, args), f"{why} {fix}"
 
@@ -305,15 +365,17 @@ def engine_message(text: str, tools: list[dict[str, Any]]) -> dict[str, Any]:
     level = wire_log.level
     wire_log.setLevel(max(level, logging.WARNING))  # broken calls are intended here, not news
     try:
-        body = build_chat_completion(text, "stop", model="demo", prompt_tokens=0, completion_tokens=0,
-                                     tools=tools, tool_choice="auto")
+        body = build_chat_completion(
+            text, "stop", model="demo", prompt_tokens=0, completion_tokens=0, tools=tools, tool_choice="auto"
+        )
     finally:
         wire_log.setLevel(level)
     return dict(body["choices"][0]["message"])
 
 
-def reflection_example(item: DemoItem, rng: random.Random, kind: str | None = None,
-                       reason: str | None = None) -> Conversation:
+def reflection_example(
+    item: DemoItem, rng: random.Random, kind: str | None = None, reason: str | None = None
+) -> Conversation:
     """Task, corrupted call, reflection request, reflection, retry request, correct call.
 
     ``reason`` adds the verifier's words to the reflection request, as the loop does when
@@ -324,16 +386,21 @@ def reflection_example(item: DemoItem, rng: random.Random, kind: str | None = No
     failed = prompts.failed_assistant_message(message.get("content"), message.get("tool_calls"))
     reflect_history = prompts.reflection_messages(item.messages, failed, reason)
     retry_history = prompts.retry_messages(reflect_history, reflection)
-    return Conversation(tools=item.tools, kind=f"reflect/{kind_done}", failed_output=failed_text,
-                        steps=[(reflect_history, reflection), (retry_history, call_text(item.name, item.arguments))])
+    return Conversation(
+        tools=item.tools,
+        kind=f"reflect/{kind_done}",
+        failed_output=failed_text,
+        steps=[(reflect_history, reflection), (retry_history, call_text(item.name, item.arguments))],
+    )
 
 
 def answer_example(item: DemoItem) -> Conversation:
     return Conversation(tools=item.tools, steps=[(item.messages, call_text(item.name, item.arguments))])
 
 
-def training_conversations(items: Sequence[DemoItem], *, reflection_share: float = 0.1,
-                           seed: int = 0) -> list[Conversation]:
+def training_conversations(
+    items: Sequence[DemoItem], *, reflection_share: float = 0.1, seed: int = 0
+) -> list[Conversation]:
     """One first-attempt conversation per item, plus reflection-shaped ones on ``reflection_share`` of
     the items (a fraction of all conversations), shuffled by ``seed``."""
     if not 0 <= reflection_share < 1:

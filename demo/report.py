@@ -27,16 +27,24 @@ METRICS = (("first_attempt", "first attempt"), ("after_retry", "after reflection
 def rate_dict(rate: Rate) -> dict[str, Any]:
     """A `Rate` as the demo's JSON writes it: ``{"rate", "successes", "n", "ci95"}``."""
     lo, hi = rate.wilson()
-    return {"rate": round(rate.rate, 6), "successes": rate.successes, "n": rate.total,
-            "ci95": [round(lo, 6), round(hi, 6)]}
+    return {
+        "rate": round(rate.rate, 6),
+        "successes": rate.successes,
+        "n": rate.total,
+        "ci95": [round(lo, 6), round(hi, 6)],
+    }
 
 
 def summarize_statuses(statuses: Mapping[str, str]) -> dict[str, Any]:
     """Rates over `statuses` (task id -> status); `errors` counts requests that got no answer."""
     counts = Counter(statuses.values())
     rates = status_rates(statuses.values())
-    return {"n": len(statuses), **{key: rate_dict(rate) for key, rate in rates.items()},
-            "statuses": dict(sorted(counts.items())), "errors": counts["error"]}
+    return {
+        "n": len(statuses),
+        **{key: rate_dict(rate) for key, rate in rates.items()},
+        "statuses": dict(sorted(counts.items())),
+        "errors": counts["error"],
+    }
 
 
 def difference(before: Mapping[str, str], after: Mapping[str, str], success: Sequence[str]) -> dict[str, Any]:
@@ -46,9 +54,14 @@ def difference(before: Mapping[str, str], after: Mapping[str, str], success: Seq
 
 def compare(before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, Any]:
     """Both summaries and the differences of both metrics."""
-    return {"before": summarize_statuses(before), "after": summarize_statuses(after),
-            "difference": {"first_attempt": difference(before, after, SUCCESS_FIRST),
-                           "after_retry": difference(before, after, SUCCESS_AFTER)}}
+    return {
+        "before": summarize_statuses(before),
+        "after": summarize_statuses(after),
+        "difference": {
+            "first_attempt": difference(before, after, SUCCESS_FIRST),
+            "after_retry": difference(before, after, SUCCESS_AFTER),
+        },
+    }
 
 
 def _pct(rate: Mapping[str, Any]) -> str:
@@ -70,8 +83,10 @@ def format_table(table: Mapping[str, Any], before_label: str, after_label: str) 
         row = table[key]
         lines.append(f"{label:<{width}}{row['n']:>5}  {_pct(row['first_attempt']):<24}{_pct(row['after_retry'])}")
     diff = table["difference"]
-    lines.append(f"{'difference (after - before)':<{width}}{diff['after_retry']['n']:>5}  "
-                 f"{_points(diff['first_attempt']):<24}{_points(diff['after_retry'])}")
+    lines.append(
+        f"{'difference (after - before)':<{width}}{diff['after_retry']['n']:>5}  "
+        f"{_points(diff['first_attempt']):<24}{_points(diff['after_retry'])}"
+    )
     flips = [f"fixed {diff[m]['fixed']}, broke {diff[m]['broken']}" for m, _ in METRICS]
     lines.append(f"{'':<{width}}{'':>5}  {flips[0]:<24}{flips[1]}")
     return "\n".join(lines)

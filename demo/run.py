@@ -116,7 +116,8 @@ def demo_train_config(max_steps: int = 30) -> TrainConfig:
 
     Measured earlier with a one-token-per-digit policy (300 held-out tasks, first attempt / after
     reflection + retry / retry rescues of first-attempt failures; base 59.0% / 59.7% / 1.6%; each
-    after 30-40 steps on the same 331 failures): lr 3e-4: 59.7 / 60.3 / 1.7; lr 1e-3: 60.0 / 61.3 / 3.3; lr 1e-3 + temperature 1.3
+    after 30-40 steps on the same 331 failures): lr 3e-4: 59.7 / 60.3 / 1.7; lr 1e-3: 60.0 / 61.3 / 3.3;
+    lr 1e-3 + temperature 1.3
     (40 steps): 60.0 / 60.7 / 1.7; lr 2e-3 (40 steps): 59.7 / 60.3 / 1.7; G 16: 59.3 / 60.0 / 1.6;
     retry temperature 1.0: 59.3 / 60.0 / 1.6; temperature 1.5: 59.0 / 59.7 / 1.6. Every difference
     is within noise (a 95% interval at n = 300 is about +-5.5 points). What limits the demo is
@@ -125,10 +126,23 @@ def demo_train_config(max_steps: int = 30) -> TrainConfig:
     zero reward variance and the training reward stays at 1-3%.
     """
     return TrainConfig(
-        learning_rate=1e-3, lr_scheduler_type="constant_with_warmup", warmup_steps=5, max_steps=max_steps,
-        beta=0.001, num_generations=8, per_device_train_batch_size=32, gradient_accumulation_steps=1,
-        max_completion_length=96, retry_max_tokens=128, temperature=1.0, retry_temperature=0.0,
-        lora_r=8, lora_alpha=16, max_lora_rank=16, save_steps=max(1, max_steps), keep_checkpoints=1,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=5,
+        max_steps=max_steps,
+        beta=0.001,
+        num_generations=8,
+        per_device_train_batch_size=32,
+        gradient_accumulation_steps=1,
+        max_completion_length=96,
+        retry_max_tokens=128,
+        temperature=1.0,
+        retry_temperature=0.0,
+        lora_r=8,
+        lora_alpha=16,
+        max_lora_rank=16,
+        save_steps=max(1, max_steps),
+        keep_checkpoints=1,
     )
 
 
@@ -188,8 +202,10 @@ class DemoConfig:
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if self.train.max_completion_length != self.reflection_max_tokens:
-            raise ValueError("train.max_completion_length must equal reflection_max_tokens: the learner must "
-                             "train reflections of the length serving lets the model write")
+            raise ValueError(
+                "train.max_completion_length must equal reflection_max_tokens: the learner must "
+                "train reflections of the length serving lets the model write"
+            )
         if self.train.max_lora_rank != self.max_lora_rank:
             raise ValueError("train.max_lora_rank must equal max_lora_rank (the engine's --max-lora-rank)")
 
@@ -228,13 +244,16 @@ class DemoResult:
 
 # --- stage 1: the policy -----------------------------------------------------------------------------
 
+
 def resolve_policy(config: DemoConfig, *, say: Say, progress: bool = True) -> Path:
     """The base policy folder (see DemoConfig.policy); builds the cached copy when allowed."""
     from demo.base_policy import SHIPPED_POLICY
 
     if config.policy is not None:
         if not (config.policy / "config.json").is_file():
-            raise DemoError(f"no policy at {config.policy}; build one with: rrr demo build-policy --out {config.policy}")
+            raise DemoError(
+                f"no policy at {config.policy}; build one with: rrr demo build-policy --out {config.policy}"
+            )
         return config.policy
     for folder in (SHIPPED_POLICY, config.out_dir / "policy"):
         if (folder / "config.json").is_file():
@@ -244,17 +263,28 @@ def resolve_policy(config: DemoConfig, *, say: Say, progress: bool = True) -> Pa
         raise DemoError(f"the shipped policy {SHIPPED_POLICY} is missing; build it with: rrr demo build-policy")
     from demo.base_policy import build_policy
 
-    say(f"the shipped policy {SHIPPED_POLICY} is missing: training one from scratch into {cache} "
-        "(about 6 minutes on 2 cores, once)")
+    say(
+        f"the shipped policy {SHIPPED_POLICY} is missing: training one from scratch into {cache} "
+        "(about 6 minutes on 2 cores, once)"
+    )
     build_policy(cache, num_threads=config.train_threads, progress=progress)
     return cache
 
 
 # --- stage 4: the learner ----------------------------------------------------------------------------
 
-async def run_learner(config: DemoConfig, policy: Path, servers: DemoServers, database_url: str,
-                      sessions: sessionmaker[Session], engines: Engine, *, say: Say,
-                      progress: bool = True) -> tuple[CycleResult, list[dict[str, Any]], dict[str, float]]:
+
+async def run_learner(
+    config: DemoConfig,
+    policy: Path,
+    servers: DemoServers,
+    database_url: str,
+    sessions: sessionmaker[Session],
+    engines: Engine,
+    *,
+    say: Say,
+    progress: bool = True,
+) -> tuple[CycleResult, list[dict[str, Any]], dict[str, float]]:
     """One learner cycle against the demo's engine; returns the result, per-step metrics, sub-timings."""
     from tqdm.auto import tqdm
 
@@ -263,12 +293,24 @@ async def run_learner(config: DemoConfig, policy: Path, servers: DemoServers, da
     from learner.launch import launch_training
 
     learner = LearnerConfig(
-        adapters_root=str(config.out_dir / "data" / "adapters"), model_path=str(policy),
-        engine_urls=[servers.engine_url], database_url=database_url, work_dir=str(config.out_dir / "learner"),
-        base_model_name=servers.served_name, min_new_failures=1, max_lora_rank=config.max_lora_rank,
-        dataset_limit=config.dataset_limit, max_client_share=1.0, heldout_fraction=config.heldout_fraction,
-        regression_limit=config.regression_limit, seed=config.seed, gate=config.gate, train=config.train, drain_s=0.0,
-        gate_loop=LoopConfig(reflection_max_tokens=config.reflection_max_tokens))
+        adapters_root=str(config.out_dir / "data" / "adapters"),
+        model_path=str(policy),
+        engine_urls=[servers.engine_url],
+        database_url=database_url,
+        work_dir=str(config.out_dir / "learner"),
+        base_model_name=servers.served_name,
+        min_new_failures=1,
+        max_lora_rank=config.max_lora_rank,
+        dataset_limit=config.dataset_limit,
+        max_client_share=1.0,
+        heldout_fraction=config.heldout_fraction,
+        regression_limit=config.regression_limit,
+        seed=config.seed,
+        gate=config.gate,
+        train=config.train,
+        drain_s=0.0,
+        gate_loop=LoopConfig(reflection_max_tokens=config.reflection_max_tokens),
+    )
     steps: list[dict[str, Any]] = []
     marks: dict[str, float] = {}
     gate_episodes = 2 * sum(_batch_sizes(learner, sessions)[k] for k in ("heldout", "regression"))
@@ -285,8 +327,10 @@ async def run_learner(config: DemoConfig, policy: Path, servers: DemoServers, da
     def on_step(item: dict[str, Any]) -> None:
         steps.append(item)
         bar.update(1)
-        bar.set_postfix({k: round(float(item[k]), 3) for k in ("reward_mean", "frac_reward_zero_std", "kl") if k in item},
-                        refresh=False)
+        bar.set_postfix(
+            {k: round(float(item[k]), 3) for k in ("reward_mean", "frac_reward_zero_std", "kl") if k in item},
+            refresh=False,
+        )
 
     def on_event(event: CycleEvent) -> None:
         if event.stage in ("train", "gate", "gate_done"):
@@ -297,8 +341,15 @@ async def run_learner(config: DemoConfig, policy: Path, servers: DemoServers, da
 
     trainer = functools.partial(launch_training, on_step=on_step, env={"OMP_NUM_THREADS": str(config.train_threads)})
     try:
-        result = await run_cycle(learner, session_factory=sessions, engines=engines, trainer=trainer,
-                                 on_event=on_event, on_step=on_step, on_gate_item=on_gate_item)
+        result = await run_cycle(
+            learner,
+            session_factory=sessions,
+            engines=engines,
+            trainer=trainer,
+            on_event=on_event,
+            on_step=on_step,
+            on_gate_item=on_gate_item,
+        )
     except BaseException:
         # Cancelled (Ctrl-C, SIGTERM): the training child runs in a worker thread that asyncio cannot
         # interrupt, and the event loop would wait for it at shutdown. Stop it; the thread then ends.
@@ -338,39 +389,53 @@ def _batch_sizes(learner: Any, sessions: sessionmaker[Session]) -> dict[str, int
     from learner.dataset import build_failure_dataset
 
     with sessions() as session:
-        return build_failure_dataset(session, limit=learner.dataset_limit, max_client_share=learner.max_client_share,
-                                     heldout_fraction=learner.heldout_fraction, seed=learner.seed,
-                                     regression_limit=learner.regression_limit).summary()
+        return build_failure_dataset(
+            session,
+            limit=learner.dataset_limit,
+            max_client_share=learner.max_client_share,
+            heldout_fraction=learner.heldout_fraction,
+            seed=learner.seed,
+            regression_limit=learner.regression_limit,
+        ).summary()
 
 
-async def stage_candidate(adapter_dir: Path, *, config: DemoConfig, sessions: sessionmaker[Session],
-                          engines: Engine, run_id: str | None) -> str:
+async def stage_candidate(
+    adapter_dir: Path, *, config: DemoConfig, sessions: sessionmaker[Session], engines: Engine, run_id: str | None
+) -> str:
     """Register a gate-rejected candidate (status `candidate`, never active), load and probe it on
     the engine, so the held-out split can pin it by name; `retire_candidate` marks it rejected."""
     from adapters.serving import prepare, register_candidate
 
     root = (config.out_dir / "data" / "adapters").resolve()
     staged = await register_candidate(
-        adapter_dir, adapters_root=root, session_factory=sessions, base_model=SERVED_NAME, run_id=run_id,
-        metrics={"note": "the gate rejected this candidate; the demo loaded it only to measure it pinned by name"})
+        adapter_dir,
+        adapters_root=root,
+        session_factory=sessions,
+        base_model=SERVED_NAME,
+        run_id=run_id,
+        metrics={"note": "the gate rejected this candidate; the demo loaded it only to measure it pinned by name"},
+    )
     await prepare(engines, staged.name, str(staged.path), adapters_root=root, manifest_sha256=staged.manifest_sha256)
     return staged.name
 
 
-async def retire_candidate(name: str, reasons: Sequence[str], *, sessions: sessionmaker[Session],
-                           engines: Engine) -> None:
+async def retire_candidate(
+    name: str, reasons: Sequence[str], *, sessions: sessionmaker[Session], engines: Engine
+) -> None:
     from adapters.serving import unload_everywhere
     from store import repos
 
     with sessions() as session, session.begin():
         row = repos.get_adapter(session, name)
         metrics = dict(row.metrics or {}) if row is not None else {}
-        repos.set_adapter_status(session, name, "rejected",
-                                 metrics={**metrics, "rejected_reason": "gate: " + "; ".join(reasons)})
+        repos.set_adapter_status(
+            session, name, "rejected", metrics={**metrics, "rejected_reason": "gate: " + "; ".join(reasons)}
+        )
     await unload_everywhere(engines, name)
 
 
 # --- the run -----------------------------------------------------------------------------------------
+
 
 def prepare_out_dir(out: Path) -> None:
     """Create `out`, or clean the outputs of a previous demo run in it (the built policy is kept)."""
@@ -386,8 +451,13 @@ def prepare_out_dir(out: Path) -> None:
             path.unlink()
 
 
-def run_demo(config: DemoConfig, *, say: Say = log.info, progress: bool = True,
-             hold: Callable[[DemoServers, DemoResult], None] | None = None) -> DemoResult:
+def run_demo(
+    config: DemoConfig,
+    *,
+    say: Say = log.info,
+    progress: bool = True,
+    hold: Callable[[DemoServers, DemoResult], None] | None = None,
+) -> DemoResult:
     """Run every stage (module docstring); `hold` is called with the servers still up and the
     finished result (outputs written), e.g. to keep serving until Ctrl-C. Raises DemoError for
     expected failures; the servers are always stopped."""
@@ -408,16 +478,24 @@ def run_demo(config: DemoConfig, *, say: Say = log.info, progress: bool = True,
     result = DemoResult(policy=str(policy), config=config.to_dict())
     t = timed("policy", t)
     say(f"base policy: {policy}; {len(train_items)} training tasks, {len(heldout_items)} held-out tasks")
-    api_env = {"RRR_REFLECTION_MAX_TOKENS": str(config.reflection_max_tokens), "RRR_DEADLINE_S": "120",
-               "RRR_POLICY_TTL_S": "0.5"}
-    with demo_servers(policy, out / "data", out / "logs", served_name=SERVED_NAME,
-                      max_lora_rank=config.max_lora_rank, api_env=api_env,
-                      startup_timeout_s=config.startup_timeout_s) as servers:
+    api_env = {
+        "RRR_REFLECTION_MAX_TOKENS": str(config.reflection_max_tokens),
+        "RRR_DEADLINE_S": "120",
+        "RRR_POLICY_TTL_S": "0.5",
+    }
+    with demo_servers(
+        policy,
+        out / "data",
+        out / "logs",
+        served_name=SERVED_NAME,
+        max_lora_rank=config.max_lora_rank,
+        api_env=api_env,
+        startup_timeout_s=config.startup_timeout_s,
+    ) as servers:
         result.api_url = servers.api_url
         t = timed("servers", t)
         say(f"rrr API: {servers.api_url}/v1 (engine {servers.engine_url}); data in {out / 'data'}")
-        asyncio.run(_serve_stages(config, policy, servers, train_items, heldout_items, result, timings, say,
-                                  progress))
+        asyncio.run(_serve_stages(config, policy, servers, train_items, heldout_items, result, timings, say, progress))
         timings["total"] = round(time.monotonic() - started, 1)
         result.timings = timings
         _write_outputs(config, result)
@@ -426,9 +504,17 @@ def run_demo(config: DemoConfig, *, say: Say = log.info, progress: bool = True,
     return result
 
 
-async def _serve_stages(config: DemoConfig, policy: Path, servers: DemoServers, train_items: list[DemoItem],
-                        heldout_items: list[DemoItem], result: DemoResult, timings: dict[str, float], say: Say,
-                        progress: bool) -> None:
+async def _serve_stages(
+    config: DemoConfig,
+    policy: Path,
+    servers: DemoServers,
+    train_items: list[DemoItem],
+    heldout_items: list[DemoItem],
+    result: DemoResult,
+    timings: dict[str, float],
+    say: Say,
+    progress: bool,
+) -> None:
     from engines.pool import EnginePool
     from engines.vllm import VLLMEngine
     from store.db import make_engine, make_session_factory
@@ -440,69 +526,121 @@ async def _serve_stages(config: DemoConfig, policy: Path, servers: DemoServers, 
     t = time.monotonic()
     try:
         # 3. training traffic
-        traffic = await send_tasks(servers.api_url, train_items, model="rrr", task=TRAIN_TAG, **_client_args(config),
-                                   desc="training traffic", progress=progress)
+        traffic = await send_tasks(
+            servers.api_url,
+            train_items,
+            model="rrr",
+            task=TRAIN_TAG,
+            **_client_args(config),
+            desc="training traffic",
+            progress=progress,
+        )
         stored = await asyncio.to_thread(wait_recorded, sessions, TRAIN_TAG, len(train_items))
-        result.traffic = {**summarize_statuses(traffic.statuses), "recorded": stored,
-                          "request_errors": traffic.errors[:5]}
+        result.traffic = {
+            **summarize_statuses(traffic.statuses),
+            "recorded": stored,
+            "request_errors": traffic.errors[:5],
+        }
         timings["traffic"] = round(time.monotonic() - t, 1)
         say(f"training traffic: {_line(result.traffic)}; {stored} episodes recorded")
 
         # 4. one learner cycle
         t = time.monotonic()
-        cycle, steps, sub = await run_learner(config, policy, servers, database_url, sessions, engines, say=say,
-                                              progress=progress)
+        cycle, steps, sub = await run_learner(
+            config, policy, servers, database_url, sessions, engines, say=say, progress=progress
+        )
         result.cycle, result.training_steps = cycle.to_dict(), steps
         timings["learner"] = round(time.monotonic() - t, 1)
         timings.update({f"learner_{k}": round(v, 1) for k, v in sub.items()})
-        say(f"learner cycle: {cycle.status}" + (f" ({cycle.adapter})" if cycle.adapter else "")
-            + "".join(f"\n  - {reason}" for reason in cycle.reasons))
+        say(
+            f"learner cycle: {cycle.status}"
+            + (f" ({cycle.adapter})" if cycle.adapter else "")
+            + "".join(f"\n  - {reason}" for reason in cycle.reasons)
+        )
         if cycle.status == "failed":
             raise DemoError(f"the learner cycle failed: {cycle.error}")
 
         # 5. held-out, base pinned ("before") then the trained adapter ("after")
         t = time.monotonic()
-        before = await send_tasks(servers.api_url, heldout_items, model=SERVED_NAME, task=BEFORE_TAG, **_client_args(config),
-                                  desc="held-out, base", progress=progress)
+        before = await send_tasks(
+            servers.api_url,
+            heldout_items,
+            model=SERVED_NAME,
+            task=BEFORE_TAG,
+            **_client_args(config),
+            desc="held-out, base",
+            progress=progress,
+        )
         result.before_label = f"base ({SERVED_NAME})"
         result.before = summarize_statuses(before.statuses)
         result.served_by["before"] = dict(before.adapters)
         timings["heldout_base"] = round(time.monotonic() - t, 1)
-        after = await _measure_after(config, cycle, servers, heldout_items, sessions, engines, result, timings,
-                                     progress)
+        after = await _measure_after(
+            config, cycle, servers, heldout_items, sessions, engines, result, timings, progress
+        )
         if after is not None:
             result.served_by["after"] = dict(after.adapters)
             result.table = compare(before.statuses, after.statuses)
-            (config.out_dir / "heldout.json").write_text(json.dumps(
-                {i: {"before": before.statuses.get(i), "after": after.statuses.get(i)} for i in before.statuses},
-                indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            (config.out_dir / "heldout.json").write_text(
+                json.dumps(
+                    {i: {"before": before.statuses.get(i), "after": after.statuses.get(i)} for i in before.statuses},
+                    indent=1,
+                    sort_keys=True,
+                )
+                + "\n",
+                encoding="utf-8",
+            )
 
         # inspection snapshots while the API is still up
-        result.inspection = await snapshot_inspection(servers.api_url, config.out_dir / "inspection",
-                                                      sample_episode=sample_episode(traffic), run_id=cycle.run_id)
+        result.inspection = await snapshot_inspection(
+            servers.api_url, config.out_dir / "inspection", sample_episode=sample_episode(traffic), run_id=cycle.run_id
+        )
     finally:
         await engines.aclose()
         db.dispose()
 
 
-async def _measure_after(config: DemoConfig, cycle: CycleResult, servers: DemoServers,
-                         heldout_items: list[DemoItem], sessions: sessionmaker[Session], engines: Engine,
-                         result: DemoResult, timings: dict[str, float], progress: bool) -> Sent | None:
+async def _measure_after(
+    config: DemoConfig,
+    cycle: CycleResult,
+    servers: DemoServers,
+    heldout_items: list[DemoItem],
+    sessions: sessionmaker[Session],
+    engines: Engine,
+    result: DemoResult,
+    timings: dict[str, float],
+    progress: bool,
+) -> Sent | None:
     t = time.monotonic()
     if cycle.status == "promoted" and cycle.adapter:
         await wait_model_listed(servers.api_url, cycle.adapter)
         result.after_label, result.after_kind = f"{cycle.adapter} (promoted)", "promoted"
-        after = await send_tasks(servers.api_url, heldout_items, model="rrr", task=AFTER_TAG, **_client_args(config),
-                                 desc=f"held-out, {cycle.adapter}", progress=progress)
+        after = await send_tasks(
+            servers.api_url,
+            heldout_items,
+            model="rrr",
+            task=AFTER_TAG,
+            **_client_args(config),
+            desc=f"held-out, {cycle.adapter}",
+            progress=progress,
+        )
     elif cycle.gate is not None and not cycle.gate.get("promote") and cycle.run_id:
         adapter_dir = config.out_dir / "learner" / cycle.run_id / "adapter"
-        name = await stage_candidate(adapter_dir, config=config, sessions=sessions, engines=engines,
-                                     run_id=cycle.run_id)
+        name = await stage_candidate(
+            adapter_dir, config=config, sessions=sessions, engines=engines, run_id=cycle.run_id
+        )
         try:
             await wait_model_listed(servers.api_url, name)
             result.after_label, result.after_kind = f"{name} (candidate, gate rejected)", "candidate"
-            after = await send_tasks(servers.api_url, heldout_items, model=name, task=AFTER_TAG, **_client_args(config),
-                                     desc=f"held-out, {name}", progress=progress)
+            after = await send_tasks(
+                servers.api_url,
+                heldout_items,
+                model=name,
+                task=AFTER_TAG,
+                **_client_args(config),
+                desc=f"held-out, {name}",
+                progress=progress,
+            )
         finally:
             await retire_candidate(name, cycle.reasons, sessions=sessions, engines=engines)
     else:
@@ -517,8 +655,10 @@ def _client_args(config: DemoConfig) -> dict[str, Any]:
 
 def _line(summary: dict[str, Any]) -> str:
     first, after = summary["first_attempt"], summary["after_retry"]
-    return (f"n={summary['n']}, first attempt {100 * first['rate']:.1f}%, after reflection + retry "
-            f"{100 * after['rate']:.1f}%, errors {summary['errors']}")
+    return (
+        f"n={summary['n']}, first attempt {100 * first['rate']:.1f}%, after reflection + retry "
+        f"{100 * after['rate']:.1f}%, errors {summary['errors']}"
+    )
 
 
 def _write_outputs(config: DemoConfig, result: DemoResult) -> None:
@@ -527,8 +667,14 @@ def _write_outputs(config: DemoConfig, result: DemoResult) -> None:
     json_path, png_path = config.out_dir / "demo.json", config.out_dir / "demo.png"
     result.files = {"json": str(json_path), "png": str(png_path)}
     if result.table is not None and result.after_label:
-        write_chart(png_path, result.table, before_label=result.before_label, after_label=result.after_label,
-                    steps=result.training_steps, title="rrr demo: one learner cycle on the demo policy")
+        write_chart(
+            png_path,
+            result.table,
+            before_label=result.before_label,
+            after_label=result.after_label,
+            steps=result.training_steps,
+            title="rrr demo: one learner cycle on the demo policy",
+        )
     else:
         result.files.pop("png")
     json_path.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
@@ -538,9 +684,13 @@ def format_result(result: DemoResult) -> str:
     """The human summary: the before/after table, the gate's decision, stage times, files and URLs."""
     lines = []
     if result.table is not None and result.after_label:
-        lines += ["", "held-out tasks through the rrr API (reference verifier, greedy, one reflection + one retry;",
-                  "rates with 95% Wilson intervals; difference with a 95% paired Newcombe interval):", "",
-                  format_table(result.table, result.before_label, result.after_label)]
+        lines += [
+            "",
+            "held-out tasks through the rrr API (reference verifier, greedy, one reflection + one retry;",
+            "rates with 95% Wilson intervals; difference with a 95% paired Newcombe interval):",
+            "",
+            format_table(result.table, result.before_label, result.after_label),
+        ]
     else:
         lines += ["", f"held-out, base only: {_line(result.before)}" if result.before else ""]
     gate = result.cycle.get("gate") or {}

@@ -46,10 +46,15 @@ def free_port() -> int:
 
 def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     """The caller's environment without rrr/vLLM settings, offline, plus `extra`."""
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith(("RRR_", "VLLM_")) and k not in KEPT_ENV)}
-    env.update({"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false",
-                "PYTHONUNBUFFERED": "1"})
+    env = {k: v for k, v in os.environ.items() if not (k.startswith(("RRR_", "VLLM_")) and k not in KEPT_ENV)}
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra)
     return env
 
@@ -74,16 +79,19 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServerStartError(f"the {self.name} exited with status {self.proc.returncode} while "
-                                       f"starting; the end of {self.log_path}:\n{self.log_tail()}")
+                raise ServerStartError(
+                    f"the {self.name} exited with status {self.proc.returncode} while "
+                    f"starting; the end of {self.log_path}:\n{self.log_tail()}"
+                )
             try:
                 if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass  # not listening yet
             time.sleep(0.25)
-        raise ServerStartError(f"the {self.name} was not healthy after {timeout_s:g}s; the end of "
-                               f"{self.log_path}:\n{self.log_tail()}")
+        raise ServerStartError(
+            f"the {self.name} was not healthy after {timeout_s:g}s; the end of {self.log_path}:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGINT (a graceful uvicorn shutdown), then SIGKILL if it does not exit in time."""
@@ -106,8 +114,13 @@ def start_server(name: str, args: list[str], *, port: int, log_path: Path, env: 
     """`python -m cli ARGS` in the background, output to `log_path` (not yet healthy)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=child_env(env))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env(env),
+        )
     return ServerProcess(name=name, url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path)
 
 
@@ -127,9 +140,17 @@ class DemoServers:
 
 
 @contextlib.contextmanager
-def demo_servers(policy_dir: Path, data_dir: Path, log_dir: Path, *, served_name: str = "demo-policy",
-                 max_lora_rank: int = 16, api_env: Mapping[str, str] | None = None,
-                 engine_threads: int | None = None, startup_timeout_s: float = 180.0) -> Iterator[DemoServers]:
+def demo_servers(
+    policy_dir: Path,
+    data_dir: Path,
+    log_dir: Path,
+    *,
+    served_name: str = "demo-policy",
+    max_lora_rank: int = 16,
+    api_env: Mapping[str, str] | None = None,
+    engine_threads: int | None = None,
+    startup_timeout_s: float = 180.0,
+) -> Iterator[DemoServers]:
     """Start the engine, then the API on it; yield both; always stop both (API first).
 
     `api_env` adds `RRR_*` settings for the API (e.g. the reflection cap); the data dir holds the
@@ -142,17 +163,46 @@ def demo_servers(policy_dir: Path, data_dir: Path, log_dir: Path, *, served_name
         if engine_threads:
             engine_env["OMP_NUM_THREADS"] = str(engine_threads)
         engine = start_server(
-            "engine", ["engine", "serve", "--model", str(policy_dir), "--served-model-name", served_name,
-                       "--host", "127.0.0.1", "--port", str(engine_port), "--enable-lora",
-                       "--max-lora-rank", str(max_lora_rank)],
-            port=engine_port, log_path=log_dir / "engine.log", env=engine_env)
+            "engine",
+            [
+                "engine",
+                "serve",
+                "--model",
+                str(policy_dir),
+                "--served-model-name",
+                served_name,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(engine_port),
+                "--enable-lora",
+                "--max-lora-rank",
+                str(max_lora_rank),
+            ],
+            port=engine_port,
+            log_path=log_dir / "engine.log",
+            env=engine_env,
+        )
         started.append(engine)
         engine.wait_healthy(startup_timeout_s)
         api_port = free_port()
         api = start_server(
-            "API", ["serve", "--engine-url", engine.url, "--data-dir", str(data_dir), "--host", "127.0.0.1",
-                    "--port", str(api_port)],
-            port=api_port, log_path=log_dir / "api.log", env=dict(api_env or {}))
+            "API",
+            [
+                "serve",
+                "--engine-url",
+                engine.url,
+                "--data-dir",
+                str(data_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(api_port),
+            ],
+            port=api_port,
+            log_path=log_dir / "api.log",
+            env=dict(api_env or {}),
+        )
         started.append(api)
         api.wait_healthy(startup_timeout_s)
         yield DemoServers(engine=engine, api=api, served_name=served_name)

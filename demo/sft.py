@@ -47,9 +47,16 @@ EOS = "<|im_end|>"
 
 
 def default_model_config() -> TinyModelConfig:
-    return TinyModelConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                           intermediate_size=512, vocab_size=2048, max_position_embeddings=2048,
-                           number_tokens_below=1000)
+    return TinyModelConfig(
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=512,
+        vocab_size=2048,
+        max_position_embeddings=2048,
+        number_tokens_below=1000,
+    )
 
 
 @dataclass(frozen=True)
@@ -133,15 +140,20 @@ class SFTResult:
 
 # --- rendering and tokenising ---------------------------------------------------------------------
 
+
 def render_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
     """The prompt exactly as ``LocalEngine.render_prompt`` (and vLLM) renders it."""
-    return str(tokenizer.apply_chat_template(normalize_messages(messages), tools=tools or None,
-                                             add_generation_prompt=True, tokenize=False))
+    return str(
+        tokenizer.apply_chat_template(
+            normalize_messages(messages), tools=tools or None, add_generation_prompt=True, tokenize=False
+        )
+    )
 
 
 # A line break followed by a non-space character ends every pre-token of the tokenizer (spaces are
 # isolated, digits split, number tokens never hold a line break, and no pattern of Qwen2's split runs
-# from a line break into the next line's text), so text cut there tokenises piece by piece exactly as a whole. Prompts repeat the
+# from a line break into the next line's text), so text cut there tokenises piece by piece exactly as a
+# whole. Prompts repeat the
 # same template lines and tool schemas, so caching the pieces makes encoding about ten times faster.
 _PIECE_BREAK = re.compile(r"(?<=\n)(?=\S)")
 
@@ -164,8 +176,9 @@ class SegmentEncoder:
         return out
 
 
-def encode_conversation(tokenizer: Any, conversation: Conversation,
-                        encode: Callable[[str], list[int]] | None = None) -> tuple[list[int], list[int]]:
+def encode_conversation(
+    tokenizer: Any, conversation: Conversation, encode: Callable[[str], list[int]] | None = None
+) -> tuple[list[int], list[int]]:
     """(input ids, labels) of a whole conversation; labels are -100 except on the targets (+ EOS)."""
     encode = encode or SegmentEncoder(tokenizer)
     ids: list[int] = []
@@ -175,7 +188,7 @@ def encode_conversation(tokenizer: Any, conversation: Conversation,
         prompt = render_prompt(tokenizer, messages, conversation.tools)
         if not prompt.startswith(done):
             raise ValueError("a conversation step does not extend the previous one")
-        new = encode(prompt[len(done):])
+        new = encode(prompt[len(done) :])
         answer = encode(target + EOS)
         ids += new + answer
         labels += [-100] * len(new) + answer
@@ -222,8 +235,12 @@ def shared_prefix_text(tokenizer: Any, tools: list[dict[str, Any]]) -> str:
     return text[: text.rindex(marker) + len(marker)]
 
 
-def build_groups(tokenizer: Any, conversations: Sequence[Conversation], max_group: int,
-                 encode: Callable[[str], list[int]] | None = None) -> list[PromptGroup]:
+def build_groups(
+    tokenizer: Any,
+    conversations: Sequence[Conversation],
+    max_group: int,
+    encode: Callable[[str], list[int]] | None = None,
+) -> list[PromptGroup]:
     """Group conversations by their tool list (at most ``max_group`` per group) and encode them."""
     encode = encode or SegmentEncoder(tokenizer)
     by_tools: dict[tuple[str, ...], list[Conversation]] = {}
@@ -234,16 +251,18 @@ def build_groups(tokenizer: Any, conversations: Sequence[Conversation], max_grou
         prefix = encode(shared_prefix_text(tokenizer, members[0].tools))
         for start in range(0, len(members), max_group):
             rows = []
-            for conversation in members[start:start + max_group]:
+            for conversation in members[start : start + max_group]:
                 ids, labels = encode_conversation(tokenizer, conversation, encode)
                 if ids[: len(prefix)] != prefix:
                     raise ValueError("a conversation does not start with its tool list's shared prompt")
-                rows.append((ids[len(prefix):], labels[len(prefix):]))
+                rows.append((ids[len(prefix) :], labels[len(prefix) :]))
             groups.append(PromptGroup(prefix=prefix, rows=sorted(rows, key=lambda r: len(r[0]))))
     return groups
 
 
-def _sub_batches(rows: list[tuple[list[int], list[int]]], ratio: float = 1.5) -> list[list[tuple[list[int], list[int]]]]:
+def _sub_batches(
+    rows: list[tuple[list[int], list[int]]], ratio: float = 1.5
+) -> list[list[tuple[list[int], list[int]]]]:
     """Cut length-sorted rows where the width grows past ``ratio`` times the sub-batch's first row."""
     out: list[list[tuple[list[int], list[int]]]] = []
     for row in rows:
@@ -326,13 +345,14 @@ def teacher_forced_accuracy(model: Any, tokenizer: Any, items: Sequence[DemoItem
     model.eval()
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
-            _, exact = answer_loss(model, *_collate(rows[start:start + batch_size], tokenizer.pad_token_id))
+            _, exact = answer_loss(model, *_collate(rows[start : start + batch_size], tokenizer.pad_token_id))
             hits += int(exact.sum())
     model.train(was_training)
     return hits / max(1, len(rows))
 
 
 # --- training -------------------------------------------------------------------------------------
+
 
 def _lr_at(step: int, config: SFTConfig) -> float:
     """Warm-up, constant, then a cosine decay over the last ``decay_fraction`` of the steps.
@@ -350,8 +370,9 @@ def _lr_at(step: int, config: SFTConfig) -> float:
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def train_policy(out_dir: str | Path, config: SFTConfig = SFTConfig(), *, num_threads: int | None = None,
-                 progress: bool = True) -> SFTResult:
+def train_policy(
+    out_dir: str | Path, config: SFTConfig = SFTConfig(), *, num_threads: int | None = None, progress: bool = True
+) -> SFTResult:
     """Build and train the demo policy into ``out_dir`` (model, tokenizer, template, sft.json)."""
     import torch
     import transformers
@@ -360,17 +381,25 @@ def train_policy(out_dir: str | Path, config: SFTConfig = SFTConfig(), *, num_th
 
     started = time.monotonic()
     out = Path(out_dir)
-    train_items, eval_items = split_items(config.n_train_items, config.eval_items, config.seed,
-                                          group_size=config.group_size)
+    train_items, eval_items = split_items(
+        config.n_train_items, config.eval_items, config.seed, group_size=config.group_size
+    )
     conversations = training_conversations(train_items, reflection_share=config.reflection_share, seed=config.seed)
-    build_tiny_model(out, seed=config.seed, config=config.model,
-                     extra_corpus=tokenizer_corpus(train_items, conversations, config.tokenizer_texts))
+    build_tiny_model(
+        out,
+        seed=config.seed,
+        config=config.model,
+        extra_corpus=tokenizer_corpus(train_items, conversations, config.tokenizer_texts),
+    )
     (out / "chat_template.jinja").write_text(DEMO_CHAT_TEMPLATE, encoding="utf-8")
     tokenizer = AutoTokenizer.from_pretrained(out)
     groups = build_groups(tokenizer, conversations, max_group=config.group_size * 2)
     n_toolless = config.toolless_steps * config.batch_size
-    toolless = build_groups(tokenizer, [replace(c, tools=[]) for c in conversations[:n_toolless]],
-                            max_group=config.batch_size) if n_toolless else []
+    toolless = (
+        build_groups(tokenizer, [replace(c, tools=[]) for c in conversations[:n_toolless]], max_group=config.batch_size)
+        if n_toolless
+        else []
+    )
     pad = tokenizer.pad_token_id
     threads = torch.get_num_threads()
     if num_threads:
@@ -385,14 +414,22 @@ def train_policy(out_dir: str | Path, config: SFTConfig = SFTConfig(), *, num_th
             n_params = sum(p.numel() for p in model.parameters())
             decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
             no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
-            optim = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}],
-                                      lr=config.lr, betas=config.betas)
+            optim = torch.optim.AdamW(
+                [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                lr=config.lr,
+                betas=config.betas,
+            )
             rng = random.Random(f"rrr-demo-sft/{config.seed}")
-            log.info("demo SFT: %d parameters, %d conversations (%d reflection-shaped) in %d prompt groups, "
-                     "%d steps of %d groups", n_params, len(conversations),
-                     sum(c.kind != "answer" for c in conversations), len(groups), config.steps,
-                     config.groups_per_step)
+            log.info(
+                "demo SFT: %d parameters, %d conversations (%d reflection-shaped) in %d prompt groups, "
+                "%d steps of %d groups",
+                n_params,
+                len(conversations),
+                sum(c.kind != "answer" for c in conversations),
+                len(groups),
+                config.steps,
+                config.groups_per_step,
+            )
             queue: list[PromptGroup] = []
             bar = tqdm(total=config.steps, desc="training the demo policy", unit="step", disable=not progress)
             for step in range(config.steps):
@@ -416,7 +453,11 @@ def train_policy(out_dir: str | Path, config: SFTConfig = SFTConfig(), *, num_th
                 value = float(loss.item())
                 losses.append(value)
                 postfix = {"loss": f"{value:.3f}"}
-                if config.eval_every and eval_items and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
+                if (
+                    config.eval_every
+                    and eval_items
+                    and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps)
+                ):
                     acc = teacher_forced_accuracy(model, tokenizer, eval_items)
                     evals.append({"step": step + 1, "exact_match": acc, "seconds": time.monotonic() - started})
                     log.info("step %d: loss %.4f, held-out exact match %.3f", step + 1, value, acc)
@@ -430,10 +471,15 @@ def train_policy(out_dir: str | Path, config: SFTConfig = SFTConfig(), *, num_th
     model.save_pretrained(out)
     seconds = time.monotonic() - started
     # Weights depend on the thread count only through floating-point summation order: recorded.
-    meta = {"config": config.to_json(), "num_threads": num_threads or threads,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-            "parameters": n_params, "seconds": round(seconds, 1), "final_loss": losses[-1], "evals": evals}
+    meta = {
+        "config": config.to_json(),
+        "num_threads": num_threads or threads,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "parameters": n_params,
+        "seconds": round(seconds, 1),
+        "final_loss": losses[-1],
+        "evals": evals,
+    }
     (out / "sft.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     log.info("demo policy trained in %.0f s into %s", seconds, out)
-    return SFTResult(out_dir=out, parameters=n_params, steps=config.steps, seconds=seconds, losses=losses,
-                     evals=evals)
+    return SFTResult(out_dir=out, parameters=n_params, steps=config.steps, seconds=seconds, losses=losses, evals=evals)

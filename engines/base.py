@@ -62,8 +62,17 @@ class ChatRequest:
     def to_body(self) -> dict[str, Any]:
         """The JSON body of `POST /v1/chat/completions` (unset fields left out)."""
         body: dict[str, Any] = {"messages": self.messages}
-        for key in ("model", "tools", "tool_choice", "temperature", "top_p", "max_tokens", "seed", "stop",
-                    "parallel_tool_calls"):
+        for key in (
+            "model",
+            "tools",
+            "tool_choice",
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "seed",
+            "stop",
+            "parallel_tool_calls",
+        ):
             value = getattr(self, key)
             if value is not None:
                 body[key] = value

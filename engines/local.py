@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 # --- the engine -----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class GenerationOutput:
     """One generation: text without the EOS token, vLLM's finish reason and token counts."""
@@ -77,10 +78,21 @@ class _Adapter:
 class LocalEngine:
     """A causal LM (path or hub id) with PEFT adapters, serving OpenAI chat completions in-process."""
 
-    def __init__(self, model_path: str, *, device: str | None = None, dtype: Any = None,
-                 served_name: str | None = None, max_model_len: int | None = None, max_lora_rank: int = 16,
-                 enable_lora: bool = True, num_threads: int | None = None, name: str = "local",
-                 timeout: float | None = None, load: bool = True) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: str | None = None,
+        dtype: Any = None,
+        served_name: str | None = None,
+        max_model_len: int | None = None,
+        max_lora_rank: int = 16,
+        enable_lora: bool = True,
+        num_threads: int | None = None,
+        name: str = "local",
+        timeout: float | None = None,
+        load: bool = True,
+    ) -> None:
         self.name = name
         self.model_path = model_path
         self.served_name = served_name or model_path
@@ -147,9 +159,14 @@ class LocalEngine:
             self._gen_defaults["temperature"] = explicit.get("temperature", 1.0) if gen.do_sample else 0.0
             limit = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
             self.max_model_len = int(self._max_model_len_arg or limit)
-            self._lora_modules = frozenset(
-                n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")) or QWEN2_LORA_MODULES
+            self._lora_modules = (
+                frozenset(
+                    n.rsplit(".", 1)[-1]
+                    for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")
+                )
+                or QWEN2_LORA_MODULES
+            )
             self.device = device
             self._tokenizer = tokenizer
             self._model = model
@@ -183,7 +200,8 @@ class LocalEngine:
         try:
             with self._tok_lock:
                 text = self.tokenizer.apply_chat_template(
-                    normalize_messages(messages), tools=tools or None, add_generation_prompt=True, tokenize=False)
+                    normalize_messages(messages), tools=tools or None, add_generation_prompt=True, tokenize=False
+                )
         except EngineError:
             raise
         except Exception as exc:  # jinja's TemplateError, a missing key: vLLM answers 400
@@ -203,19 +221,25 @@ class LocalEngine:
             return None
         if model in self._adapters:
             return model
-        raise EngineRequestError(404, f"The model `{model}` does not exist. Valid aliases: {self.served_name}.",
-                                 "NotFoundError", "model")
+        raise EngineRequestError(
+            404, f"The model `{model}` does not exist. Valid aliases: {self.served_name}.", "NotFoundError", "model"
+        )
 
     async def load_adapter(self, name: str, path: str, *, load_inplace: bool = False) -> None:
         """Load a PEFT LoRA directory under `name` (vLLM's checks and messages, §2.2)."""
         if not name or not path:
             raise AdapterError(400, "Both 'lora_name' and 'lora_path' must be provided.", "InvalidUserInput")
         if name == self.served_name:
-            raise AdapterError(400, f"The lora adapter '{name}' conflicts with a served base model.",
-                               "InvalidUserInput")
+            raise AdapterError(
+                400, f"The lora adapter '{name}' conflicts with a served base model.", "InvalidUserInput"
+            )
         if name in self._adapters and not load_inplace:
-            raise AdapterError(400, f"The lora adapter '{name}' has already been loaded. If you want to load the "
-                               "adapter in place, set 'load_inplace' to True.", "InvalidUserInput")
+            raise AdapterError(
+                400,
+                f"The lora adapter '{name}' has already been loaded. If you want to load the "
+                "adapter in place, set 'load_inplace' to True.",
+                "InvalidUserInput",
+            )
         if not self.enable_lora:
             raise add_lora_failed("LoRA is not enabled. Please set `enable_lora` to True.")
         config = validate_adapter_dir(path, self.max_lora_rank, name=name, supported_modules=self._lora_modules)
@@ -226,8 +250,12 @@ class LocalEngine:
             if self._model is None:
                 raise EngineError("the local engine is not loaded")
             if name in self._adapters and not load_inplace:  # a concurrent load of the same name won
-                raise AdapterError(400, f"The lora adapter '{name}' has already been loaded. If you want to load "
-                                   "the adapter in place, set 'load_inplace' to True.", "InvalidUserInput")
+                raise AdapterError(
+                    400,
+                    f"The lora adapter '{name}' has already been loaded. If you want to load "
+                    "the adapter in place, set 'load_inplace' to True.",
+                    "InvalidUserInput",
+                )
             self._keys += 1
             key = f"lora{self._keys}"
             try:
@@ -268,8 +296,7 @@ class LocalEngine:
     async def unload_adapter(self, name: str) -> None:
         """Forget `name` (404 `NotFoundError` if unknown); waits for the running generation."""
         if not name:
-            raise AdapterError(400, "'lora_name' needs to be provided to unload a LoRA adapter.",
-                               "InvalidUserInput")
+            raise AdapterError(400, "'lora_name' needs to be provided to unload a LoRA adapter.", "InvalidUserInput")
         if name not in self._adapters:
             raise AdapterError(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
         await asyncio.to_thread(self._unload_adapter_sync, name)
@@ -296,22 +323,52 @@ class LocalEngine:
     async def list_models(self) -> list[dict[str, Any]]:
         """vLLM's `/v1/models` cards: the base first, then adapters in load order (§2.5)."""
         now = int(time.time())
-        cards = [{"id": self.served_name, "object": "model", "created": now, "owned_by": "vllm",
-                  "root": self.model_path, "parent": None, "max_model_len": self.max_model_len,
-                  "permission": [model_permission()]}]
-        cards += [{"id": a.name, "object": "model", "created": now, "owned_by": "vllm", "root": a.path,
-                   "parent": self.served_name, "max_model_len": None, "permission": [model_permission()]}
-                  for a in list(self._adapters.values())]
+        cards = [
+            {
+                "id": self.served_name,
+                "object": "model",
+                "created": now,
+                "owned_by": "vllm",
+                "root": self.model_path,
+                "parent": None,
+                "max_model_len": self.max_model_len,
+                "permission": [model_permission()],
+            }
+        ]
+        cards += [
+            {
+                "id": a.name,
+                "object": "model",
+                "created": now,
+                "owned_by": "vllm",
+                "root": a.path,
+                "parent": self.served_name,
+                "max_model_len": None,
+                "permission": [model_permission()],
+            }
+            for a in list(self._adapters.values())
+        ]
         return cards
 
     # generation
 
-    def generate(self, prompt_ids: Sequence[int], *, adapter: str | None = None, max_tokens: int | None = None,
-                 temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-                 repetition_penalty: float | None = None, seed: int | None = None,
-                 stop: Sequence[str] | None = None, skip_special_tokens: bool = False,
-                 deadline: float | None = None, cancel: threading.Event | None = None,
-                 on_text: Callable[[str], None] | None = None) -> GenerationOutput:
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        adapter: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+        skip_special_tokens: bool = False,
+        deadline: float | None = None,
+        cancel: threading.Event | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> GenerationOutput:
         """Generate a completion of `prompt_ids` (blocking; call it from a worker thread).
 
         `adapter` is a request's `model` (None or the base name: base). Sampling follows vLLM: greedy
@@ -323,9 +380,12 @@ class LocalEngine:
         if n_prompt == 0:
             raise bad_request("The prompt is empty.", "messages")
         if n_prompt >= self.max_model_len:
-            raise bad_request(f"This model's maximum context length is {self.max_model_len} tokens. However, "
-                               f"your prompt contains {n_prompt} input tokens. Please reduce the length of the "
-                               "input messages.", "input_tokens")
+            raise bad_request(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"your prompt contains {n_prompt} input tokens. Please reduce the length of the "
+                "input messages.",
+                "input_tokens",
+            )
         if max_tokens is not None and max_tokens < 1:
             raise bad_request(f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens")
         if temperature is not None and temperature < 0:
@@ -340,7 +400,8 @@ class LocalEngine:
             "temperature": float(temp or 0.0),
             "top_p": top_p if top_p is not None else defaults.get("top_p"),
             "top_k": top_k if top_k is not None else defaults.get("top_k"),
-            "repetition_penalty": repetition_penalty if repetition_penalty is not None
+            "repetition_penalty": repetition_penalty
+            if repetition_penalty is not None
             else defaults.get("repetition_penalty"),
         }
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -350,15 +411,34 @@ class LocalEngine:
             if self._model is None:
                 raise EngineError("the local engine is not loaded")
             name = self.resolve_model(adapter)
-            return self._generate_locked(list(prompt_ids), name, limit, sampling, seed, list(stop or []),
-                                         skip_special_tokens, deadline, cancel, on_text)
+            return self._generate_locked(
+                list(prompt_ids),
+                name,
+                limit,
+                sampling,
+                seed,
+                list(stop or []),
+                skip_special_tokens,
+                deadline,
+                cancel,
+                on_text,
+            )
         finally:
             self._lock.release()
 
-    def _generate_locked(self, prompt: list[int], adapter: str | None, limit: int, sampling: dict[str, Any],
-                         seed: int | None, stop: list[str], skip_special: bool, deadline: float | None,
-                         cancel: threading.Event | None, on_text: Callable[[str], None] | None
-                         ) -> GenerationOutput:
+    def _generate_locked(
+        self,
+        prompt: list[int],
+        adapter: str | None,
+        limit: int,
+        sampling: dict[str, Any],
+        seed: int | None,
+        stop: list[str],
+        skip_special: bool,
+        deadline: float | None,
+        cancel: threading.Event | None,
+        on_text: Callable[[str], None] | None,
+    ) -> GenerationOutput:
         import contextlib
 
         import torch
@@ -398,7 +478,7 @@ class LocalEngine:
                 hit = self._find_stop(text, stop, searched)
                 searched = len(text)
                 if hit is not None:
-                    text, stop_reason, finish = text[:hit[0]], hit[1], "stop"
+                    text, stop_reason, finish = text[: hit[0]], hit[1], "stop"
                     break
                 if on_text is not None:
                     safe = len(text) - hold
@@ -410,13 +490,19 @@ class LocalEngine:
                 input_ids = torch.tensor([[token]], device=self.device)
         if on_text is not None and len(text) > emitted:
             on_text(text[emitted:])
-        return GenerationOutput(text=text, finish_reason=finish, prompt_tokens=len(prompt),
-                                completion_tokens=len(generated), stop_reason=stop_reason)
+        return GenerationOutput(
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=len(prompt),
+            completion_tokens=len(generated),
+            stop_reason=stop_reason,
+        )
 
     def _decode(self, ids: list[int], skip_special: bool) -> str:
         with self._tok_lock:
-            return str(self._tokenizer.decode(ids, skip_special_tokens=skip_special,
-                                              clean_up_tokenization_spaces=False))
+            return str(
+                self._tokenizer.decode(ids, skip_special_tokens=skip_special, clean_up_tokenization_spaces=False)
+            )
 
     @staticmethod
     def _find_stop(text: str, stop: list[str], searched: int) -> tuple[int, str] | None:
@@ -432,8 +518,9 @@ class LocalEngine:
         return best
 
     @staticmethod
-    def _pick(logits: torch.Tensor, prompt: list[int], generated: list[int], sampling: dict[str, Any],
-              gen: torch.Generator) -> int:
+    def _pick(
+        logits: torch.Tensor, prompt: list[int], generated: list[int], sampling: dict[str, Any], gen: torch.Generator
+    ) -> int:
         import torch
 
         penalty = sampling["repetition_penalty"]
@@ -477,16 +564,31 @@ class LocalEngine:
         def work() -> dict[str, Any]:
             prompt = self.encode(self.render_prompt(request.messages, request.tools))
             out = self.generate(
-                prompt, adapter=request.model, max_tokens=max_tokens, temperature=request.temperature,
-                top_p=request.top_p, top_k=extra.get("top_k"), repetition_penalty=extra.get("repetition_penalty"),
-                seed=request.seed, stop=[stop] if isinstance(stop, str) else stop,
+                prompt,
+                adapter=request.model,
+                max_tokens=max_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                top_k=extra.get("top_k"),
+                repetition_penalty=extra.get("repetition_penalty"),
+                seed=request.seed,
+                stop=[stop] if isinstance(stop, str) else stop,
                 # vLLM's hermes parser keeps special tokens whenever tools may be called.
                 skip_special_tokens=not (request.tools and tool_choice != "none"),
-                deadline=deadline, cancel=cancel)
+                deadline=deadline,
+                cancel=cancel,
+            )
             return build_chat_completion(
-                out.text, out.finish_reason, model=model_name, prompt_tokens=out.prompt_tokens,
-                completion_tokens=out.completion_tokens, tools=request.tools, tool_choice=tool_choice,
-                parallel_tool_calls=request.parallel_tool_calls, stop_reason=out.stop_reason)
+                out.text,
+                out.finish_reason,
+                model=model_name,
+                prompt_tokens=out.prompt_tokens,
+                completion_tokens=out.completion_tokens,
+                tools=request.tools,
+                tool_choice=tool_choice,
+                parallel_tool_calls=request.parallel_tool_calls,
+                stop_reason=out.stop_reason,
+            )
 
         try:
             body = await asyncio.to_thread(work)
@@ -495,7 +597,12 @@ class LocalEngine:
             raise
         choice = body["choices"][0]
         message = dict(choice["message"])
-        return ChatResult(message=message, finish_reason=choice["finish_reason"], model=body["model"],
-                          prompt_tokens=body["usage"]["prompt_tokens"],
-                          completion_tokens=body["usage"]["completion_tokens"],
-                          latency_ms=(time.perf_counter() - started) * 1000.0, raw=body)
+        return ChatResult(
+            message=message,
+            finish_reason=choice["finish_reason"],
+            model=body["model"],
+            prompt_tokens=body["usage"]["prompt_tokens"],
+            completion_tokens=body["usage"]["completion_tokens"],
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+            raw=body,
+        )

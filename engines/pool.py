@@ -75,7 +75,9 @@ class EnginePool:
         if replica.up and replica.failures >= self.failure_threshold:
             replica.down_since = time.monotonic()
             replica.next_probe = replica.down_since + self.probe_interval_s
-            log.warning("engine replica %d marked down after %d failures", self.members.index(replica), replica.failures)
+            log.warning(
+                "engine replica %d marked down after %d failures", self.members.index(replica), replica.failures
+            )
 
     def _mark_success(self, replica: _Replica) -> None:
         replica.failures = 0

@@ -64,8 +64,11 @@ def error_fields(body: object) -> tuple[str, str, str | None]:
             if message is None and "detail" in inner:
                 message = inner["detail"]
             param = inner.get("param")
-            return (str(message) if message is not None else "", str(inner.get("type") or ""),
-                    str(param) if param is not None else None)
+            return (
+                str(message) if message is not None else "",
+                str(inner.get("type") or ""),
+                str(param) if param is not None else None,
+            )
         return str(inner), "", None
     if body is None:
         return "", "", None
@@ -77,8 +80,9 @@ def translate_error(exc: BaseException, *, what: str, deadline: float | None = N
     if isinstance(exc, EngineError):
         return exc
     if isinstance(exc, UnicodeEncodeError):  # a lone surrogate cannot be sent as UTF-8 JSON
-        return EngineRequestError(400, f"{what}: the request contains text that is not valid Unicode "
-                                  "(a lone surrogate)", "BadRequestError")
+        return EngineRequestError(
+            400, f"{what}: the request contains text that is not valid Unicode (a lone surrogate)", "BadRequestError"
+        )
     if isinstance(exc, openai.APIStatusError):
         message, type_, param = error_fields(exc.body)
         return EngineRequestError(exc.status_code, message or str(exc), type_, param)
@@ -177,9 +181,9 @@ class VLLMEngine:
         body = request.to_body()
         started = time.perf_counter()
         raw: object = await self._call(
-            "chat", deadline,
-            lambda: self._client.post("/chat/completions", cast_to=object, body=body,
-                                      options=self._options(deadline)),
+            "chat",
+            deadline,
+            lambda: self._client.post("/chat/completions", cast_to=object, body=body, options=self._options(deadline)),
         )
         return result_from_body(raw, (time.perf_counter() - started) * 1000.0)
 
@@ -187,9 +191,9 @@ class VLLMEngine:
         """POST an admin route; 200 is plain text with no Content-Type, so never parse it as JSON."""
         try:
             text: str = await self._call(
-                route, self.admin_timeout,
-                lambda: self._client.post(route, cast_to=str, body=body,
-                                          options=self._options(self.admin_timeout)),
+                route,
+                self.admin_timeout,
+                lambda: self._client.post(route, cast_to=str, body=body, options=self._options(self.admin_timeout)),
             )
         except EngineRequestError as exc:
             if exc.status == 404 and not exc.type and exc.message == "Not Found":
@@ -231,7 +235,8 @@ class VLLMEngine:
     async def list_models(self) -> list[dict[str, Any]]:
         """The cards of `/v1/models`: base models (`parent` null) first, then adapters."""
         body: object = await self._call(
-            "models", self.timeout,
+            "models",
+            self.timeout,
             lambda: self._client.get("/models", cast_to=object, options=self._options(self.timeout)),
         )
         data = body.get("data") if isinstance(body, dict) else None
@@ -250,9 +255,11 @@ class VLLMEngine:
         """`GET /health` is 200: True. Refused (starting or down), 503, a timeout: False. Never raises."""
         try:
             await self._call(
-                "health", self.health_timeout,
-                lambda: self._client.get(f"{self.root_url}/health", cast_to=str,
-                                         options=self._options(self.health_timeout)),
+                "health",
+                self.health_timeout,
+                lambda: self._client.get(
+                    f"{self.root_url}/health", cast_to=str, options=self._options(self.health_timeout)
+                ),
             )
         except EngineError:
             return False

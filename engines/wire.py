@@ -24,7 +24,8 @@ from tools.verify import effective_tool_choice
 log = logging.getLogger(__name__)
 
 QWEN2_LORA_MODULES = frozenset(
-    {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj", "gate_up_proj"})
+    {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj", "gate_up_proj"}
+)
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapter_model.pt")
 _ALLOWED_INIT_NAMES = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")  # besides true and false
 _ADD_LORA = "Call to add_lora method failed: "
@@ -49,8 +50,9 @@ def _safetensors_names(path: Path) -> list[str]:
     return [name for name in header if name != "__metadata__"]
 
 
-def validate_adapter_dir(path: str, max_lora_rank: int, *, name: str | None = None,
-                         supported_modules: Collection[str] = QWEN2_LORA_MODULES) -> dict[str, Any]:
+def validate_adapter_dir(  # noqa: C901 (vLLM's checks, one branch each, in vLLM's order)
+    path: str, max_lora_rank: int, *, name: str | None = None, supported_modules: Collection[str] = QWEN2_LORA_MODULES
+) -> dict[str, Any]:
     """Check a PEFT LoRA directory the way vLLM 0.33 does before loading it; return its config.
 
     Missing directory or `adapter_config.json`: `AdapterError` 404 `NotFoundError`. Anything vLLM
@@ -119,7 +121,8 @@ def validate_adapter_dir(path: str, max_lora_rank: int, *, name: str | None = No
     if unexpected:
         raise add_lora_failed(
             f"While loading {path}, expected target modules in {sorted(expected)} but received "
-            f"{unexpected}. Please verify that the loaded LoRA module is correct")
+            f"{unexpected}. Please verify that the loaded LoRA module is correct"
+        )
     return config
 
 
@@ -138,35 +141,48 @@ def bad_request(message: str, param: str | None) -> EngineRequestError:
     return EngineRequestError(400, message + suffix, "BadRequestError", param)
 
 
-def check_tool_request(tools: list[dict[str, Any]] | None, tool_choice: str | dict[str, Any] | None
-                       ) -> str | dict[str, Any]:
+def check_tool_request(
+    tools: list[dict[str, Any]] | None, tool_choice: str | dict[str, Any] | None
+) -> str | dict[str, Any]:
     """vLLM's request validation for tools (§3.2); returns the effective `tool_choice`."""
     if tools is not None and len(tools) == 0:
-        raise bad_request("`tools` must not be an empty array. Either provide at least one tool or omit the "
-                           "field entirely.", "tools")
+        raise bad_request(
+            "`tools` must not be an empty array. Either provide at least one tool or omit the field entirely.", "tools"
+        )
     if tool_choice is not None and tools is None:
         raise bad_request("When using `tool_choice`, `tools` must be set.", "tool_choice")
     names = set()
     for tool in tools or []:
         fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(fn, dict) \
-                or not isinstance(fn.get("name"), str):
-            raise bad_request("Each tool must be {\"type\": \"function\", \"function\": {\"name\": ...}}.", "tools")
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type", "function") != "function"
+            or not isinstance(fn, dict)
+            or not isinstance(fn.get("name"), str)
+        ):
+            raise bad_request('Each tool must be {"type": "function", "function": {"name": ...}}.', "tools")
         names.add(fn["name"])
     if tool_choice is None:
         return effective_tool_choice(None, bool(tools))
     if isinstance(tool_choice, str):
         if tool_choice not in ("none", "auto", "required"):
-            raise bad_request(f"Invalid value for `tool_choice`: {tool_choice}! Only named tools, \"none\", "
-                               "\"auto\" or \"required\" are supported.", "tool_choice")
+            raise bad_request(
+                f'Invalid value for `tool_choice`: {tool_choice}! Only named tools, "none", '
+                '"auto" or "required" are supported.',
+                "tool_choice",
+            )
         return tool_choice
     fn = tool_choice.get("function") if isinstance(tool_choice, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        raise bad_request(f"Invalid value for `tool_choice`: {tool_choice}! Only named tools, \"none\", "
-                           "\"auto\" or \"required\" are supported.", "tool_choice")
+        raise bad_request(
+            f'Invalid value for `tool_choice`: {tool_choice}! Only named tools, "none", '
+            '"auto" or "required" are supported.',
+            "tool_choice",
+        )
     if fn["name"] not in names:
-        raise bad_request("The tool specified in `tool_choice` does not match any of the specified `tools`",
-                           "tool_choice")
+        raise bad_request(
+            "The tool specified in `tool_choice` does not match any of the specified `tools`", "tool_choice"
+        )
     return tool_choice
 
 
@@ -175,16 +191,31 @@ def tool_call_id() -> str:
     return "chatcmpl-tool-" + secrets.token_hex(8)
 
 
-def build_chat_completion(text: str, engine_finish_reason: str, *, model: str, prompt_tokens: int,
-                          completion_tokens: int, tools: list[dict[str, Any]] | None = None,
-                          tool_choice: str | dict[str, Any] = "none", parallel_tool_calls: bool | None = None,
-                          stop_reason: str | int | None = None) -> dict[str, Any]:
+def build_chat_completion(
+    text: str,
+    engine_finish_reason: str,
+    *,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    tools: list[dict[str, Any]] | None = None,
+    tool_choice: str | dict[str, Any] = "none",
+    parallel_tool_calls: bool | None = None,
+    stop_reason: str | int | None = None,
+) -> dict[str, Any]:
     """The non-streaming `chat.completion` body vLLM 0.33 sends for `text` (§3.3-§3.5).
 
     `tool_calls` is omitted unless the hermes parse found calls; null-valued fields are present.
     """
-    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": None,
-                               "audio": None, "function_call": None, "reasoning": None}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": text,
+        "refusal": None,
+        "annotations": None,
+        "audio": None,
+        "function_call": None,
+        "reasoning": None,
+    }
     finish_reason = engine_finish_reason
     if tools and tool_choice != "none":
         parsed = parse_hermes(text)
@@ -195,23 +226,47 @@ def build_chat_completion(text: str, engine_finish_reason: str, *, model: str, p
             forced = tool_choice == "required" or isinstance(tool_choice, dict)
             message["content"] = "" if forced and parsed.content is None else parsed.content
             message["tool_calls"] = [
-                {"id": tool_call_id(), "type": "function",
-                 "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
-                for c in calls]
+                {
+                    "id": tool_call_id(),
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)},
+                }
+                for c in calls
+            ]
             if engine_finish_reason == "stop" and not isinstance(tool_choice, dict):
                 finish_reason = "tool_calls"
     return {
-        "id": "chatcmpl-" + secrets.token_hex(8), "object": "chat.completion", "created": int(time.time()),
+        "id": "chatcmpl-" + secrets.token_hex(8),
+        "object": "chat.completion",
+        "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason,
-                     "stop_reason": stop_reason, "token_ids": None, "routed_experts": None,
-                     "weight_versions": None}],
-        "service_tier": None, "system_fingerprint": None,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
-                  "completion_tokens": completion_tokens, "prompt_tokens_details": None,
-                  "completion_tokens_details": None},
-        "prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None, "kv_transfer_params": None,
-        "ec_transfer_params": None, "metrics": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish_reason,
+                "stop_reason": stop_reason,
+                "token_ids": None,
+                "routed_experts": None,
+                "weight_versions": None,
+            }
+        ],
+        "service_tier": None,
+        "system_fingerprint": None,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "completion_tokens": completion_tokens,
+            "prompt_tokens_details": None,
+            "completion_tokens_details": None,
+        },
+        "prompt_logprobs": None,
+        "prompt_token_ids": None,
+        "prompt_text": None,
+        "kv_transfer_params": None,
+        "ec_transfer_params": None,
+        "metrics": None,
     }
 
 
@@ -225,7 +280,8 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         content = msg.get("content")
         if isinstance(content, list):
             msg["content"] = "\n".join(
-                part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+                part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+            )
         if msg.get("tool_calls"):
             calls = []
             for call in msg["tool_calls"]:
@@ -247,7 +303,17 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def model_permission() -> dict[str, Any]:
-    return {"id": "modelperm-" + secrets.token_hex(8), "object": "model_permission", "created": int(time.time()),
-            "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
-            "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False, "organization": "*",
-            "group": None, "is_blocking": False}
+    return {
+        "id": "modelperm-" + secrets.token_hex(8),
+        "object": "model_permission",
+        "created": int(time.time()),
+        "allow_create_engine": False,
+        "allow_sampling": True,
+        "allow_logprobs": True,
+        "allow_search_indices": False,
+        "allow_view": True,
+        "allow_fine_tuning": False,
+        "organization": "*",
+        "group": None,
+        "is_blocking": False,
+    }

@@ -29,20 +29,30 @@ def write_chart(path: str | Path, summary: dict[str, Any], *, title: str | None 
         accs = [m["accuracy"][k] for m in models]
         xs = [i + (k - (attempts - 1) / 2) * width for i in range(len(models))]
         heights = [100 * a["accuracy"] for a in accs]
-        errors = [[100 * (a["accuracy"] - a["ci95"][0]) for a in accs],
-                  [100 * (a["ci95"][1] - a["accuracy"]) for a in accs]]
+        errors = [
+            [100 * (a["accuracy"] - a["ci95"][0]) for a in accs],
+            [100 * (a["ci95"][1] - a["accuracy"]) for a in accs],
+        ]
         label = "attempt 1" if k == 0 else f"attempt {k + 1} (after reflection)"
         ax.bar(xs, heights, width, yerr=errors, capsize=4, color=COLORS[k % len(COLORS)], label=label)
         for x, h in zip(xs, heights, strict=True):  # inside the bar, clear of the interval's caps
-            ax.text(x, max(h / 2, 2.0), f"{h:.1f}%", ha="center", va="center", fontsize=8,
-                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.8, "linewidth": 0})
+            ax.text(
+                x,
+                max(h / 2, 2.0),
+                f"{h:.1f}%",
+                ha="center",
+                va="center",
+                fontsize=8,
+                bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.8, "linewidth": 0},
+            )
     ax.set_xticks(range(len(models)), [f"{m['model']}\n(n={m['n']})" for m in models])
     ax.set_ylim(0, 118)
     ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("accuracy (%), 95% Wilson interval")
     ax.legend(loc="upper center", ncol=min(attempts, 3), fontsize=8, frameon=False)
-    ax.set_title(title or f"rrr eval: {Path(str(summary['dataset']).partition(':')[2]).name or summary['dataset']}",
-                 fontsize=10)
+    ax.set_title(
+        title or f"rrr eval: {Path(str(summary['dataset']).partition(':')[2]).name or summary['dataset']}", fontsize=10
+    )
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

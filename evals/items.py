@@ -46,13 +46,18 @@ class EvalTask:
 
     def options(self, *, max_retries: int, task: str | None = None) -> TaskOptions:
         """How the loop judges this item when it runs in this process (mining, the in-process runner)."""
-        return TaskOptions(verifier=self.verifier, expected=self.expected, task=task or self.item.task,
-                           max_retries=max_retries)
+        return TaskOptions(
+            verifier=self.verifier, expected=self.expected, task=task or self.item.task, max_retries=max_retries
+        )
 
     def extension(self, attempts: int, *, task: str | None = None) -> dict[str, Any]:
         """The ``rrr`` object of the request: verifier, reference answer, retry budget, attempt trace."""
-        ext: dict[str, Any] = {"verifier": self.verifier.to_json(), "max_retries": attempts - 1, "include_attempts": True,
-                               "task": task or self.item.task}
+        ext: dict[str, Any] = {
+            "verifier": self.verifier.to_json(),
+            "max_retries": attempts - 1,
+            "include_attempts": True,
+            "task": task or self.item.task,
+        }
         if self.expected is not None:
             ext["expected_tool_calls"] = self.expected
         return ext
@@ -80,8 +85,10 @@ def eval_tasks(items: Sequence[DatasetItem]) -> list[EvalTask]:
     """Every item as an ``EvalTask``; ValueError for items that cannot be judged (no reference answers)."""
     missing = [i.id for i in items if i.extra.get("has_ground_truth") is False]
     if missing:
-        raise ValueError(f"{len(missing)} items have no reference answers (first: {missing[0]}); "
-                         "give the BFCL possible_answer file with --answers")
+        raise ValueError(
+            f"{len(missing)} items have no reference answers (first: {missing[0]}); "
+            "give the BFCL possible_answer file with --answers"
+        )
     seen: set[str] = set()
     for item in items:
         if item.id in seen:
@@ -96,8 +103,7 @@ def model_output(message: dict[str, Any], finish_reason: str | None) -> ModelOut
     if finish_reason == "length":
         parse_error = parse_error or "the output was cut off at max_tokens (finish_reason=length)"
     content = message.get("content")
-    return ModelOutput(tool_calls=calls, content=content if isinstance(content, str) else None,
-                       parse_error=parse_error)
+    return ModelOutput(tool_calls=calls, content=content if isinstance(content, str) else None, parse_error=parse_error)
 
 
 def score_answer(task: EvalTask, message: dict[str, Any], finish_reason: str | None) -> Verdict:
@@ -120,12 +126,18 @@ class EvalItem:
 
 def gate_item(row: Any) -> EvalItem:
     """An `EvalItem` from a learner dataset row (object or mapping with `task_messages` or `messages`)."""
+
     def get(key: str) -> Any:
         return row.get(key) if isinstance(row, Mapping) else getattr(row, key, None)
 
     messages = get("task_messages") or get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("a gate item needs its task messages")
-    return EvalItem(messages=list(messages), tools=get("tools") or None, tool_choice=get("tool_choice"),
-                    verifier=get("verifier") or "schema", expected=get("expected"),
-                    id=get("episode_id") or get("id"))
+    return EvalItem(
+        messages=list(messages),
+        tools=get("tools") or None,
+        tool_choice=get("tool_choice"),
+        verifier=get("verifier") or "schema",
+        expected=get("expected"),
+        id=get("episode_id") or get("id"),
+    )

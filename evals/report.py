@@ -26,16 +26,27 @@ from evals.stats import Rate
 def accuracy(rate: Rate) -> dict[str, Any]:
     """A `Rate` as the report writes it: ``{"correct", "total", "accuracy", "ci95"}``."""
     lo, hi = rate.wilson()
-    return {"correct": rate.successes, "total": rate.total, "accuracy": round(rate.rate, 6),
-            "ci95": [round(lo, 6), round(hi, 6)]}
+    return {
+        "correct": rate.successes,
+        "total": rate.total,
+        "accuracy": round(rate.rate, 6),
+        "ci95": [round(lo, 6), round(hi, 6)],
+    }
 
 
 def _accuracies(rows: Sequence[ItemResult], attempts: int) -> list[dict[str, Any]]:
     return [accuracy(Rate(sum(r.ok_at(k) for r in rows), len(rows))) for k in range(1, attempts + 1)]
 
 
-def summarize(results: Iterable[ItemResult], *, models: Sequence[str], item_ids: Sequence[str], attempts: int,
-              dataset: str, target: str | None = None) -> dict[str, Any]:
+def summarize(
+    results: Iterable[ItemResult],
+    *,
+    models: Sequence[str],
+    item_ids: Sequence[str],
+    attempts: int,
+    dataset: str,
+    target: str | None = None,
+) -> dict[str, Any]:
     """Per model: n, accuracy at each attempt (with intervals), per category, and rrr's statuses.
 
     Only results of ``item_ids`` count (a run with --limit reports on its items); models are
@@ -52,14 +63,16 @@ def summarize(results: Iterable[ItemResult], *, models: Sequence[str], item_ids:
         for item in items:
             if item.category is not None:
                 categories.setdefault(item.category, []).append(item)
-        rows.append({
-            "model": model,
-            "n": len(items),
-            "accuracy": _accuracies(items, attempts),
-            "categories": {c: _accuracies(r, attempts) for c, r in sorted(categories.items())},
-            "statuses": dict(sorted(Counter(i.status or "unknown" for i in items).items())),
-            "adapters": sorted({i.adapter for i in items if i.adapter}),
-        })
+        rows.append(
+            {
+                "model": model,
+                "n": len(items),
+                "accuracy": _accuracies(items, attempts),
+                "categories": {c: _accuracies(r, attempts) for c, r in sorted(categories.items())},
+                "statuses": dict(sorted(Counter(i.status or "unknown" for i in items).items())),
+                "adapters": sorted({i.adapter for i in items if i.adapter}),
+            }
+        )
     return {"dataset": dataset, "target": target, "items": len(item_ids), "attempts": attempts, "models": rows}
 
 
@@ -88,17 +101,23 @@ def format_table(summary: dict[str, Any]) -> str:
     """A plain-text table: accuracy at each attempt with [95% interval], per model."""
     header, body = _rows(summary)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-             for r in [header, *body]]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in [header, *body]
+    ]
     return "\n".join(line.rstrip() for line in lines)
 
 
 def format_markdown(summary: dict[str, Any]) -> str:
     """The same table in Markdown, with a line saying what was measured."""
     header, body = _rows(summary)
-    out = [f"Accuracy on `{summary['dataset']}` at attempt 1..{summary['attempts']} "
-           "(attempt k = solved within k attempts; a retry follows a self-reflection), 95% Wilson intervals.", "",
-           "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    out = [
+        f"Accuracy on `{summary['dataset']}` at attempt 1..{summary['attempts']} "
+        "(attempt k = solved within k attempts; a retry follows a self-reflection), 95% Wilson intervals.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
     out += ["| " + " | ".join(r) + " |" for r in body]
     return "\n".join(out) + "\n"
 

@@ -95,13 +95,31 @@ def score_trace(task: EvalTask, model: str, trace: Trace, attempts: int) -> Item
             break
         verdict = score_answer(task, step.message, step.finish_reason)
         output = model_output(step.message, step.finish_reason)
-        scored.append(AttemptResult(
-            number=len(scored) + 1, ok=verdict.ok, reason=verdict.reason, content=output.content,
-            tool_calls=[c.to_dict() for c in output.tool_calls], parse_error=output.parse_error,
-            finish_reason=step.finish_reason, reflection=reflection, served_ok=step.served_ok))
+        scored.append(
+            AttemptResult(
+                number=len(scored) + 1,
+                ok=verdict.ok,
+                reason=verdict.reason,
+                content=output.content,
+                tool_calls=[c.to_dict() for c in output.tool_calls],
+                parse_error=output.parse_error,
+                finish_reason=step.finish_reason,
+                reflection=reflection,
+                served_ok=step.served_ok,
+            )
+        )
         reflection = None
-    return ItemResult(model=model, id=task.id, task=task.item.task, attempts=scored, category=task.item.category,
-                      status=trace.status, episode_id=trace.episode_id, adapter=trace.adapter, error=trace.error)
+    return ItemResult(
+        model=model,
+        id=task.id,
+        task=task.item.task,
+        attempts=scored,
+        category=task.item.category,
+        status=trace.status,
+        episode_id=trace.episode_id,
+        adapter=trace.adapter,
+        error=trace.error,
+    )
 
 
 class EvalOutput:
@@ -129,7 +147,8 @@ class EvalOutput:
                 if old.get(key) != manifest.get(key):
                     raise OutputError(
                         f"--out {self.folder} holds results of another evaluation ({key} {old.get(key)!r}, "
-                        f"now {manifest.get(key)!r}); use another --out to start a new one")
+                        f"now {manifest.get(key)!r}); use another --out to start a new one"
+                    )
         else:
             _write_atomic(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         return self._read()
@@ -152,8 +171,10 @@ class EvalOutput:
                     log.warning("%s, line %d: dropped a damaged last line (%s)", self.results_path, lineno, exc)
                     keep = len(raw) - len(line) - 1
                     continue
-                raise OutputError(f"{self.results_path}, line {lineno}: not a result ({exc}); "
-                                  "fix or remove that line, or use another --out") from None
+                raise OutputError(
+                    f"{self.results_path}, line {lineno}: not a result ({exc}); "
+                    "fix or remove that line, or use another --out"
+                ) from None
         if tail.strip():
             try:
                 results.append(ItemResult.from_dict(json.loads(tail)))

@@ -44,8 +44,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.attempts <= MAX_ATTEMPTS:
-            raise ValueError(f"--attempts must be between 1 and {MAX_ATTEMPTS} (2 = first try and one retry), "
-                             f"got {self.attempts}")
+            raise ValueError(
+                f"--attempts must be between 1 and {MAX_ATTEMPTS} (2 = first try and one retry), got {self.attempts}"
+            )
         if self.concurrency < 1:
             raise ValueError(f"--concurrency must be at least 1, got {self.concurrency}")
 
@@ -63,10 +64,17 @@ class EvalRun:
     reports: Reports | None = None
 
 
-async def run_evaluation(tasks: Sequence[EvalTask], runner: Runner, models: Sequence[str], out_dir: str | Path,
-                         *, dataset: str, config: EvalConfig = EvalConfig(),
-                         on_start: Callable[[int, int], None] | None = None,
-                         on_item: Callable[[ItemResult | None], None] | None = None) -> EvalRun:
+async def run_evaluation(  # noqa: C901 (resume bookkeeping and the worker pool read best in one place)
+    tasks: Sequence[EvalTask],
+    runner: Runner,
+    models: Sequence[str],
+    out_dir: str | Path,
+    *,
+    dataset: str,
+    config: EvalConfig = EvalConfig(),
+    on_start: Callable[[int, int], None] | None = None,
+    on_item: Callable[[ItemResult | None], None] | None = None,
+) -> EvalRun:
     """Evaluate ``tasks`` on each of ``models``; see the module docstring.
 
     ``on_start(todo, resumed)`` is called once the output folder is read; ``on_item`` after every
@@ -118,17 +126,31 @@ async def run_evaluation(tasks: Sequence[EvalTask], runner: Runner, models: Sequ
             raise fatal[0]
     # Report every model the folder holds results for (an earlier run's adapter next to this one's).
     names = list(dict.fromkeys([*(r.model for r in existing if r.id in wanted), *models]))
-    summary = summarize(results, models=names, item_ids=ids, attempts=config.attempts, dataset=dataset,
-                        target=runner.target)
+    summary = summarize(
+        results, models=names, item_ids=ids, attempts=config.attempts, dataset=dataset, target=runner.target
+    )
     reports = write_reports(output.folder, summary)
     selected = [r for r in results if r.id in wanted]
-    return EvalRun(summary=summary, results=selected, new=len(results) - len(existing), resumed=resumed,
-                   errors=errors, reports=reports)
+    return EvalRun(
+        summary=summary,
+        results=selected,
+        new=len(results) - len(existing),
+        resumed=resumed,
+        errors=errors,
+        reports=reports,
+    )
 
 
-async def run_outcomes(engine: Engine, model: str | None, items: Sequence[EvalItem], *, max_tokens: int = 256,
-                       concurrency: int = 4, loop: LoopConfig | None = None,
-                       on_item: Callable[[], None] | None = None) -> list[Outcome | None]:
+async def run_outcomes(
+    engine: Engine,
+    model: str | None,
+    items: Sequence[EvalItem],
+    *,
+    max_tokens: int = 256,
+    concurrency: int = 4,
+    loop: LoopConfig | None = None,
+    on_item: Callable[[], None] | None = None,
+) -> list[Outcome | None]:
     """Each item through the loop on `model` (an adapter name on `engine`; None = the base model),
     greedy, with one reflection and one retry; the outcomes in item order. None: the item's stored
     spec no longer validates, so it cannot be judged (it counts as failed)."""
@@ -137,11 +159,16 @@ async def run_outcomes(engine: Engine, model: str | None, items: Sequence[EvalIt
 
     async def one(item: EvalItem) -> Outcome | None:
         async with limit:
-            request = ChatRequest(messages=item.messages, model=model, tools=item.tools,
-                                  tool_choice=item.tool_choice, temperature=0.0, max_tokens=max_tokens)
+            request = ChatRequest(
+                messages=item.messages,
+                model=model,
+                tools=item.tools,
+                tool_choice=item.tool_choice,
+                temperature=0.0,
+                max_tokens=max_tokens,
+            )
             try:
-                options = TaskOptions(verifier=VerifierSpec.parse(item.verifier), expected=item.expected,
-                                      max_retries=1)
+                options = TaskOptions(verifier=VerifierSpec.parse(item.verifier), expected=item.expected, max_retries=1)
                 return await run_episode(engine, request, options, config)
             except ValueError as exc:
                 log.warning("item %s could not be judged: %s", item.id, exc)
@@ -160,11 +187,19 @@ def outcome_status(outcome: Outcome | None) -> str:
     return "upstream_error" if outcome.error is not None and outcome.status == "failed" else outcome.status
 
 
-async def run_items(engine: Engine, model: str | None, items: Sequence[EvalItem], *, max_tokens: int = 256,
-                    concurrency: int = 4, loop: LoopConfig | None = None,
-                    on_item: Callable[[], None] | None = None) -> list[str]:
+async def run_items(
+    engine: Engine,
+    model: str | None,
+    items: Sequence[EvalItem],
+    *,
+    max_tokens: int = 256,
+    concurrency: int = 4,
+    loop: LoopConfig | None = None,
+    on_item: Callable[[], None] | None = None,
+) -> list[str]:
     """`run_outcomes` as one `outcome_status` per item, in order: two policies run on the same items
     compare item by item."""
-    outcomes = await run_outcomes(engine, model, items, max_tokens=max_tokens, concurrency=concurrency, loop=loop,
-                                  on_item=on_item)
+    outcomes = await run_outcomes(
+        engine, model, items, max_tokens=max_tokens, concurrency=concurrency, loop=loop, on_item=on_item
+    )
     return [outcome_status(o) for o in outcomes]

@@ -94,8 +94,9 @@ class ServerRunner:
         self.url = _v1(base_url)
         self.sampling = sampling
         # No SDK retries: rrr's loop is the only retry, and a rerun resumes what failed.
-        self._client = openai.AsyncOpenAI(base_url=self.url, api_key=api_key or "no-key", max_retries=0,
-                                          timeout=sampling.timeout_s)
+        self._client = openai.AsyncOpenAI(
+            base_url=self.url, api_key=api_key or "no-key", max_retries=0, timeout=sampling.timeout_s
+        )
 
     def _fatal(self, exc: Exception) -> TargetError | None:
         import openai
@@ -105,13 +106,16 @@ class ServerRunner:
         if isinstance(exc, openai.APIConnectionError):
             return TargetError(f"cannot reach rrr at {self.target} (is `rrr serve` running there?)")
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-            return TargetError(f"rrr at {self.target} refused the API key ({exc.status_code}); "
-                               "give --api-key or set RRR_API_KEY")
+            return TargetError(
+                f"rrr at {self.target} refused the API key ({exc.status_code}); give --api-key or set RRR_API_KEY"
+            )
         if isinstance(exc, openai.NotFoundError):
             return TargetError(f"rrr at {self.target} answered 404: {_message(exc)}")
         if isinstance(exc, openai.BadRequestError) and _param(exc) == "rrr.max_retries":
-            return TargetError(f"rrr at {self.target} refused the retry budget: {_message(exc)} "
-                               "(lower --attempts, or raise RRR_MAX_CLIENT_RETRIES and RRR_MAX_CALLS on the server)")
+            return TargetError(
+                f"rrr at {self.target} refused the retry budget: {_message(exc)} "
+                "(lower --attempts, or raise RRR_MAX_CLIENT_RETRIES and RRR_MAX_CALLS on the server)"
+            )
         return None
 
     async def start(self, models: Sequence[str]) -> None:
@@ -123,17 +127,25 @@ class ServerRunner:
             raise fatal or TargetError(f"rrr at {self.target} did not list its models: {_message(exc)}") from None
         served = [m.id for m in page.data]
         if not any(getattr(m, "owned_by", None) == "rrr" for m in page.data):
-            raise TargetError(f"{self.target} does not look like `rrr serve` (no model of its is owned by rrr): "
-                              "--base-url must point at rrr, not at vLLM or another OpenAI server")
+            raise TargetError(
+                f"{self.target} does not look like `rrr serve` (no model of its is owned by rrr): "
+                "--base-url must point at rrr, not at vLLM or another OpenAI server"
+            )
         missing = [m for m in models if m not in served]
         if missing:
-            raise TargetError(f"rrr at {self.target} does not serve {', '.join(map(repr, missing))} "
-                              f"(it serves: {', '.join(served) or 'nothing'})")
+            raise TargetError(
+                f"rrr at {self.target} does not serve {', '.join(map(repr, missing))} "
+                f"(it serves: {', '.join(served) or 'nothing'})"
+            )
 
     async def run(self, task: EvalTask, model: str, attempts: int) -> Trace:
-        kwargs: dict[str, Any] = {"model": model, "messages": task.messages,
-                                  "temperature": self.sampling.temperature, "max_tokens": self.sampling.max_tokens,
-                                  "extra_body": {"rrr": task.extension(attempts)}}
+        kwargs: dict[str, Any] = {
+            "model": model,
+            "messages": task.messages,
+            "temperature": self.sampling.temperature,
+            "max_tokens": self.sampling.max_tokens,
+            "extra_body": {"rrr": task.extension(attempts)},
+        }
         if task.tools:
             kwargs["tools"] = task.tools
         try:
@@ -146,14 +158,27 @@ class ServerRunner:
         rrr = (completion.model_extra or {}).get("rrr")
         trace = rrr.get("trace") if isinstance(rrr, dict) else None
         if not isinstance(rrr, dict) or not isinstance(trace, list):
-            raise TargetError(f"{self.target} did not return rrr's attempt trace: --base-url must point at "
-                              "`rrr serve` (not at vLLM or another OpenAI server)")
-        steps = [Step(kind=str(s.get("kind")), message=dict(s.get("message") or {}),
-                      finish_reason=s.get("finish_reason"),
-                      served_ok=(s.get("verdict") or {}).get("ok") if isinstance(s.get("verdict"), dict) else None)
-                 for s in trace if isinstance(s, dict)]
-        return Trace(steps=steps, status=rrr.get("status"), episode_id=rrr.get("episode_id"),
-                     adapter=rrr.get("adapter"), error=rrr.get("error"))
+            raise TargetError(
+                f"{self.target} did not return rrr's attempt trace: --base-url must point at "
+                "`rrr serve` (not at vLLM or another OpenAI server)"
+            )
+        steps = [
+            Step(
+                kind=str(s.get("kind")),
+                message=dict(s.get("message") or {}),
+                finish_reason=s.get("finish_reason"),
+                served_ok=(s.get("verdict") or {}).get("ok") if isinstance(s.get("verdict"), dict) else None,
+            )
+            for s in trace
+            if isinstance(s, dict)
+        ]
+        return Trace(
+            steps=steps,
+            status=rrr.get("status"),
+            episode_id=rrr.get("episode_id"),
+            adapter=rrr.get("adapter"),
+            error=rrr.get("error"),
+        )
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -203,29 +228,51 @@ class EngineRunner:
                 raise TargetError(f"cannot load the adapter {name} from {path}: {exc}") from None
 
     async def run(self, task: EvalTask, model: str, attempts: int) -> Trace:
-        request = ChatRequest(messages=task.messages, model=model if model in self.adapters else None,
-                              tools=task.tools, temperature=self.sampling.temperature,
-                              max_tokens=self.sampling.max_tokens)
+        request = ChatRequest(
+            messages=task.messages,
+            model=model if model in self.adapters else None,
+            tools=task.tools,
+            temperature=self.sampling.temperature,
+            max_tokens=self.sampling.max_tokens,
+        )
         options = task.options(max_retries=attempts - 1)
         config = dataclasses.replace(self.loop, max_calls=1 + 2 * (attempts - 1), deadline_s=self.sampling.timeout_s)
         try:
             outcome = await run_episode(self.engine, request, options, config)
         except ValueError as exc:  # a verifier spec the loop refuses: this item cannot be judged
             raise ItemError(str(exc)) from None
-        steps = [Step(kind=a.kind, message=a.message, finish_reason=a.finish_reason,
-                      served_ok=None if a.verdict is None else a.verdict.ok) for a in outcome.attempts]
+        steps = [
+            Step(
+                kind=a.kind,
+                message=a.message,
+                finish_reason=a.finish_reason,
+                served_ok=None if a.verdict is None else a.verdict.ok,
+            )
+            for a in outcome.attempts
+        ]
         error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
         if not any(s.kind != "reflection" for s in steps):
             raise ItemError(error or "the engine gave no answer")
-        return Trace(steps=steps, status=outcome.status, episode_id=outcome.episode_id,
-                     adapter=model if model in self.adapters else None, error=error)
+        return Trace(
+            steps=steps,
+            status=outcome.status,
+            episode_id=outcome.episode_id,
+            adapter=model if model in self.adapters else None,
+            error=error,
+        )
 
     async def aclose(self) -> None:
         await self.engine.aclose()
 
 
-def local_runner(model_dir: str, *, served_name: str, adapters: Mapping[str, str] | None = None,
-                 sampling: Sampling = Sampling(), device: str | None = None) -> EngineRunner:
+def local_runner(
+    model_dir: str,
+    *,
+    served_name: str,
+    adapters: Mapping[str, str] | None = None,
+    sampling: Sampling = Sampling(),
+    device: str | None = None,
+) -> EngineRunner:
     """An ``EngineRunner`` over a ``LocalEngine`` of ``model_dir`` (needs the ``ml`` extra: torch)."""
     from engines.local import LocalEngine
 

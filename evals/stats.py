@@ -54,12 +54,15 @@ class Rate:
 
     def to_dict(self) -> dict[str, Any]:
         lo, hi = self.wilson()
-        return {"successes": self.successes, "total": self.total, "rate": round(self.rate, 6),
-                "ci95": [round(lo, 6), round(hi, 6)]}
+        return {
+            "successes": self.successes,
+            "total": self.total,
+            "rate": round(self.rate, 6),
+            "ci95": [round(lo, 6), round(hi, 6)],
+        }
 
 
-def paired_interval(both: int, only_before: int, only_after: int, neither: int,
-                    z: float = Z95) -> tuple[float, float]:
+def paired_interval(both: int, only_before: int, only_after: int, neither: int, z: float = Z95) -> tuple[float, float]:
     """95% interval of p_after - p_before for paired binary outcomes (Newcombe's method 10)."""
     n = both + only_before + only_after + neither
     if n == 0:
@@ -87,9 +90,14 @@ def paired_difference(before: Mapping[str, bool], after: Mapping[str, bool]) -> 
     only_after, neither = pairs[(False, True)], pairs[(False, False)]
     lo, hi = paired_interval(both, only_before, only_after, neither)
     n = len(ids)
-    return {"difference": round((only_after - only_before) / n, 6) if n else 0.0,
-            "ci95": [round(lo, 6), round(hi, 6)], "n": n, "fixed": only_after, "broken": only_before,
-            "method": "Newcombe's paired hybrid score interval (method 10)"}
+    return {
+        "difference": round((only_after - only_before) / n, 6) if n else 0.0,
+        "ci95": [round(lo, 6), round(hi, 6)],
+        "n": n,
+        "fixed": only_after,
+        "broken": only_before,
+        "method": "Newcombe's paired hybrid score interval (method 10)",
+    }
 
 
 def succeeded(statuses: Mapping[str, str], success: Sequence[str]) -> dict[str, bool]:
@@ -103,5 +111,8 @@ def status_rates(statuses: Iterable[str]) -> dict[str, Rate]:
     n = sum(counts.values())
     first = sum(counts[s] for s in SUCCESS_FIRST)
     after = sum(counts[s] for s in SUCCESS_AFTER)
-    return {"first_attempt": Rate(first, n), "after_retry": Rate(after, n),
-            "retry_rescued": Rate(after - first, n - first)}
+    return {
+        "first_attempt": Rate(first, n),
+        "after_retry": Rate(after, n),
+        "retry_rescued": Rate(after - first, n - first),
+    }

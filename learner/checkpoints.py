@@ -40,8 +40,12 @@ def is_complete_checkpoint(path: Path) -> bool:
         state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (isinstance(marker, dict) and marker.get("step") == step and state.get("global_step") == step
-            and (path / "adapter_model.safetensors").is_file())
+    return (
+        isinstance(marker, dict)
+        and marker.get("step") == step
+        and state.get("global_step") == step
+        and (path / "adapter_model.safetensors").is_file()
+    )
 
 
 def seal_checkpoint(path: Path, step: int) -> None:

@@ -27,14 +27,32 @@ from agent.loop import LoopConfig
 #: vLLM's accepted values for `--max-lora-rank` (vllm/config/lora.py).
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 #: Linear projections LoRA may target (Qwen2/Llama names, plus the fused names vLLM also knows).
-LINEAR_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                      "qkv_proj", "gate_up_proj")
+LINEAR_PROJECTIONS = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "qkv_proj",
+    "gate_up_proj",
+)
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: Loss aggregations of TRL 1.16's GRPOTrainer.
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
 SCALE_REWARDS = ("group", "batch", "none")
-LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr",
-                 "cosine_with_restarts", "polynomial", "inverse_sqrt", "warmup_stable_decay")
+LR_SCHEDULERS = (
+    "cosine",
+    "linear",
+    "constant",
+    "constant_with_warmup",
+    "cosine_with_min_lr",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+    "warmup_stable_decay",
+)
 
 
 @dataclass
@@ -124,52 +142,74 @@ class TrainConfig:
                 problems.append(message)
 
         need(self.beta >= 0, f"beta must be >= 0 (paper: 0.001), got {self.beta}")
-        need(self.num_generations >= 2, f"num_generations must be at least 2 (GRPO compares reflections within "
-             f"a group; paper: 8), got {self.num_generations}")
+        need(
+            self.num_generations >= 2,
+            f"num_generations must be at least 2 (GRPO compares reflections within "
+            f"a group; paper: 8), got {self.num_generations}",
+        )
         need(self.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
-        need(self.scale_rewards in SCALE_REWARDS,
-             f"scale_rewards must be one of {', '.join(SCALE_REWARDS)}, got {self.scale_rewards!r}")
+        need(
+            self.scale_rewards in SCALE_REWARDS,
+            f"scale_rewards must be one of {', '.join(SCALE_REWARDS)}, got {self.scale_rewards!r}",
+        )
         need(self.learning_rate > 0, f"learning_rate must be > 0 (LoRA: about 1e-5), got {self.learning_rate}")
-        need(self.lr_scheduler_type in LR_SCHEDULERS,
-             f"lr_scheduler_type must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler_type!r}")
+        need(
+            self.lr_scheduler_type in LR_SCHEDULERS,
+            f"lr_scheduler_type must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler_type!r}",
+        )
         need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         need(self.max_steps >= 1, f"max_steps must be at least 1, got {self.max_steps}")
-        need(self.per_device_train_batch_size >= 1,
-             f"per_device_train_batch_size must be at least 1, got {self.per_device_train_batch_size}")
-        need(self.gradient_accumulation_steps >= 1,
-             f"gradient_accumulation_steps must be at least 1, got {self.gradient_accumulation_steps}")
+        need(
+            self.per_device_train_batch_size >= 1,
+            f"per_device_train_batch_size must be at least 1, got {self.per_device_train_batch_size}",
+        )
+        need(
+            self.gradient_accumulation_steps >= 1,
+            f"gradient_accumulation_steps must be at least 1, got {self.gradient_accumulation_steps}",
+        )
         completions = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if self.num_generations >= 2 and completions % self.num_generations:
             problems.append(
                 f"per_device_train_batch_size x gradient_accumulation_steps ({completions}) must be a multiple "
-                f"of num_generations ({self.num_generations}): each step trains whole groups of reflections")
+                f"of num_generations ({self.num_generations}): each step trains whole groups of reflections"
+            )
         need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        need(self.max_completion_length >= 1,
-             f"max_completion_length (the reflection budget) must be at least 1, got {self.max_completion_length}")
+        need(
+            self.max_completion_length >= 1,
+            f"max_completion_length (the reflection budget) must be at least 1, got {self.max_completion_length}",
+        )
         need(self.retry_max_tokens >= 1, f"retry_max_tokens must be at least 1, got {self.retry_max_tokens}")
         need(self.temperature > 0, f"temperature must be > 0 (reflections are sampled), got {self.temperature}")
         need(self.retry_temperature >= 0, f"retry_temperature must be >= 0 (0 = greedy), got {self.retry_temperature}")
-        need(self.max_lora_rank in VLLM_MAX_LORA_RANKS,
-             f"max_lora_rank must be one of vLLM's --max-lora-rank values {VLLM_MAX_LORA_RANKS}, "
-             f"got {self.max_lora_rank}")
-        need(1 <= self.lora_r <= self.max_lora_rank,
-             f"lora_r must be between 1 and max_lora_rank ({self.max_lora_rank}) so vLLM can serve the adapter; "
-             f"got {self.lora_r} (raise max_lora_rank and the server's --max-lora-rank, or lower lora_r)")
+        need(
+            self.max_lora_rank in VLLM_MAX_LORA_RANKS,
+            f"max_lora_rank must be one of vLLM's --max-lora-rank values {VLLM_MAX_LORA_RANKS}, "
+            f"got {self.max_lora_rank}",
+        )
+        need(
+            1 <= self.lora_r <= self.max_lora_rank,
+            f"lora_r must be between 1 and max_lora_rank ({self.max_lora_rank}) so vLLM can serve the adapter; "
+            f"got {self.lora_r} (raise max_lora_rank and the server's --max-lora-rank, or lower lora_r)",
+        )
         need(self.lora_alpha > 0, f"lora_alpha must be > 0 (usually 2 x lora_r), got {self.lora_alpha}")
         need(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         targets = tuple(self.target_modules) if not isinstance(self.target_modules, str) else (self.target_modules,)
         bad = [t for t in targets if t not in LINEAR_PROJECTIONS]
-        need(bool(targets) and not bad,
-             f"target_modules must be linear projections from {', '.join(LINEAR_PROJECTIONS)} "
-             f"(vLLM serves LoRA on those only); remove {', '.join(map(repr, bad)) or 'nothing'}"
-             + ("" if targets else " and name at least one"))
+        need(
+            bool(targets) and not bad,
+            f"target_modules must be linear projections from {', '.join(LINEAR_PROJECTIONS)} "
+            f"(vLLM serves LoRA on those only); remove {', '.join(map(repr, bad)) or 'nothing'}"
+            + ("" if targets else " and name at least one"),
+        )
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         need(self.save_steps >= 1, f"save_steps (checkpoint interval K) must be at least 1, got {self.save_steps}")
         need(self.keep_checkpoints >= 1, f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
         need(self.logging_steps >= 1, f"logging_steps must be at least 1, got {self.logging_steps}")
-        need(0 < self.vllm_gpu_memory_utilization < 1,
-             f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}")
+        need(
+            0 < self.vllm_gpu_memory_utilization < 1,
+            f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}",
+        )
         owned = sorted(set(self.extra) & (_OWNED_GRPO_FIELDS | {f.name for f in fields(self)}))
         need(not owned, f"extra may not set {', '.join(owned)}: set the TrainConfig field instead")
         if problems:
@@ -203,7 +243,9 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown training config field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown training config field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         values = dict(data)
         if "target_modules" in values:
             targets = values["target_modules"]
@@ -212,13 +254,41 @@ class TrainConfig:
 
 
 #: GRPOConfig fields that `learner.train` sets from this config or fixes for correctness.
-_OWNED_GRPO_FIELDS = frozenset({
-    "output_dir", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
-    "max_completion_length", "learning_rate", "lr_scheduler_type", "beta", "loss_type", "scale_rewards",
-    "bf16", "fp16", "use_cpu", "seed", "data_seed", "save_strategy", "save_steps", "save_total_limit",
-    "remove_unused_columns", "use_vllm", "vllm_mode", "report_to", "temperature", "resume_from_checkpoint",
-    "logging_steps", "use_bias_correction_kl", "gradient_checkpointing", "disable_tqdm", "save_only_model", "use_cache",
-})
+_OWNED_GRPO_FIELDS = frozenset(
+    {
+        "output_dir",
+        "max_steps",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "num_generations",
+        "max_completion_length",
+        "learning_rate",
+        "lr_scheduler_type",
+        "beta",
+        "loss_type",
+        "scale_rewards",
+        "bf16",
+        "fp16",
+        "use_cpu",
+        "seed",
+        "data_seed",
+        "save_strategy",
+        "save_steps",
+        "save_total_limit",
+        "remove_unused_columns",
+        "use_vllm",
+        "vllm_mode",
+        "report_to",
+        "temperature",
+        "resume_from_checkpoint",
+        "logging_steps",
+        "use_bias_correction_kl",
+        "gradient_checkpointing",
+        "disable_tqdm",
+        "save_only_model",
+        "use_cache",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -316,8 +386,11 @@ class LearnerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """What is stored on the training run (no URLs or keys: R14)."""
-        data = {k: v for k, v in asdict(self).items()
-                if k not in ("engine_urls", "database_url", "engine_api_key", "train", "gate", "gate_loop")}
+        data = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("engine_urls", "database_url", "engine_api_key", "train", "gate", "gate_loop")
+        }
         data["gate"] = asdict(self.gate)
         data["train"] = self.train.to_dict() if self.train is not None else None
         return data

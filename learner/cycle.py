@@ -61,8 +61,7 @@ SessionFactory = Callable[[], Session]
 
 
 CycleStatus = Literal["busy", "skipped", "promoted", "rejected", "failed"]
-Stage = Literal["busy", "skipped", "dataset", "train", "gate", "gate_done", "publish", "promoted", "rejected",
-                "failed"]
+Stage = Literal["busy", "skipped", "dataset", "train", "gate", "gate_done", "publish", "promoted", "rejected", "failed"]
 
 
 @dataclass(frozen=True)
@@ -109,12 +108,14 @@ def default_holder() -> str:
 
 # --- steps ------------------------------------------------------------------------------------------
 
+
 def count_new_failures(session: Session) -> int:
     """Trainable failures not consumed by a promoted run and newer than the last rejected run."""
     from learner.dataset import failure_candidates
 
     last_rejected = session.execute(
-        select(func.max(TrainingRun.created_at)).where(TrainingRun.status == "rejected")).scalar_one_or_none()
+        select(func.max(TrainingRun.created_at)).where(TrainingRun.status == "rejected")
+    ).scalar_one_or_none()
     failures = failure_candidates(session, exclude_consumed=True)
     if last_rejected is None:
         return len(failures)
@@ -222,11 +223,13 @@ def _incumbent(session_factory: SessionFactory, adapters_root: str) -> tuple[str
 async def _local_eval_engine(config: LearnerConfig) -> Engine:
     from engines.local import LocalEngine
 
-    return await asyncio.to_thread(LocalEngine, config.model_path, max_lora_rank=config.max_lora_rank,
-                                   name="learner-eval")
+    return await asyncio.to_thread(
+        LocalEngine, config.model_path, max_lora_rank=config.max_lora_rank, name="learner-eval"
+    )
 
 
 # --- the cycle ----------------------------------------------------------------------------------------
+
 
 async def run_cycle(
     config: LearnerConfig,
@@ -247,6 +250,7 @@ async def run_cycle(
     `on_event` receives a `CycleEvent` per stage; `on_gate_item` is called after each gate
     evaluation episode (a progress bar: 2 x (held-out + regression) episodes in all).
     """
+
     def say(stage: Stage, message: str, run_id: str | None = None) -> None:
         log.info("%s", message)
         if on_event is not None:
@@ -281,13 +285,15 @@ async def run_cycle(
             return CycleResult(status="skipped", new_failures=new)
 
         # 4-7. A run row, then dataset, training, gate and publish; any failure is stored on the run.
-        run_id = await asyncio.to_thread(_write, session_factory,
-                                         lambda s: repos.create_training_run(s, config=config.to_dict()).id)
+        run_id = await asyncio.to_thread(
+            _write, session_factory, lambda s: repos.create_training_run(s, config=config.to_dict()).id
+        )
         say("dataset", f"{new} new trainable failures: starting training run {run_id}", run_id)
         result = CycleResult(status="failed", run_id=run_id, new_failures=new)
         try:
-            await _train_gate_publish(config, session_factory, engines, eval_engine, trainer, lease, say, result,
-                                      on_gate_item)
+            await _train_gate_publish(
+                config, session_factory, engines, eval_engine, trainer, lease, say, result, on_gate_item
+            )
         except Exception as exc:
             log.exception("learner cycle %s failed", run_id)
             result.status, result.error = "failed", _error_text(exc)
@@ -300,10 +306,17 @@ async def run_cycle(
         await lease.release()
 
 
-async def _train_gate_publish(config: LearnerConfig, session_factory: SessionFactory, engines: Engine,
-                              eval_engine: Engine | None, trainer: Trainer, lease: _Lease,
-                              say: Callable[..., None], result: CycleResult,
-                              on_gate_item: Callable[[], None] | None) -> None:
+async def _train_gate_publish(
+    config: LearnerConfig,
+    session_factory: SessionFactory,
+    engines: Engine,
+    eval_engine: Engine | None,
+    trainer: Trainer,
+    lease: _Lease,
+    say: Callable[..., None],
+    result: CycleResult,
+    on_gate_item: Callable[[], None] | None,
+) -> None:
     """Steps 4-7 of one run; `result` is filled as they go (the caller stores a failure)."""
     from learner.dataset import build_failure_dataset
     from learner.rows import write_rows
@@ -312,9 +325,18 @@ async def _train_gate_publish(config: LearnerConfig, session_factory: SessionFac
     run_id = result.run_id
 
     # 4. The failure dataset: train, held-out and regression splits (R20), written for the trainer.
-    dataset: FailureDataset = await asyncio.to_thread(_read, session_factory, lambda s: build_failure_dataset(
-        s, limit=config.dataset_limit, max_client_share=config.max_client_share,
-        heldout_fraction=config.heldout_fraction, seed=config.seed, regression_limit=config.regression_limit))
+    dataset: FailureDataset = await asyncio.to_thread(
+        _read,
+        session_factory,
+        lambda s: build_failure_dataset(
+            s,
+            limit=config.dataset_limit,
+            max_client_share=config.max_client_share,
+            heldout_fraction=config.heldout_fraction,
+            seed=config.seed,
+            regression_limit=config.regression_limit,
+        ),
+    )
     result.dataset = dataset.summary()
     await asyncio.to_thread(_set_run, session_factory, run_id, status="running", dataset_size=len(dataset.train))
     say("dataset", f"run {run_id}: dataset {dataset.summary()}", run_id)
@@ -337,12 +359,16 @@ async def _train_gate_publish(config: LearnerConfig, session_factory: SessionFac
     decision = await _gate(config, eval_engine, adapter_dir, dataset, incumbent, on_gate_item)
     result.gate, result.reasons = decision.to_dict(), list(decision.reasons)
     await asyncio.to_thread(_write, session_factory, lambda s: repos.set_gate_result(s, run_id, decision.to_dict()))
-    say("gate_done", f"run {run_id}: gate {'passed' if decision.promote else 'rejected'}: "
-        f"{'; '.join(decision.reasons)}", run_id)
+    say(
+        "gate_done",
+        f"run {run_id}: gate {'passed' if decision.promote else 'rejected'}: {'; '.join(decision.reasons)}",
+        run_id,
+    )
     if not decision.promote:
         result.status = "rejected"
-        await asyncio.to_thread(_set_run, session_factory, run_id, status="rejected",
-                                error="gate: " + "; ".join(decision.reasons))
+        await asyncio.to_thread(
+            _set_run, session_factory, run_id, status="rejected", error="gate: " + "; ".join(decision.reasons)
+        )
         say("rejected", f"run {run_id}: rejected by the gate", run_id)
         return
 
@@ -352,15 +378,28 @@ async def _train_gate_publish(config: LearnerConfig, session_factory: SessionFac
     say("publish", f"run {run_id}: publishing", run_id)
     base = await base_model_name(engines, config.base_model_name)
     published = await serving.publish_adapter(
-        adapter_dir, adapters_root=config.adapters_root, session_factory=session_factory, engines=engines,
-        base_model=base, run_id=run_id, drain_s=config.drain_s, probe_timeout_s=config.probe_timeout_s,
-        metrics={"gate": decision.numbers})
+        adapter_dir,
+        adapters_root=config.adapters_root,
+        session_factory=session_factory,
+        engines=engines,
+        base_model=base,
+        run_id=run_id,
+        drain_s=config.drain_s,
+        probe_timeout_s=config.probe_timeout_s,
+        metrics={"gate": decision.numbers},
+    )
     result.adapter = published.name
     if not published.ok:
         result.status = "rejected"
         result.reasons.append(f"publish: {published.reason}")
-        await asyncio.to_thread(_set_run, session_factory, run_id, status="rejected", adapter_name=published.name,
-                                error=f"publish: {published.reason}")
+        await asyncio.to_thread(
+            _set_run,
+            session_factory,
+            run_id,
+            status="rejected",
+            adapter_name=published.name,
+            error=f"publish: {published.reason}",
+        )
         say("rejected", f"run {run_id}: {published.name} not published: {published.reason}", run_id)
         return
 
@@ -370,22 +409,36 @@ async def _train_gate_publish(config: LearnerConfig, session_factory: SessionFac
 
     await asyncio.to_thread(_write, session_factory, promote)
     result.status = "promoted"
-    say("promoted", f"run {run_id}: {published.name} is active (previous: {published.previous or 'base model'})",
-        run_id)
+    say(
+        "promoted", f"run {run_id}: {published.name} is active (previous: {published.previous or 'base model'})", run_id
+    )
     try:
         await serving.collect_folders(config.adapters_root, session_factory, engines, keep_cycles=config.keep_cycles)
     except Exception:
         log.warning("could not clean up old adapter folders", exc_info=True)
 
 
-async def _gate(config: LearnerConfig, eval_engine: Engine | None, adapter_dir: str, dataset: FailureDataset,
-                incumbent: tuple[str, str] | None, on_gate_item: Callable[[], None] | None) -> GateDecision:
+async def _gate(
+    config: LearnerConfig,
+    eval_engine: Engine | None,
+    adapter_dir: str,
+    dataset: FailureDataset,
+    incumbent: tuple[str, str] | None,
+    on_gate_item: Callable[[], None] | None,
+) -> GateDecision:
     own_engine = eval_engine is None
     engine = eval_engine if eval_engine is not None else await _local_eval_engine(config)
     try:
-        return await evaluate_gate(engine, candidate_dir=adapter_dir, heldout=dataset.heldout,
-                                   regression=dataset.regression, incumbent=incumbent, config=config.gate,
-                                   loop=config.gate_loop, on_item=on_gate_item)
+        return await evaluate_gate(
+            engine,
+            candidate_dir=adapter_dir,
+            heldout=dataset.heldout,
+            regression=dataset.regression,
+            incumbent=incumbent,
+            config=config.gate,
+            loop=config.gate_loop,
+            on_item=on_gate_item,
+        )
     except AdapterError as exc:  # the candidate itself cannot be served: a rejection, not a crash
         return GateDecision(promote=False, reasons=[f"the candidate cannot be loaded: {exc.message}"])
     finally:

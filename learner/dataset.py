@@ -64,6 +64,7 @@ class FailureDataset:
 
 # --- selection -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class FailureCandidate:
     """An episode that may enter a batch: its id, client key and creation time."""
@@ -71,8 +72,6 @@ class FailureCandidate:
     id: str
     client: str | None
     created_at: Any
-
-
 
 
 def build_failure_dataset(
@@ -113,15 +112,19 @@ def build_failure_dataset(
     batch_ids = {r["episode_id"] for r in rows}
 
     successes = [c for c in _success_candidates(session) if c.id not in batch_ids]
-    reg_chosen = cap_client_share(successes, limit if regression_limit is None else regression_limit,
-                                  max_client_share)
+    reg_chosen = cap_client_share(successes, limit if regression_limit is None else regression_limit, max_client_share)
     reg_episodes = _load(session, [c.id for c in reg_chosen])
     regression = [r for r in (success_row(reg_episodes[c.id]) for c in reg_chosen) if r is not None]
     regression.sort(key=lambda r: _hash_unit(seed, r["episode_id"]))
-    dataset = FailureDataset(train=train, heldout=heldout, regression=regression,
-                             episode_ids=[r["episode_id"] for r in rows])
-    log.info("failure dataset: %s (from %d candidate failures, %d successes)", dataset.summary(),
-             len(failures), len(successes))
+    dataset = FailureDataset(
+        train=train, heldout=heldout, regression=regression, episode_ids=[r["episode_id"] for r in rows]
+    )
+    log.info(
+        "failure dataset: %s (from %d candidate failures, %d successes)",
+        dataset.summary(),
+        len(failures),
+        len(successes),
+    )
     return dataset
 
 
@@ -131,19 +134,31 @@ def failure_candidates(session: Session, *, exclude_consumed: bool = True) -> li
     with a re-runnable verifier. The scheduler counts these to decide whether to train."""
     first = aliased(Attempt)
     stmt = (
-        select(Episode.id, Episode.client_key_id, Episode.created_at, Episode.verifier, Episode.expected_calls,
-               Episode.served_status, Episode.feedback_ok, Episode.feedback_expected_calls, first.ok, first.kind)
+        select(
+            Episode.id,
+            Episode.client_key_id,
+            Episode.created_at,
+            Episode.verifier,
+            Episode.expected_calls,
+            Episode.served_status,
+            Episode.feedback_ok,
+            Episode.feedback_expected_calls,
+            first.ok,
+            first.kind,
+        )
         .join(first, and_(first.episode_id == Episode.id, first.index == 0))
         .where(Episode.status.in_(FAILED_FIRST_STATUSES), Episode.trainable.is_(True))
     )
     if exclude_consumed:
         run = aliased(TrainingRun)
         stmt = stmt.outerjoin(run, run.id == Episode.consumed_by_run).where(
-            or_(Episode.consumed_by_run.is_(None), run.id.is_(None), run.status != "promoted"))
+            or_(Episode.consumed_by_run.is_(None), run.id.is_(None), run.status != "promoted")
+        )
     stmt = stmt.order_by(Episode.created_at.desc(), Episode.id.desc())
     out = []
-    for (eid, client, created, verifier, expected, served, fb_ok, fb_expected, first_ok,
-         first_kind) in session.execute(stmt):
+    for eid, client, created, verifier, expected, served, fb_ok, fb_expected, first_ok, first_kind in session.execute(
+        stmt
+    ):
         if first_kind != "answer" or (fb_ok is True and served == "failed"):
             continue  # the client says the answer our verifier failed was right: the verdicts are not trusted
         if first_ok is not False and fb_expected is None:
@@ -153,8 +168,6 @@ def failure_candidates(session: Session, *, exclude_consumed: bool = True) -> li
             continue
         out.append(FailureCandidate(eid, client, created))
     return out
-
-
 
 
 def _success_candidates(session: Session) -> list[FailureCandidate]:
@@ -206,7 +219,7 @@ def cap_client_share(candidates: Sequence[FailureCandidate], limit: int, max_sha
 def _load(session: Session, ids: Sequence[str]) -> dict[str, Episode]:
     episodes: dict[str, Episode] = {}
     for start in range(0, len(ids), 500):
-        chunk = list(ids[start: start + 500])
+        chunk = list(ids[start : start + 500])
         stmt = select(Episode).where(Episode.id.in_(chunk)).options(selectinload(Episode.attempts))
         episodes.update({e.id: e for e in session.execute(stmt).scalars()})
     return episodes
@@ -219,8 +232,10 @@ def _hash_unit(seed: int, episode_id: str) -> float:
 
 # --- rows ------------------------------------------------------------------------------------------
 
-def _training_verifier(verifier: Any, expected: Any, feedback_expected: Any
-                       ) -> tuple[VerifierSpec | None, list[dict[str, Any]] | None]:
+
+def _training_verifier(
+    verifier: Any, expected: Any, feedback_expected: Any
+) -> tuple[VerifierSpec | None, list[dict[str, Any]] | None]:
     """The spec and expected calls a retry is judged by; (None, None) for an unusable spec.
 
     The stored spec is parsed here, once per episode; rows carry its canonical JSON."""
@@ -253,9 +268,16 @@ def failure_row(episode: Episode, *, with_reason: bool = False) -> FailureRow | 
     failed = prompts.failed_assistant_message(first.text, first.tool_calls)
     reason = (first.reason or episode.feedback_reason) if with_reason else None
     history = prompts.reflection_messages(task, failed, reason or None, math=spec.math)
-    return FailureRow(episode_id=episode.id, client_key_id=episode.client_key_id, task_messages=task,
-                      prompt_messages=history, tools=episode.request_tools or None, tool_choice=episode.tool_choice,
-                      verifier=spec.to_json(), expected=expected)
+    return FailureRow(
+        episode_id=episode.id,
+        client_key_id=episode.client_key_id,
+        task_messages=task,
+        prompt_messages=history,
+        tools=episode.request_tools or None,
+        tool_choice=episode.tool_choice,
+        verifier=spec.to_json(),
+        expected=expected,
+    )
 
 
 def success_row(episode: Episode) -> FailureRow | None:
@@ -264,6 +286,13 @@ def success_row(episode: Episode) -> FailureRow | None:
     task = list(episode.request_messages or [])
     if spec is None or not task or not spec.rerunnable(expected):
         return None
-    return FailureRow(episode_id=episode.id, client_key_id=episode.client_key_id, task_messages=task,
-                      prompt_messages=[], tools=episode.request_tools or None, tool_choice=episode.tool_choice,
-                      verifier=spec.to_json(), expected=expected)
+    return FailureRow(
+        episode_id=episode.id,
+        client_key_id=episode.client_key_id,
+        task_messages=task,
+        prompt_messages=[],
+        tools=episode.request_tools or None,
+        tool_choice=episode.tool_choice,
+        verifier=spec.to_json(),
+        expected=expected,
+    )

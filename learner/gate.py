@@ -51,9 +51,14 @@ class PolicyScores:
     errors: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"policy": self.policy, "heldout_first": self.heldout_first.to_dict(),
-                "heldout_retry": self.heldout_retry.to_dict(), "regression_first": self.regression_first.to_dict(),
-                "regression_retry": self.regression_retry.to_dict(), "errors": self.errors}
+        return {
+            "policy": self.policy,
+            "heldout_first": self.heldout_first.to_dict(),
+            "heldout_retry": self.heldout_retry.to_dict(),
+            "regression_first": self.regression_first.to_dict(),
+            "regression_retry": self.regression_retry.to_dict(),
+            "errors": self.errors,
+        }
 
 
 @dataclass
@@ -81,8 +86,10 @@ def decide(candidate: PolicyScores, incumbent: PolicyScores, config: GateConfig)
         ok = False
         reasons.append(f"only {n} held-out items; at least {config.min_items} are needed to judge")
     gain = candidate.heldout_retry.rate - incumbent.heldout_retry.rate
-    retry_text = (f"held-out retry success {_pct(incumbent.heldout_retry.rate)} -> "
-                  f"{_pct(candidate.heldout_retry.rate)} ({gain * 100:+.1f} points")
+    retry_text = (
+        f"held-out retry success {_pct(incumbent.heldout_retry.rate)} -> "
+        f"{_pct(candidate.heldout_retry.rate)} ({gain * 100:+.1f} points"
+    )
     if gain + EPS < config.margin:
         ok = False
         reasons.append(f"{retry_text}, below the margin of {config.margin * 100:.1f})")
@@ -92,8 +99,10 @@ def decide(candidate: PolicyScores, incumbent: PolicyScores, config: GateConfig)
     if candidate.regression_first.total == 0:
         reasons.append("the regression set is empty: forgetting was not measured")
     else:
-        reg_text = (f"regression first-attempt success {_pct(incumbent.regression_first.rate)} -> "
-                    f"{_pct(candidate.regression_first.rate)} ({-drop * 100:+.1f} points")
+        reg_text = (
+            f"regression first-attempt success {_pct(incumbent.regression_first.rate)} -> "
+            f"{_pct(candidate.regression_first.rate)} ({-drop * 100:+.1f} points"
+        )
         if drop - EPS > config.tolerance:
             ok = False
             reasons.append(f"{reg_text}, more than the tolerance of {config.tolerance * 100:.1f})")
@@ -104,14 +113,17 @@ def decide(candidate: PolicyScores, incumbent: PolicyScores, config: GateConfig)
             ok = False
             reasons.append(f"{scores.errors} evaluation episodes of {scores.policy} failed on the engine")
     numbers = {
-        "candidate": candidate.to_dict(), "incumbent": incumbent.to_dict(),
-        "retry_gain": round(gain, 6), "regression_drop": round(drop, 6),
+        "candidate": candidate.to_dict(),
+        "incumbent": incumbent.to_dict(),
+        "retry_gain": round(gain, 6),
+        "regression_drop": round(drop, 6),
         "config": {"margin": config.margin, "tolerance": config.tolerance, "min_items": config.min_items},
     }
     return GateDecision(promote=ok, reasons=reasons, numbers=numbers)
 
 
 # --- evaluation -------------------------------------------------------------------------------------
+
 
 def _rates(statuses: Iterable[str]) -> tuple[Rate, Rate, int]:
     statuses = list(statuses)
@@ -120,21 +132,47 @@ def _rates(statuses: Iterable[str]) -> tuple[Rate, Rate, int]:
     return Rate(first, len(statuses)), Rate(retry, len(statuses)), sum(s == "upstream_error" for s in statuses)
 
 
-async def score_policy(engine: Engine, model: str | None, heldout: Sequence[EvalItem], regression: Sequence[EvalItem],
-                       *, config: GateConfig = GateConfig(), loop: LoopConfig = LoopConfig(),
-                       label: str | None = None, on_item: Callable[[], None] | None = None) -> PolicyScores:
+async def score_policy(
+    engine: Engine,
+    model: str | None,
+    heldout: Sequence[EvalItem],
+    regression: Sequence[EvalItem],
+    *,
+    config: GateConfig = GateConfig(),
+    loop: LoopConfig = LoopConfig(),
+    label: str | None = None,
+    on_item: Callable[[], None] | None = None,
+) -> PolicyScores:
     """Evaluate one policy (`model` = an adapter name on `engine`, None = the base) on both sets."""
-    kw: dict[str, Any] = {"max_tokens": config.max_tokens, "concurrency": config.concurrency, "loop": loop,
-                          "on_item": on_item}
+    kw: dict[str, Any] = {
+        "max_tokens": config.max_tokens,
+        "concurrency": config.concurrency,
+        "loop": loop,
+        "on_item": on_item,
+    }
     h_first, h_retry, h_err = _rates(await run_items(engine, model, heldout, **kw))
     r_first, r_retry, r_err = _rates(await run_items(engine, model, regression, **kw))
-    return PolicyScores(policy=label or model or "base", heldout_first=h_first, heldout_retry=h_retry,
-                        regression_first=r_first, regression_retry=r_retry, errors=h_err + r_err)
+    return PolicyScores(
+        policy=label or model or "base",
+        heldout_first=h_first,
+        heldout_retry=h_retry,
+        regression_first=r_first,
+        regression_retry=r_retry,
+        errors=h_err + r_err,
+    )
 
 
-async def evaluate_gate(engine: Engine, *, candidate_dir: str, heldout: Sequence[Any], regression: Sequence[Any],
-                        incumbent: tuple[str, str] | None = None, config: GateConfig = GateConfig(),
-                        loop: LoopConfig = LoopConfig(), on_item: Callable[[], None] | None = None) -> GateDecision:
+async def evaluate_gate(
+    engine: Engine,
+    *,
+    candidate_dir: str,
+    heldout: Sequence[Any],
+    regression: Sequence[Any],
+    incumbent: tuple[str, str] | None = None,
+    config: GateConfig = GateConfig(),
+    loop: LoopConfig = LoopConfig(),
+    on_item: Callable[[], None] | None = None,
+) -> GateDecision:
     """Score the candidate folder and the incumbent (`(name, verified path)`, None = base model) and decide.
 
     Both are loaded on `engine` under temporary names and unloaded afterwards; the candidate folder
@@ -152,10 +190,19 @@ async def evaluate_gate(engine: Engine, *, candidate_dir: str, heldout: Sequence
         if incumbent is not None and inc_name is not None:
             await engine.load_adapter(inc_name, incumbent[1])
             loaded.append(inc_name)
-        cand = await score_policy(engine, cand_name, held, reg, config=config, loop=loop, label="candidate",
-                                  on_item=on_item)
-        inc = await score_policy(engine, inc_name, held, reg, config=config, loop=loop,
-                                 label=incumbent[0] if incumbent else "base", on_item=on_item)
+        cand = await score_policy(
+            engine, cand_name, held, reg, config=config, loop=loop, label="candidate", on_item=on_item
+        )
+        inc = await score_policy(
+            engine,
+            inc_name,
+            held,
+            reg,
+            config=config,
+            loop=loop,
+            label=incumbent[0] if incumbent else "base",
+            on_item=on_item,
+        )
     finally:
         for name in loaded:
             try:

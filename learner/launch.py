@@ -26,10 +26,20 @@ from learner.config import TrainConfig
 from learner.train import ADAPTER, DATABASE_URL_ENV, ERROR_PREFIX, TrainingFailed, TrainResult, read_result
 
 
-def launch_training(run_id: str, database_url: str, model_path: str, work_dir: Path, config: TrainConfig, *,
-                    on_step: Callable[[dict[str, Any]], None] | None = None, timeout_s: float | None = None,
-                    heartbeat_s: float = 30.0, poll_s: float = 0.5, env: dict[str, str] | None = None,
-                    launcher: Sequence[str] | None = None) -> TrainResult:
+def launch_training(
+    run_id: str,
+    database_url: str,
+    model_path: str,
+    work_dir: Path,
+    config: TrainConfig,
+    *,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+    timeout_s: float | None = None,
+    heartbeat_s: float = 30.0,
+    poll_s: float = 0.5,
+    env: dict[str, str] | None = None,
+    launcher: Sequence[str] | None = None,
+) -> TrainResult:
     """Run training for `run_id` in a child process (`python -m learner.train`) and wait for it.
 
     The caller has written the rows with `learner.rows.write_rows(work_dir / "train.jsonl", rows)`.
@@ -51,8 +61,19 @@ def launch_training(run_id: str, database_url: str, model_path: str, work_dir: P
     child_env["PYTHONUNBUFFERED"] = "1"
     root = str(Path(__file__).resolve().parents[1])
     child_env["PYTHONPATH"] = root + (os.pathsep + child_env["PYTHONPATH"] if child_env.get("PYTHONPATH") else "")
-    cmd = [*(launcher or [sys.executable]), "-m", "learner.train", "--run-id", run_id, "--model", str(model_path),
-           "--work-dir", str(work), "--heartbeat-s", str(heartbeat_s)]
+    cmd = [
+        *(launcher or [sys.executable]),
+        "-m",
+        "learner.train",
+        "--run-id",
+        run_id,
+        "--model",
+        str(model_path),
+        "--work-dir",
+        str(work),
+        "--heartbeat-s",
+        str(heartbeat_s),
+    ]
     log_path = work / "train.log"
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     reported = 0
@@ -98,7 +119,7 @@ def _failure_reason(returncode: int, log_path: Path) -> str:
     lines = [line.strip() for line in _tail(log_path).splitlines() if line.strip()]
     for line in reversed(lines):
         if line.startswith(ERROR_PREFIX):
-            return line[len(ERROR_PREFIX):]
+            return line[len(ERROR_PREFIX) :]
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name

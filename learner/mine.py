@@ -86,12 +86,19 @@ class MineSummary:
 
 def item_request(item: DatasetItem, config: MineConfig, seed: int | None) -> ChatRequest:
     tools = [t.to_openai() for t in item.tools] or None
-    return ChatRequest(messages=item.messages, model=config.model, tools=tools, temperature=config.temperature,
-                       max_tokens=config.max_tokens, seed=seed)
+    return ChatRequest(
+        messages=item.messages,
+        model=config.model,
+        tools=tools,
+        temperature=config.temperature,
+        max_tokens=config.max_tokens,
+        seed=seed,
+    )
 
 
-async def _mine_item(engine: Engine, item: DatasetItem, index: int, config: MineConfig,
-                     summary: MineSummary) -> EpisodeRecord | None:
+async def _mine_item(
+    engine: Engine, item: DatasetItem, index: int, config: MineConfig, summary: MineSummary
+) -> EpisodeRecord | None:
     options = eval_task(item).options(max_retries=0, task=config.task)
     loop = LoopConfig(max_calls=1, deadline_s=config.deadline_s)
     first_ok: tuple[Outcome, ChatRequest] | None = None
@@ -123,9 +130,14 @@ def _store(session_factory: Callable[[], Session], records: list[EpisodeRecord],
             summary.failures_stored += 1
 
 
-async def mine_dataset(items: Sequence[DatasetItem], engine: Engine, session_factory: Callable[[], Session],
-                       config: MineConfig = MineConfig(), *,
-                       on_item: Callable[[MineSummary], None] | None = None) -> MineSummary:
+async def mine_dataset(
+    items: Sequence[DatasetItem],
+    engine: Engine,
+    session_factory: Callable[[], Session],
+    config: MineConfig = MineConfig(),
+    *,
+    on_item: Callable[[MineSummary], None] | None = None,
+) -> MineSummary:
     """Sample, verify and store (module docstring); returns the counts."""
     summary = MineSummary(queries=len(items))
     limit = asyncio.Semaphore(config.concurrency)
@@ -148,6 +160,10 @@ async def mine_dataset(items: Sequence[DatasetItem], engine: Engine, session_fac
     await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
     if pending:
         await asyncio.to_thread(_store, session_factory, pending, summary)
-    log.info("mined %d queries: %d failures and %d successes stored", summary.queries, summary.failures_stored,
-             summary.successes_stored)
+    log.info(
+        "mined %d queries: %d failures and %d successes stored",
+        summary.queries,
+        summary.failures_stored,
+        summary.successes_stored,
+    )
     return summary

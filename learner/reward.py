@@ -50,10 +50,15 @@ class RetryReward:
 
     __name__ = "retry_success"
 
-    def __init__(self, *, retry_max_tokens: int = 512, retry_temperature: float = 0.0, tokenizer: Any = None,
-                 trainer: Any = None,
-                 generate: Callable[[Any, Sequence[Sequence[int]], int, float], list[list[int]]] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        *,
+        retry_max_tokens: int = 512,
+        retry_temperature: float = 0.0,
+        tokenizer: Any = None,
+        trainer: Any = None,
+        generate: Callable[[Any, Sequence[Sequence[int]], int, float], list[list[int]]] | None = None,
+    ) -> None:
         self.retry_max_tokens = retry_max_tokens
         self.retry_temperature = retry_temperature
         self.tokenizer = tokenizer
@@ -61,8 +66,9 @@ class RetryReward:
         self._generate = generate or generate_with_policy
         self.last_batch = RewardBatch()
 
-    def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
-                 **columns: Any) -> list[float]:
+    def __call__(
+        self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **columns: Any
+    ) -> list[float]:
         if self.trainer is None:
             raise RuntimeError("RetryReward.trainer is not set; assign the GRPOTrainer after constructing it")
         log_metric = columns.get("log_metric")
@@ -87,8 +93,11 @@ class RetryReward:
                 batch.retry_prompt_ids[i] = list(tokenizer(text, add_special_tokens=False)["input_ids"])
                 pending.append(i)
             except Exception:
-                log.warning("retry prompt for episode %s could not be built; reward 0.0",
-                            row.get("episode_id") if row else "?", exc_info=True)
+                log.warning(
+                    "retry prompt for episode %s could not be built; reward 0.0",
+                    row.get("episode_id") if row else "?",
+                    exc_info=True,
+                )
             rows.append(row)
         prompt_ids = [p for p in (batch.retry_prompt_ids[i] for i in pending) if p is not None]
         outputs = self._generate(self.trainer, prompt_ids, self.retry_max_tokens, self.retry_temperature)
@@ -101,8 +110,9 @@ class RetryReward:
                 batch.retries[i] = text
                 batch.rewards[i] = 1.0 if ok else 0.0
             except Exception:
-                log.warning("verifying the retry of episode %s failed; reward 0.0", row.get("episode_id"),
-                            exc_info=True)
+                log.warning(
+                    "verifying the retry of episode %s failed; reward 0.0", row.get("episode_id"), exc_info=True
+                )
         self.last_batch = batch
         if log_metric is not None and n:
             log_metric("retry_success_rate", sum(batch.rewards) / n)
@@ -126,9 +136,12 @@ class RetryReward:
         text = str(tokenizer.decode(body, skip_special_tokens=not keep_special, clean_up_tokenization_spaces=False))
         output = ModelOutput.from_text(text)
         if not finished:
-            output = ModelOutput(tool_calls=output.tool_calls, content=output.content,
-                                 parse_error=output.parse_error
-                                 or "the output was cut off at max_tokens (finish_reason=length)")
-        verdict = run_verifier(row["verifier"], output, tools=specs, tool_choice=tool_choice,
-                               expected=row.get("expected"))
+            output = ModelOutput(
+                tool_calls=output.tool_calls,
+                content=output.content,
+                parse_error=output.parse_error or "the output was cut off at max_tokens (finish_reason=length)",
+            )
+        verdict = run_verifier(
+            row["verifier"], output, tools=specs, tool_choice=tool_choice, expected=row.get("expected")
+        )
         return text, verdict.ok

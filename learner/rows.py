@@ -39,16 +39,25 @@ class FailureRow(TypedDict):
     """Reference calls for `reference` verifiers (feedback's expected calls win), else None."""
 
 
-FAILURE_ROW_COLUMNS = ("episode_id", "client_key_id", "task_messages", "prompt_messages", "tools", "tool_choice",
-                       "verifier", "expected")
+FAILURE_ROW_COLUMNS = (
+    "episode_id",
+    "client_key_id",
+    "task_messages",
+    "prompt_messages",
+    "tools",
+    "tool_choice",
+    "verifier",
+    "expected",
+)
 #: Columns `render_rows` stores as JSON text (TRL/Arrow cannot hold per-row schemas of varying shape).
 JSON_COLUMNS = ("task_messages", "prompt_messages", "tools", "tool_choice", "verifier", "expected")
 
 
 def render_messages(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
     """The chat template's prompt text, exactly as `LocalEngine.render_prompt` renders it."""
-    text = tokenizer.apply_chat_template(normalize_messages(messages), tools=tools or None,
-                                         add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(
+        normalize_messages(messages), tools=tools or None, add_generation_prompt=True, tokenize=False
+    )
     return str(text)
 
 

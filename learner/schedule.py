@@ -38,14 +38,23 @@ log = logging.getLogger(__name__)
 JOB_ID = "rrr-learner-cycle"
 
 
-def build_scheduler(tick: Callable[[], Any], *, interval_s: float, misfire_grace_s: float,
-                    blocking: bool = False, run_now: bool = True) -> BaseScheduler:
+def build_scheduler(
+    tick: Callable[[], Any], *, interval_s: float, misfire_grace_s: float, blocking: bool = False, run_now: bool = True
+) -> BaseScheduler:
     """A scheduler holding the one learner job (not started)."""
     scheduler: BaseScheduler = BlockingScheduler(timezone=UTC) if blocking else BackgroundScheduler(timezone=UTC)
     extra: dict[str, Any] = {"next_run_time": datetime.now(UTC)} if run_now else {}
-    scheduler.add_job(tick, IntervalTrigger(seconds=interval_s, timezone=UTC), id=JOB_ID, name="learner cycle",
-                      max_instances=1, coalesce=True, misfire_grace_time=max(1, round(misfire_grace_s)),
-                      replace_existing=True, **extra)
+    scheduler.add_job(
+        tick,
+        IntervalTrigger(seconds=interval_s, timezone=UTC),
+        id=JOB_ID,
+        name="learner cycle",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=max(1, round(misfire_grace_s)),
+        replace_existing=True,
+        **extra,
+    )
     return scheduler
 
 
@@ -56,11 +65,18 @@ class LearnerScheduler:
     `make_eval_engine` (optional) the gate's engine per cycle (default: a local engine per cycle).
     """
 
-    def __init__(self, config: LearnerConfig, *, session_factory: Callable[[], Session],
-                 make_engines: Callable[[], Engine], make_eval_engine: Callable[[], Engine] | None = None,
-                 trainer: Trainer | None = None, holder: str | None = None,
-                 on_result: Callable[[CycleResult], None] | None = None,
-                 on_event: Callable[[CycleEvent], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: LearnerConfig,
+        *,
+        session_factory: Callable[[], Session],
+        make_engines: Callable[[], Engine],
+        make_eval_engine: Callable[[], Engine] | None = None,
+        trainer: Trainer | None = None,
+        holder: str | None = None,
+        on_result: Callable[[CycleResult], None] | None = None,
+        on_event: Callable[[CycleEvent], None] | None = None,
+    ) -> None:
         self.config = config
         self.session_factory = session_factory
         self.make_engines = make_engines
@@ -86,9 +102,15 @@ class LearnerScheduler:
         if self._engines is None:
             self._engines = self.make_engines()
         eval_engine = self.make_eval_engine() if self.make_eval_engine is not None else None
-        return await run_cycle(self.config, session_factory=self.session_factory, engines=self._engines,
-                               eval_engine=eval_engine, trainer=self.trainer, holder=self.holder,
-                               on_event=self.on_event)
+        return await run_cycle(
+            self.config,
+            session_factory=self.session_factory,
+            engines=self._engines,
+            eval_engine=eval_engine,
+            trainer=self.trainer,
+            holder=self.holder,
+            on_event=self.on_event,
+        )
 
     def tick(self) -> CycleResult:
         """Run one cycle now and wait for it. Never raises: a crash is a `failed` result."""
@@ -108,9 +130,13 @@ class LearnerScheduler:
 
     def start(self, *, blocking: bool = False, run_now: bool = True) -> BaseScheduler:
         """Start ticking every `config.interval_s`; blocking runs until interrupted (then shuts down)."""
-        self._scheduler = build_scheduler(self.tick, interval_s=self.config.interval_s,
-                                          misfire_grace_s=self.config.misfire_grace_s, blocking=blocking,
-                                          run_now=run_now)
+        self._scheduler = build_scheduler(
+            self.tick,
+            interval_s=self.config.interval_s,
+            misfire_grace_s=self.config.misfire_grace_s,
+            blocking=blocking,
+            run_now=run_now,
+        )
         if blocking:
             try:
                 self._scheduler.start()

@@ -39,11 +39,17 @@ class LearnerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RRR_", extra="ignore")
 
     # where things are
-    database_url: str | None = Field(default=None, repr=False, description="SQLAlchemy URL; default SQLite under data_dir.")
+    database_url: str | None = Field(
+        default=None, repr=False, description="SQLAlchemy URL; default SQLite under data_dir."
+    )
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".rrr", description="Default home of the rest.")
-    engine_urls: CommaList = Field(default_factory=list, description="The serving engines (vLLM or `rrr engine serve`).")
+    engine_urls: CommaList = Field(
+        default_factory=list, description="The serving engines (vLLM or `rrr engine serve`)."
+    )
     engine_api_key: str | None = Field(default=None, repr=False, description="Bearer key of the engines, if any.")
-    adapters_root: Path | None = Field(default=None, description="Published adapter folders; default data_dir/adapters.")
+    adapters_root: Path | None = Field(
+        default=None, description="Published adapter folders; default data_dir/adapters."
+    )
     model: str | None = Field(default=None, description="The base model folder the engines serve.")
     base_model_name: str | None = Field(default=None, description="The engines' served base name.")
     learner_work_dir: Path | None = Field(default=None, description="Training outputs; default data_dir/learner.")
@@ -73,11 +79,14 @@ class LearnerSettings(BaseSettings):
         return value
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         path = os.environ.get(CONFIG_ENV)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if path:
@@ -95,20 +104,35 @@ class LearnerSettings(BaseSettings):
         if not self.model:
             raise ValueError("no base model: give --model DIR (or set RRR_MODEL), the folder the engines serve")
         chosen = {
-            "min_new_failures": self.learn_min_failures, "interval_s": self.learn_interval_s,
-            "dataset_limit": self.dataset_limit, "max_client_share": self.max_client_share,
-            "heldout_fraction": self.heldout_fraction, "regression_limit": self.regression_limit,
-            "max_lora_rank": self.max_lora_rank, "drain_s": self.adapter_drain_s,
+            "min_new_failures": self.learn_min_failures,
+            "interval_s": self.learn_interval_s,
+            "dataset_limit": self.dataset_limit,
+            "max_client_share": self.max_client_share,
+            "heldout_fraction": self.heldout_fraction,
+            "regression_limit": self.regression_limit,
+            "max_lora_rank": self.max_lora_rank,
+            "drain_s": self.adapter_drain_s,
         }
         values: dict[str, Any] = {k: v for k, v in chosen.items() if v is not None}
-        gate: dict[str, Any] = {"margin": self.gate_margin, "tolerance": self.gate_tolerance, "min_items": self.gate_min_items}
+        gate: dict[str, Any] = {
+            "margin": self.gate_margin,
+            "tolerance": self.gate_tolerance,
+            "min_items": self.gate_min_items,
+        }
         rank = self.max_lora_rank if self.max_lora_rank is not None else _default("max_lora_rank")
         return LearnerConfig(
-            adapters_root=str(self.adapters_root or self.data_dir / "adapters"), model_path=self.model,
-            engine_urls=list(self.engine_urls), database_url=self.resolved_database_url(),
-            work_dir=str(self.learner_work_dir or self.data_dir / "learner"), base_model_name=self.base_model_name,
-            engine_api_key=self.engine_api_key, gate=GateConfig(**{k: v for k, v in gate.items() if v is not None}),
-            train=self._train(rank), train_launcher=tuple(shlex.split(self.train_launcher or "")), **values)
+            adapters_root=str(self.adapters_root or self.data_dir / "adapters"),
+            model_path=self.model,
+            engine_urls=list(self.engine_urls),
+            database_url=self.resolved_database_url(),
+            work_dir=str(self.learner_work_dir or self.data_dir / "learner"),
+            base_model_name=self.base_model_name,
+            engine_api_key=self.engine_api_key,
+            gate=GateConfig(**{k: v for k, v in gate.items() if v is not None}),
+            train=self._train(rank),
+            train_launcher=tuple(shlex.split(self.train_launcher or "")),
+            **values,
+        )
 
     def _train(self, max_lora_rank: int) -> TrainConfig | None:
         if self.train_config is None:

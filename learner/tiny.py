@@ -56,7 +56,7 @@ CHAT_TEMPLATE = (
     "    {%- endfor %}\n"
     "    {{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and "
     "arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n"
-    "{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call><|im_end|>\\n\' }}\n'
     "{%- else %}\n"
     "    {%- if messages[0].role == 'system' %}\n"
     "        {{- '<|im_start|>system\\n' + (messages[0].content or '') + '<|im_end|>\\n' }}\n"
@@ -77,9 +77,9 @@ CHAT_TEMPLATE = (
     "            {%- if tool_call.function is defined %}\n"
     "                {%- set tool_call = tool_call.function %}\n"
     "            {%- endif %}\n"
-    "            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n"
+    '            {{- \'\\n<tool_call>\\n{"name": "\' }}\n'
     "            {{- tool_call.name }}\n"
-    "            {{- '\", \"arguments\": ' }}\n"
+    '            {{- \'", "arguments": \' }}\n'
     "            {%- if tool_call.arguments is string %}\n"
     "                {{- tool_call.arguments }}\n"
     "            {%- else %}\n"
@@ -140,54 +140,122 @@ class TinyModelConfig:
 
 # --- the built-in corpus -------------------------------------------------------------------------
 
-_CITIES = ["Paris", "London", "Tokyo", "Berlin", "Madrid", "Rome", "Lisbon", "Oslo", "Cairo", "Lima",
-           "Sydney", "Toronto", "Seoul", "Mumbai", "Boston", "Denver", "Dublin", "Vienna", "Prague", "Zurich",
-           "Athens", "Warsaw", "Nairobi", "Bangkok", "Chicago", "Miami", "Seattle", "Montreal", "Istanbul"]
-_WORD_TEXT = ("the a an to of in on for with and or is are was be can you please what how when where which "
-          "weather temperature forecast today tomorrow week city country currency amount convert send email "
-          "message subject body search web news find book table restaurant people time date event meeting "
-          "calendar timer minutes seconds hours translate language text English French Spanish German stock "
-          "price ticker play music song genre jazz rock tip bill percent directions route walking driving "
-          "transit user assistant system function tool call result error name arguments value number string "
-          "object array boolean true false null required description parameters type properties enum unit "
-          "celsius fahrenheit hello thanks sorry yes no maybe good bad new old big small first last next "
-          "morning evening night Monday Tuesday Wednesday Thursday Friday Saturday Sunday January February "
-          "March April May June July August September October November December dollars euros yen pounds "
-          "account order payment invoice customer product delivery address phone number list items add "
-          "remove update delete create get set check show open close start stop cancel confirm reply "
-          "question answer try again wrong right correct failed because should would could need want "
-          "help explain reason mistake missing value called tool instead")
+_CITIES = [
+    "Paris",
+    "London",
+    "Tokyo",
+    "Berlin",
+    "Madrid",
+    "Rome",
+    "Lisbon",
+    "Oslo",
+    "Cairo",
+    "Lima",
+    "Sydney",
+    "Toronto",
+    "Seoul",
+    "Mumbai",
+    "Boston",
+    "Denver",
+    "Dublin",
+    "Vienna",
+    "Prague",
+    "Zurich",
+    "Athens",
+    "Warsaw",
+    "Nairobi",
+    "Bangkok",
+    "Chicago",
+    "Miami",
+    "Seattle",
+    "Montreal",
+    "Istanbul",
+]
+_WORD_TEXT = (
+    "the a an to of in on for with and or is are was be can you please what how when where which "
+    "weather temperature forecast today tomorrow week city country currency amount convert send email "
+    "message subject body search web news find book table restaurant people time date event meeting "
+    "calendar timer minutes seconds hours translate language text English French Spanish German stock "
+    "price ticker play music song genre jazz rock tip bill percent directions route walking driving "
+    "transit user assistant system function tool call result error name arguments value number string "
+    "object array boolean true false null required description parameters type properties enum unit "
+    "celsius fahrenheit hello thanks sorry yes no maybe good bad new old big small first last next "
+    "morning evening night Monday Tuesday Wednesday Thursday Friday Saturday Sunday January February "
+    "March April May June July August September October November December dollars euros yen pounds "
+    "account order payment invoice customer product delivery address phone number list items add "
+    "remove update delete create get set check show open close start stop cancel confirm reply "
+    "question answer try again wrong right correct failed because should would could need want "
+    "help explain reason mistake missing value called tool instead"
+)
 _WORDS = _WORD_TEXT.split()
 _TOOLS: list[dict[str, Any]] = [
-    {"name": "get_weather", "description": "Get the current weather in a city.",
-     "properties": {"city": {"type": "string", "description": "City name."},
-                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]},
-    {"name": "convert_currency", "description": "Convert an amount between currencies.",
-     "properties": {"amount": {"type": "number"}, "from": {"type": "string"}, "to": {"type": "string"}},
-     "required": ["amount", "from", "to"]},
-    {"name": "send_email", "description": "Send an email message.",
-     "properties": {"to": {"type": "string"}, "subject": {"type": "string"}, "body": {"type": "string"}},
-     "required": ["to", "subject"]},
-    {"name": "search_web", "description": "Search the web for a query.",
-     "properties": {"query": {"type": "string"}, "max_results": {"type": "integer"}}, "required": ["query"]},
-    {"name": "set_timer", "description": "Set a timer.",
-     "properties": {"minutes": {"type": "integer"}, "label": {"type": "string"}}, "required": ["minutes"]},
-    {"name": "get_stock_price", "description": "Get the latest stock price for a ticker symbol.",
-     "properties": {"ticker": {"type": "string"}}, "required": ["ticker"]},
-    {"name": "book_table", "description": "Book a table at a restaurant.",
-     "properties": {"restaurant": {"type": "string"}, "people": {"type": "integer"},
-                    "time": {"type": "string"}}, "required": ["restaurant", "people"]},
-    {"name": "get_directions", "description": "Get directions between two places.",
-     "properties": {"origin": {"type": "string"}, "destination": {"type": "string"},
-                    "mode": {"type": "string", "enum": ["driving", "walking", "transit"]}},
-     "required": ["origin", "destination"]},
+    {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "properties": {
+            "city": {"type": "string", "description": "City name."},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        },
+        "required": ["city"],
+    },
+    {
+        "name": "convert_currency",
+        "description": "Convert an amount between currencies.",
+        "properties": {"amount": {"type": "number"}, "from": {"type": "string"}, "to": {"type": "string"}},
+        "required": ["amount", "from", "to"],
+    },
+    {
+        "name": "send_email",
+        "description": "Send an email message.",
+        "properties": {"to": {"type": "string"}, "subject": {"type": "string"}, "body": {"type": "string"}},
+        "required": ["to", "subject"],
+    },
+    {
+        "name": "search_web",
+        "description": "Search the web for a query.",
+        "properties": {"query": {"type": "string"}, "max_results": {"type": "integer"}},
+        "required": ["query"],
+    },
+    {
+        "name": "set_timer",
+        "description": "Set a timer.",
+        "properties": {"minutes": {"type": "integer"}, "label": {"type": "string"}},
+        "required": ["minutes"],
+    },
+    {
+        "name": "get_stock_price",
+        "description": "Get the latest stock price for a ticker symbol.",
+        "properties": {"ticker": {"type": "string"}},
+        "required": ["ticker"],
+    },
+    {
+        "name": "book_table",
+        "description": "Book a table at a restaurant.",
+        "properties": {"restaurant": {"type": "string"}, "people": {"type": "integer"}, "time": {"type": "string"}},
+        "required": ["restaurant", "people"],
+    },
+    {
+        "name": "get_directions",
+        "description": "Get directions between two places.",
+        "properties": {
+            "origin": {"type": "string"},
+            "destination": {"type": "string"},
+            "mode": {"type": "string", "enum": ["driving", "walking", "transit"]},
+        },
+        "required": ["origin", "destination"],
+    },
 ]
 
 
 def _openai_tool(tool: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "function", "function": {
-        "name": tool["name"], "description": tool["description"],
-        "parameters": {"type": "object", "properties": tool["properties"], "required": tool["required"]}}}
+    return {
+        "type": "function",
+        "function": {
+            "name": tool["name"],
+            "description": tool["description"],
+            "parameters": {"type": "object", "properties": tool["properties"], "required": tool["required"]},
+        },
+    }
 
 
 def _fake_value(schema: dict[str, Any], rng: random.Random) -> Any:
@@ -197,8 +265,9 @@ def _fake_value(schema: dict[str, Any], rng: random.Random) -> Any:
         return rng.randint(0, 500)
     if schema["type"] == "number":
         return round(rng.uniform(0, 10000), rng.choice([0, 1, 2]))
-    return rng.choice([rng.choice(_CITIES), " ".join(rng.choices(_WORDS, k=rng.randint(1, 4))),
-                       f"{rng.choice(_WORDS)}@example.com"])
+    return rng.choice(
+        [rng.choice(_CITIES), " ".join(rng.choices(_WORDS, k=rng.randint(1, 4))), f"{rng.choice(_WORDS)}@example.com"]
+    )
 
 
 def tiny_corpus(n_conversations: int = 600, seed: int = 0) -> list[str]:
@@ -213,8 +282,9 @@ def tiny_corpus(n_conversations: int = 600, seed: int = 0) -> list[str]:
     for _ in range(n_conversations):
         tools = rng.sample(_TOOLS, k=rng.randint(1, 4))
         tool = rng.choice(tools)
-        args = {k: _fake_value(v, rng) for k, v in tool["properties"].items()
-                if k in tool["required"] or rng.random() < 0.5}
+        args = {
+            k: _fake_value(v, rng) for k, v in tool["properties"].items() if k in tool["required"] or rng.random() < 0.5
+        }
         query = " ".join(rng.choices(_WORDS, k=rng.randint(4, 14))).capitalize() + rng.choice(["?", ".", "!"])
         messages: list[dict[str, Any]] = [{"role": "user", "content": query}]
         if rng.random() < 0.5:
@@ -224,8 +294,13 @@ def tiny_corpus(n_conversations: int = 600, seed: int = 0) -> list[str]:
         messages.append({"role": "tool", "content": json.dumps({"result": _fake_value({"type": "string"}, rng)})})
         messages.append({"role": "assistant", "content": " ".join(rng.choices(_WORDS, k=rng.randint(3, 12))) + "."})
         use_tools = rng.random() < 0.8
-        texts.append(template.render(messages=messages, tools=[_openai_tool(t) for t in tools] if use_tools else None,
-                                     add_generation_prompt=False))
+        texts.append(
+            template.render(
+                messages=messages,
+                tools=[_openai_tool(t) for t in tools] if use_tools else None,
+                add_generation_prompt=False,
+            )
+        )
         texts.append(json.dumps(call, ensure_ascii=False, separators=rng.choice([(",", ":"), (", ", ": ")])))
     texts.append(" ".join(str(i) for i in range(1000)))
     return texts
@@ -233,13 +308,16 @@ def tiny_corpus(n_conversations: int = 600, seed: int = 0) -> list[str]:
 
 # --- tokenizer and model -------------------------------------------------------------------------
 
-def build_tiny_tokenizer(vocab_size: int = 1024, extra_corpus: Sequence[str] = (), *,
-                         number_tokens_below: int = 0) -> Any:
+
+def build_tiny_tokenizer(
+    vocab_size: int = 1024, extra_corpus: Sequence[str] = (), *, number_tokens_below: int = 0
+) -> Any:
     """A byte-level BPE tokenizer (spaces and digits as their own tokens) wrapped for transformers.
 
     With ``number_tokens_below`` N, the integers 10..N-1 are added tokens (not special, not
     normalised), matched before pre-tokenisation leftmost-longest: with N = 1000, "3200" is "320" "0"
-    and "19:05" is "19" ":" "0" "5" wherever they appear, in a query or in a call's JSON. Added tokens survive every loader
+    and "19:05" is "19" ":" "0" "5" wherever they appear, in a query or in a call's JSON. Added tokens
+    survive every loader
     (transformers 4 and 5, vLLM) unchanged, as the tool tags do.
 
     The pre-tokenizer is Qwen2's split followed by isolating every space. No merge can therefore
@@ -261,30 +339,43 @@ def build_tiny_tokenizer(vocab_size: int = 1024, extra_corpus: Sequence[str] = (
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), "isolated"),
-        pre_tokenizers.Split(" ", "isolated"),
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), "isolated"),
+            pre_tokenizers.Split(" ", "isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(TOOL_TOKENS), min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        vocab_size=vocab_size - len(TOOL_TOKENS),
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator([*tiny_corpus(), *extra_corpus], trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])
     if number_tokens_below:
         tok.add_tokens([AddedToken(str(n), special=False, normalized=False) for n in range(10, number_tokens_below)])
     fast: Any = PreTrainedTokenizerFast  # untyped in transformers
     hf = fast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
-        clean_up_tokenization_spaces=False, model_max_length=32768, split_special_tokens=False)
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        clean_up_tokenization_spaces=False,
+        model_max_length=32768,
+        split_special_tokens=False,
+    )
     hf.chat_template = CHAT_TEMPLATE
     return hf
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0, config: TinyModelConfig | None = None, *,
-                     extra_corpus: Sequence[str] = ()) -> Path:
+def build_tiny_model(
+    out_dir: str | Path, seed: int = 0, config: TinyModelConfig | None = None, *, extra_corpus: Sequence[str] = ()
+) -> Path:
     """Write a random tiny Qwen2 causal LM with its tokenizer, chat template and generation config.
 
     The same seed, config and `extra_corpus` (more tokenizer training text, e.g. a demo's task data)
@@ -301,23 +392,39 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, config: TinyModelConfig
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     eot_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     model_config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_key_value_heads,
-        intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_position_embeddings,
-        tie_word_embeddings=True, bos_token_id=eot_id, eos_token_id=eos_id, pad_token_id=eot_id,
-        initializer_range=0.02, rms_norm_eps=1e-6, hidden_act="silu", use_sliding_window=False,
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=eot_id,
+        eos_token_id=eos_id,
+        pad_token_id=eot_id,
+        initializer_range=0.02,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        use_sliding_window=False,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(model_config)
     generation_config: Any = GenerationConfig  # untyped in transformers
     model.generation_config = generation_config(
-        bos_token_id=eot_id, eos_token_id=[eos_id, eot_id], pad_token_id=eot_id, do_sample=False)
+        bos_token_id=eot_id, eos_token_id=[eos_id, eot_id], pad_token_id=eot_id, do_sample=False
+    )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     _make_tokenizer_config_portable(out)
-    log.info("tiny model (%d parameters, vocab %d, seed %d) written to %s",
-             sum(p.numel() for p in model.parameters()), len(tokenizer), seed, out)
+    log.info(
+        "tiny model (%d parameters, vocab %d, seed %d) written to %s",
+        sum(p.numel() for p in model.parameters()),
+        len(tokenizer),
+        seed,
+        out,
+    )
     return out
 
 
@@ -331,8 +438,16 @@ def _make_tokenizer_config_portable(out: Path) -> None:
 
 # --- adapters and teaching -----------------------------------------------------------------------
 
-def save_tiny_lora(model_dir: str | Path, out_dir: str | Path, *, seed: int = 0, r: int = 8,
-                   noise: float = 0.5, target_modules: Sequence[str] = LORA_TARGET_MODULES) -> Path:
+
+def save_tiny_lora(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    r: int = 8,
+    noise: float = 0.5,
+    target_modules: Sequence[str] = LORA_TARGET_MODULES,
+) -> Path:
     """Write a real PEFT LoRA for the model at `model_dir` whose B matrices carry seeded noise.
 
     vLLM-servable (§7): uniform rank, lora_alpha = 2r, no modules_to_save, no DoRA, bias none.
@@ -343,8 +458,15 @@ def save_tiny_lora(model_dir: str | Path, out_dir: str | Path, *, seed: int = 0,
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    lora = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules), lora_dropout=0.0,
-                      bias="none", init_lora_weights=True, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=r,
+        lora_alpha=2 * r,
+        target_modules=list(target_modules),
+        lora_dropout=0.0,
+        bias="none",
+        init_lora_weights=True,
+        task_type="CAUSAL_LM",
+    )
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         # transformers 5 deprecates an attribute PEFT 0.21 still reads; nothing for our callers to do.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
@@ -370,9 +492,18 @@ class FixedAnswer:
     tools: list[dict[str, Any]] | None = None
 
 
-def fit_tiny_model(model_dir: str | Path, out_dir: str | Path, examples: Sequence[FixedAnswer], *,
-                   max_steps: int = 150, target_loss: float = 0.02, lr: float = 3e-3, seed: int = 0,
-                   num_threads: int | None = None, on_step: Callable[[int, float], None] | None = None) -> Path:
+def fit_tiny_model(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    examples: Sequence[FixedAnswer],
+    *,
+    max_steps: int = 150,
+    target_loss: float = 0.02,
+    lr: float = 3e-3,
+    seed: int = 0,
+    num_threads: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> Path:
     """Full fine-tuning until the model answers each prompt with its fixed text and `<|im_end|>`.
 
     Memorisation, not learning: tests use it to make a tiny model's output known. The loss covers the
@@ -387,8 +518,7 @@ def fit_tiny_model(model_dir: str | Path, out_dir: str | Path, examples: Sequenc
     rows = []
     for ex in examples:
         tools: Any = ex.tools
-        prompt = tokenizer.apply_chat_template(ex.messages, tools=tools, add_generation_prompt=True,
-                                               tokenize=False)
+        prompt = tokenizer.apply_chat_template(ex.messages, tools=tools, add_generation_prompt=True, tokenize=False)
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tokenizer(ex.answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
         rows.append((p_ids + a_ids, [-100] * len(p_ids) + a_ids))

@@ -82,8 +82,12 @@ class TrainResult:
     """The checkpoint step this (last) process resumed from, None when it started fresh."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"adapter_dir": str(self.adapter_dir), "steps": self.steps, "metrics": self.metrics,
-                "resumed_from_step": self.resumed_from_step}
+        return {
+            "adapter_dir": str(self.adapter_dir),
+            "steps": self.steps,
+            "metrics": self.metrics,
+            "resumed_from_step": self.resumed_from_step,
+        }
 
 
 def _save_adapter(trainer: Any, target: Path) -> None:
@@ -102,13 +106,22 @@ def _save_adapter(trainer: Any, target: Path) -> None:
 
 # --- the trainer -----------------------------------------------------------------------------------
 
+
 def step_metrics(step: int, logs: dict[str, Any]) -> dict[str, Any]:
     """One optimizer step's numbers from TRL's log dict, under the names the store keeps."""
     names = {
-        "loss": "loss", "reward_mean": "reward", "reward_std": "reward_std", "retry_success": "retry_success_rate",
-        "kl": "kl", "completion_tokens": "completions/mean_length", "retry_tokens": "retry_mean_length",
-        "frac_reward_zero_std": "frac_reward_zero_std", "entropy": "entropy", "learning_rate": "learning_rate",
-        "grad_norm": "grad_norm", "step_time": "step_time",
+        "loss": "loss",
+        "reward_mean": "reward",
+        "reward_std": "reward_std",
+        "retry_success": "retry_success_rate",
+        "kl": "kl",
+        "completion_tokens": "completions/mean_length",
+        "retry_tokens": "retry_mean_length",
+        "frac_reward_zero_std": "frac_reward_zero_std",
+        "entropy": "entropy",
+        "learning_rate": "learning_rate",
+        "grad_norm": "grad_norm",
+        "step_time": "step_time",
     }
     out: dict[str, Any] = {"step": step}
     for name, key in names.items():
@@ -118,8 +131,9 @@ def step_metrics(step: int, logs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _callbacks(config: TrainConfig, checkpoints: Path, metrics_path: Path,
-               on_step: Callable[[dict[str, Any]], None] | None) -> list[Any]:
+def _callbacks(
+    config: TrainConfig, checkpoints: Path, metrics_path: Path, on_step: Callable[[dict[str, Any]], None] | None
+) -> list[Any]:
     from transformers import TrainerCallback
 
     class SealCheckpoints(TrainerCallback):
@@ -139,16 +153,16 @@ def _callbacks(config: TrainConfig, checkpoints: Path, metrics_path: Path,
             return control
 
     class RecordSteps(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
-                   **kwargs: Any) -> Any:
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
             if not state.is_world_process_zero or not logs or "train_runtime" in logs:
                 return control
             item = step_metrics(state.global_step, logs)
             with metrics_path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(item) + "\n")
                 fh.flush()
-            log.info("step %d: %s", state.global_step,
-                     ", ".join(f"{k}={v:.4g}" for k, v in item.items() if k != "step"))
+            log.info(
+                "step %d: %s", state.global_step, ", ".join(f"{k}={v:.4g}" for k, v in item.items() if k != "step")
+            )
             if on_step is not None:
                 on_step(item)
             return control
@@ -163,11 +177,18 @@ def _check_prompt_tokenization(tokenizer: Any, prompt: str) -> None:
         raise ValueError(
             "the tokenizer adds special tokens (e.g. a second BOS) to an already rendered chat prompt, so TRL's "
             "training prompts would differ from what serving sends; use a tokenizer whose chat template carries "
-            "its own special tokens (add_bos_token=False)")
+            "its own special tokens (add_bos_token=False)"
+        )
 
 
-def build_trainer(config: TrainConfig, model_path: str, rows: Sequence[dict[str, Any]], output_dir: Path, *,
-                  callbacks: Sequence[Any] = ()) -> tuple[Any, RetryReward]:
+def build_trainer(
+    config: TrainConfig,
+    model_path: str,
+    rows: Sequence[dict[str, Any]],
+    output_dir: Path,
+    *,
+    callbacks: Sequence[Any] = (),
+) -> tuple[Any, RetryReward]:
     """A GRPOTrainer on `rows` (FailureRows, or rows already rendered by `render_rows`) with a
     vLLM-servable LoRA, and its reward object (already wired to the trainer)."""
     check_trl_version()
@@ -237,15 +258,29 @@ def build_trainer(config: TrainConfig, model_path: str, rows: Sequence[dict[str,
         log.info("repeating %d training rows to fill a batch of %d prompts", len(rendered), needed)
         rendered = [rendered[i % len(rendered)] for i in range(needed)]
     peft_config = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules), bias="none", use_dora=False, modules_to_save=None,
-        init_lora_weights=True, task_type="CAUSAL_LM",
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        bias="none",
+        use_dora=False,
+        modules_to_save=None,
+        init_lora_weights=True,
+        task_type="CAUSAL_LM",
     )
-    reward = RetryReward(retry_max_tokens=config.retry_max_tokens, retry_temperature=config.retry_temperature,
-                         tokenizer=tokenizer)
+    reward = RetryReward(
+        retry_max_tokens=config.retry_max_tokens, retry_temperature=config.retry_temperature, tokenizer=tokenizer
+    )
     reward_funcs: Any = reward
-    trainer = GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=args, train_dataset=Dataset.from_list(rendered),
-                          processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+    trainer = GRPOTrainer(
+        model=model_path,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=Dataset.from_list(rendered),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=list(callbacks),
+    )
     reward.trainer = trainer
     from transformers.trainer_callback import PrinterCallback
 
@@ -253,8 +288,15 @@ def build_trainer(config: TrainConfig, model_path: str, rows: Sequence[dict[str,
     return trainer, reward
 
 
-def train(config: TrainConfig, model_path: str, rows: Sequence[dict[str, Any]], out_dir: Path, *,
-          resume: bool = True, on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    model_path: str,
+    rows: Sequence[dict[str, Any]],
+    out_dir: Path,
+    *,
+    resume: bool = True,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
     """Train (or resume, or return the finished result of) the run in `out_dir`.
 
     With `resume`, a finished run (`adapter/` present) is returned as is and an interrupted one
@@ -283,21 +325,24 @@ def train(config: TrainConfig, model_path: str, rows: Sequence[dict[str, Any]], 
     if start is not None and resumed is not None and resumed >= config.max_steps:
         # Crashed after the last checkpoint, before publishing (HF would train one step too many).
         log.info("publishing the adapter of the final %s", start.name)
-        result = TrainResult(adapter_dir=adapter, steps=resumed, metrics=read_metrics(metrics_path),
-                             resumed_from_step=resumed)
+        result = TrainResult(
+            adapter_dir=adapter, steps=resumed, metrics=read_metrics(metrics_path), resumed_from_step=resumed
+        )
         write_atomic(result_path, json.dumps({**result.to_dict(), "adapter_dir": ADAPTER, "metrics": None}) + "\n")
         publish_adapter_files(start, adapter)
         return result
     if start is not None:
         log.info("resuming from %s", start.name)
-    trainer, _ = build_trainer(config, model_path, rows, checkpoints,
-                               callbacks=_callbacks(config, checkpoints, metrics_path, on_step))
+    trainer, _ = build_trainer(
+        config, model_path, rows, checkpoints, callbacks=_callbacks(config, checkpoints, metrics_path, on_step)
+    )
     trainer.train(resume_from_checkpoint=str(start) if start is not None else None)
     steps = int(trainer.state.global_step)
     if steps < config.max_steps:
         raise RuntimeError(f"training stopped after {steps} of {config.max_steps} steps; no adapter was published")
-    result = TrainResult(adapter_dir=adapter, steps=steps, metrics=read_metrics(metrics_path),
-                         resumed_from_step=resumed)
+    result = TrainResult(
+        adapter_dir=adapter, steps=steps, metrics=read_metrics(metrics_path), resumed_from_step=resumed
+    )
     if trainer.is_world_process_zero():
         # result.json first: whenever adapter/ exists, the run's result does too.
         write_atomic(result_path, json.dumps({**result.to_dict(), "adapter_dir": ADAPTER, "metrics": None}) + "\n")
@@ -308,12 +353,16 @@ def train(config: TrainConfig, model_path: str, rows: Sequence[dict[str, Any]], 
 
 def read_result(result_path: Path, adapter: Path) -> TrainResult:
     data = json.loads(result_path.read_text(encoding="utf-8"))
-    return TrainResult(adapter_dir=adapter, steps=int(data["steps"]),
-                       metrics=read_metrics(result_path.parent / "metrics.jsonl"),
-                       resumed_from_step=data.get("resumed_from_step"))
+    return TrainResult(
+        adapter_dir=adapter,
+        steps=int(data["steps"]),
+        metrics=read_metrics(result_path.parent / "metrics.jsonl"),
+        resumed_from_step=data.get("resumed_from_step"),
+    )
 
 
 # --- the child process ------------------------------------------------------------------------------
+
 
 class _RunRecorder:
     """Stores step metrics and heartbeats on the training run (the child's only database writes)."""
@@ -415,8 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = read_rows(work / "train.jsonl")
         if args.run_id and database_url and int(os.environ.get("RANK", "0")) == 0:
             recorder = _RunRecorder(database_url, args.run_id, args.heartbeat_s)
-        result = train(config, args.model, rows, work, resume=True,
-                       on_step=recorder.on_step if recorder else None)
+        result = train(config, args.model, rows, work, resume=True, on_step=recorder.on_step if recorder else None)
         log.info("training finished after %d steps (resumed from %s)", result.steps, result.resumed_from_step)
         return 0
     except Exception as exc:

@@ -36,13 +36,15 @@ def check_trl_version(version: str | None = None) -> str:
             version = dist_version("trl")
         except Exception as exc:  # PackageNotFoundError, broken metadata
             raise UnsupportedTRLVersion(
-                f"TRL is not installed; install the ml extra (trl=={SUPPORTED_TRL}.0): {exc}") from exc
+                f"TRL is not installed; install the ml extra (trl=={SUPPORTED_TRL}.0): {exc}"
+            ) from exc
     parts = version.split(".")
     if ".".join(parts[:2]) != SUPPORTED_TRL:
         raise UnsupportedTRLVersion(
             f"TRL {version} is installed, but the learner was verified against TRL {SUPPORTED_TRL}.x "
             f"(its GRPOTrainer internals are used in learner/trl_compat.py). Install trl=={SUPPORTED_TRL}.0, "
-            "or port learner/trl_compat.py to the new release and update SUPPORTED_TRL.")
+            "or port learner/trl_compat.py to the new release and update SUPPORTED_TRL."
+        )
     return version
 
 
@@ -51,8 +53,9 @@ def policy_model(trainer: Any) -> Any:
     return trainer.accelerator.unwrap_model(trainer.model)
 
 
-def generate_with_policy(trainer: Any, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
-                         temperature: float) -> list[list[int]]:
+def generate_with_policy(
+    trainer: Any, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
+) -> list[list[int]]:
     """Generate one completion per prompt with the trainer's current policy (LoRA included).
 
     Returns completion token ids per prompt, cut after the first EOS (the EOS is kept when it was
@@ -97,8 +100,9 @@ def _full_params(trainer: Any) -> Iterator[None]:
         yield
 
 
-def _generate_hf(trainer: Any, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
-                 temperature: float) -> list[list[int]]:
+def _generate_hf(
+    trainer: Any, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
+) -> list[list[int]]:
     import torch
     from transformers import GenerationConfig
     from trl.models.utils import unwrap_model_for_generation
@@ -112,8 +116,13 @@ def _generate_hf(trainer: Any, prompt_ids: Sequence[Sequence[int]], max_new_toke
     attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
     sample = temperature > 1e-5
     config_kwargs: dict[str, Any] = {
-        "max_new_tokens": max_new_tokens, "do_sample": sample, "pad_token_id": pad, "eos_token_id": eos,
-        "top_k": None, "top_p": None, "disable_compile": True,
+        "max_new_tokens": max_new_tokens,
+        "do_sample": sample,
+        "pad_token_id": pad,
+        "eos_token_id": eos,
+        "top_k": None,
+        "top_p": None,
+        "disable_compile": True,
         "use_cache": True,
     }
     if sample:
@@ -123,7 +132,8 @@ def _generate_hf(trainer: Any, prompt_ids: Sequence[Sequence[int]], max_new_toke
     args = trainer.args
     with (
         unwrap_model_for_generation(
-            trainer.model_wrapped, trainer.accelerator,
+            trainer.model_wrapped,
+            trainer.accelerator,
             gather_deepspeed3_params=args.ds3_gather_for_generation,
             gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
         ) as model,
@@ -136,8 +146,9 @@ def _generate_hf(trainer: Any, prompt_ids: Sequence[Sequence[int]], max_new_toke
     return [_cut_at_eos(ids, eos_set) for ids in completions]
 
 
-def _generate_vllm(trainer: Any, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
-                   temperature: float) -> list[list[int]]:
+def _generate_vllm(
+    trainer: Any, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
+) -> list[list[int]]:
     # Not exercised on CPU: verified against TRL 1.16's source (VLLMGeneration.generate reads these
     # attributes at call time). Needs a GPU test before production use.
     generation = trainer.vllm_generation
@@ -148,7 +159,8 @@ def _generate_vllm(trainer: Any, prompt_ids: Sequence[Sequence[int]], max_new_to
     generation.top_k = 0  # disabled in TRL's convention
     try:
         _, completion_ids, _, _ = generation.generate(
-            prompts=[list(p) for p in prompt_ids], images=None, num_generations=1)
+            prompts=[list(p) for p in prompt_ids], images=None, num_generations=1
+        )
     finally:
         for name, value in saved.items():
             setattr(generation, name, value)

@@ -45,9 +45,7 @@ def _is_memory_sqlite(url: str) -> bool:
     return parsed.database in (None, "", ":memory:") or "mode=memory" in str(parsed.query)
 
 
-def make_engine(
-    url: str, *, sqlite_begin: Literal["immediate", "deferred"] = "immediate", **kw: Any
-) -> Engine:
+def make_engine(url: str, *, sqlite_begin: Literal["immediate", "deferred"] = "immediate", **kw: Any) -> Engine:
     """Create an Engine for ``url`` with the store's connection settings; ``kw`` overrides them."""
     url = normalize_url(url)
     backend = make_url(url).get_backend_name()

@@ -77,9 +77,7 @@ def _validate(record: EpisodeRecord) -> None:
         raise ValueError(f"episode id must be a string of 1-36 characters, got {record.id!r}")
     for attempt in record.attempts:
         if attempt.kind not in ATTEMPT_KINDS:
-            raise ValueError(
-                f"episode {record.id}: attempt kind {attempt.kind!r} is not one of {ATTEMPT_KINDS}"
-            )
+            raise ValueError(f"episode {record.id}: attempt kind {attempt.kind!r} is not one of {ATTEMPT_KINDS}")
 
 
 def _episode_row(record: EpisodeRecord) -> dict[str, Any]:

@@ -188,9 +188,7 @@ class Episode(Base):
     feedback_expected_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(SafeJSON)
     feedback_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     trainable: Mapped[bool] = mapped_column(Boolean, default=False)
-    consumed_by_run: Mapped[str | None] = mapped_column(
-        String(36), ForeignKey("training_runs.id", ondelete="SET NULL")
-    )
+    consumed_by_run: Mapped[str | None] = mapped_column(String(36), ForeignKey("training_runs.id", ondelete="SET NULL"))
 
     attempts: Mapped[list[Attempt]] = relationship(
         back_populates="episode", order_by="Attempt.index", cascade="all, delete-orphan", passive_deletes=True
@@ -204,9 +202,7 @@ class Attempt(Base):
     __tablename__ = "attempts"
     __table_args__ = (CheckConstraint(_in("kind", ATTEMPT_KINDS), name="kind"),)
 
-    episode_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("episodes.id", ondelete="CASCADE"), primary_key=True
-    )
+    episode_id: Mapped[str] = mapped_column(String(36), ForeignKey("episodes.id", ondelete="CASCADE"), primary_key=True)
     index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     kind: Mapped[str] = mapped_column(SafeString(20))
     text: Mapped[str | None] = mapped_column(SafeText)
@@ -230,9 +226,7 @@ class EpisodeTool(Base):
     __tablename__ = "episode_tools"
     __table_args__ = (Index("ix_episode_tools_name_episode_id", "name", "episode_id"),)
 
-    episode_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("episodes.id", ondelete="CASCADE"), primary_key=True
-    )
+    episode_id: Mapped[str] = mapped_column(String(36), ForeignKey("episodes.id", ondelete="CASCADE"), primary_key=True)
     name: Mapped[str] = mapped_column(SafeString(200), primary_key=True)
 
 
@@ -256,9 +250,7 @@ class Adapter(Base):
     name: Mapped[str] = mapped_column(SafeString(200), unique=True)
     path: Mapped[str] = mapped_column(SafeText)
     base_model: Mapped[str] = mapped_column(SafeString(200))
-    run_id: Mapped[str | None] = mapped_column(
-        String(36), ForeignKey("training_runs.id", ondelete="SET NULL")
-    )
+    run_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("training_runs.id", ondelete="SET NULL"))
     status: Mapped[str] = mapped_column(SafeString(20), default="candidate")
     metrics: Mapped[dict[str, Any] | None] = mapped_column(SafeJSON)
     manifest_sha256: Mapped[str | None] = mapped_column(String(64))

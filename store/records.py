@@ -104,9 +104,7 @@ class EpisodeRecord:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (``created_at`` as ISO 8601 with offset)."""
-        data = {
-            f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("attempts", "created_at")
-        }
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("attempts", "created_at")}
         data["created_at"] = self.created_at.isoformat()
         data["attempts"] = [a.to_json() for a in self.attempts]
         return data

@@ -79,9 +79,7 @@ def list_adapters(session: Session, *, status: str | None = None) -> list[Adapte
     return list(session.execute(stmt).scalars())
 
 
-def set_adapter_status(
-    session: Session, name: str, status: str, *, metrics: dict[str, Any] | None = None
-) -> Adapter:
+def set_adapter_status(session: Session, name: str, status: str, *, metrics: dict[str, Any] | None = None) -> Adapter:
     """Mark an adapter candidate/retired/rejected (use ``activate_adapter`` to make one active)."""
     if status not in ADAPTER_STATUSES or status == "active":
         raise ValueError(
@@ -119,14 +117,10 @@ def activate_adapter(session: Session, name: str) -> Adapter:
 
     Activating the adapter that is already active changes nothing. Raises ``AdapterNotFound``.
     """
-    target = session.execute(
-        select(Adapter).where(Adapter.name == name).with_for_update()
-    ).scalar_one_or_none()
+    target = session.execute(select(Adapter).where(Adapter.name == name).with_for_update()).scalar_one_or_none()
     if target is None:
         raise AdapterNotFound(name)
-    current = session.execute(
-        select(Adapter).where(Adapter.status == "active").with_for_update()
-    ).scalar_one_or_none()
+    current = session.execute(select(Adapter).where(Adapter.status == "active").with_for_update()).scalar_one_or_none()
     if current is not None and current.id == target.id:
         return target
     _switch(session, target, previous_id=current.id if current else None, remember=True)
@@ -164,9 +158,7 @@ def rollback_adapter(session: Session) -> Adapter | None:
 
     With nothing active there is nothing to roll back and nothing changes.
     """
-    current = session.execute(
-        select(Adapter).where(Adapter.status == "active").with_for_update()
-    ).scalar_one_or_none()
+    current = session.execute(select(Adapter).where(Adapter.status == "active").with_for_update()).scalar_one_or_none()
     if current is None:
         return None
     target = _restorable(session, current)

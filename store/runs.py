@@ -125,19 +125,13 @@ def set_gate_result(session: Session, run_id: str, gate_result: dict[str, Any]) 
 
 def _upsert(session: Session) -> Any:
     table = cast(Table, Lease.__table__)
-    return (
-        postgresql.insert(table) if session.get_bind().dialect.name == "postgresql" else sqlite.insert(table)
-    )
+    return postgresql.insert(table) if session.get_bind().dialect.name == "postgresql" else sqlite.insert(table)
 
 
-def acquire_lease(
-    session: Session, name: str, holder: str, ttl_s: float, *, now: datetime | None = None
-) -> bool:
+def acquire_lease(session: Session, name: str, holder: str, ttl_s: float, *, now: datetime | None = None) -> bool:
     """Take or extend lease ``name`` for ``holder`` for ``ttl_s`` seconds; False if someone else holds it."""
     now = now or utcnow()
-    stmt = _upsert(session).values(
-        name=name, holder=holder, acquired_at=now, expires_at=now + timedelta(seconds=ttl_s)
-    )
+    stmt = _upsert(session).values(name=name, holder=holder, acquired_at=now, expires_at=now + timedelta(seconds=ttl_s))
     table = cast(Table, Lease.__table__)
     ours = table.c.holder == stmt.excluded.holder
     stmt = stmt.on_conflict_do_update(
@@ -153,9 +147,7 @@ def acquire_lease(
     return taken is not None
 
 
-def renew_lease(
-    session: Session, name: str, holder: str, ttl_s: float, *, now: datetime | None = None
-) -> bool:
+def renew_lease(session: Session, name: str, holder: str, ttl_s: float, *, now: datetime | None = None) -> bool:
     """Extend a lease ``holder`` still holds (not expired); False if it expired or is someone else's."""
     now = now or utcnow()
     stmt = (

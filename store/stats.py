@@ -123,9 +123,7 @@ def _counts(key: str | None, row: Any) -> StatusCounts:
     return StatusCounts(key, int(row.total), *(int(getattr(row, status)) for status in EPISODE_STATUSES))
 
 
-def episode_stats(
-    session: Session, *, since: datetime | None = None, until: datetime | None = None
-) -> EpisodeStats:
+def episode_stats(session: Session, *, since: datetime | None = None, until: datetime | None = None) -> EpisodeStats:
     """Counts and success rates for episodes with ``since <= created_at < until``."""
     overall_row = session.execute(_window(select(*_counting_columns()), since, until)).one()
     adapter_key = Episode.adapter.label("key")
@@ -136,9 +134,7 @@ def episode_stats(
     by_day = session.execute(
         _window(select(day_key, *_counting_columns()), since, until).group_by(day_key).order_by(day_key)
     ).all()
-    adapters = sorted(
-        (_counts(row.key, row) for row in by_adapter), key=lambda c: (c.key is not None, c.key or "")
-    )
+    adapters = sorted((_counts(row.key, row) for row in by_adapter), key=lambda c: (c.key is not None, c.key or ""))
     return EpisodeStats(
         overall=_counts(None, overall_row),
         by_adapter=adapters,

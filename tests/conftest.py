@@ -40,9 +40,16 @@ def tiny_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     return save_tiny_lora(tiny_model_dir, tmp_path_factory.mktemp("tiny-lora") / "adapter", seed=1)
 
 
-TOOL_MODEL_TOOLS: list[dict[str, Any]] = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Get weather",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOL_MODEL_TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 
 
 @dataclass(frozen=True)
@@ -51,12 +58,20 @@ class ToolModel:
 
     path: Path
     tools: list[dict[str, Any]] = field(default_factory=lambda: TOOL_MODEL_TOOLS)
-    queries: dict[str, str] = field(default_factory=lambda: {
-        "call": "What is the weather in Paris?", "broken": "Send a broken call.", "hello": "Say hello."})
-    answers: dict[str, str] = field(default_factory=lambda: {
-        "call": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
-        "broken": '<tool_call>\n{"name": "get_weather", "arguments": {"city": }\n</tool_call>',
-        "hello": "Hello there, friend."})
+    queries: dict[str, str] = field(
+        default_factory=lambda: {
+            "call": "What is the weather in Paris?",
+            "broken": "Send a broken call.",
+            "hello": "Say hello.",
+        }
+    )
+    answers: dict[str, str] = field(
+        default_factory=lambda: {
+            "call": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+            "broken": '<tool_call>\n{"name": "get_weather", "arguments": {"city": }\n</tool_call>',
+            "hello": "Hello there, friend.",
+        }
+    )
 
     def prompt(self, key: str) -> list[dict[str, Any]]:
         return [{"role": "user", "content": self.queries[key]}]

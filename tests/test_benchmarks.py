@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_proxy_overhead_benchmark_drives_both_paths_without_errors() -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "proxy_overhead.py"), "--requests", "30", "--seconds", "1", "--json"],
+        [sys.executable, str(ROOT / "benchmarks" / "proxy_overhead.py"),
+         "--requests", "30", "--seconds", "1", "--json"],
         capture_output=True, text=True, timeout=240, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

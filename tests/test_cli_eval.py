@@ -161,9 +161,7 @@ def test_table_without_categories(tmp_path: Path) -> None:
 
 def test_countdown_through_the_cli(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
-    path.write_text(
-        '{"id": 0, "content": "<answer>3*5+7</answer>"}\n{"id": "1", "content": "<answer>8</answer>"}\n'
-    )
+    path.write_text('{"id": 0, "content": "<answer>3*5+7</answer>"}\n{"id": "1", "content": "<answer>8</answer>"}\n')
     report = score_json(f"countdown:{FIXTURES / 'countdown_sample.jsonl'}", path)
     assert [(r["id"], r["ok"]) for r in report["items"]] == [("0", True), ("1", False), ("2", False)]
     assert report["items"][2]["reason"] == "no prediction"
@@ -232,10 +230,7 @@ def test_real_entry_point_in_a_subprocess(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 1
-    assert (
-        bad.stderr.strip()
-        == "error: unknown dataset format 'nope' (expected one of xlam, bfcl, openai, countdown)"
-    )
+    assert bad.stderr.strip() == "error: unknown dataset format 'nope' (expected one of xlam, bfcl, openai, countdown)"
     assert "Traceback" not in bad.stderr
 
 

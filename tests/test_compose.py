@@ -1,4 +1,4 @@
-"""docker-compose.yml: the wiring DESIGN.md asks for, checked against the real CLI, and validated by docker-compose.
+"""docker-compose.yml: the wiring of docs/design.md, checked against the real CLI, and validated by docker-compose.
 
 Static checks parse the YAML (PyYAML) and the Dockerfile: vLLM is the official image at a pinned tag
 with LoRA, runtime updating and the hermes tool parser, publishes no port and reserves a GPU; the
@@ -7,8 +7,8 @@ to; secrets are required (`${VAR:?}`) and never defaulted; every service is heal
 restarts; every flag and RRR_* variable the file uses exists in the code it configures.
 
 `docker-compose config` (Debian's package `docker-compose`, which needs no Docker engine) then
-validates the file and its interpolation; it is installed by `make install` where apt-get is usable
-as root, and this part skips only when the binary is absent.
+validates the file and its interpolation; `.ci/run` installs it (`make compose-tool`, as root), and
+this part skips, saying why, only when the binary is absent.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def _flags(command: list[str]) -> list[str]:
 
 
 def test_vllm_is_the_pinned_official_image_with_lora_and_hermes_tools_and_no_published_port(
-        compose: dict[str, Any]) -> None:
+    compose: dict[str, Any],
+) -> None:
     vllm = _service(compose, "vllm")
     assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+", vllm["image"]), vllm["image"]
     assert "ports" not in vllm  # internal only: the engine is reached as http://vllm:8000
@@ -106,8 +107,7 @@ def test_one_adapters_volume_at_one_path_on_vllm_and_learner(compose: dict[str, 
     assert _mounts(vllm)["hf-cache"] == _mounts(learner)["hf-cache"]
 
 
-def test_api_and_learner_run_the_real_commands_with_flags_and_variables_the_code_reads(
-        compose: dict[str, Any]) -> None:
+def test_api_and_learner_run_the_real_commands_with_flags_and_variables_the_code_reads(compose: dict[str, Any]) -> None:
     api, learner, migrate = (_service(compose, n) for n in ("api", "learner", "migrate"))
     assert api["command"][:4] == ["rrr", "serve", "--engine-url", "http://vllm:8000"]
     assert set(_flags(api["command"])) <= set(_options("serve"))
@@ -120,7 +120,9 @@ def test_api_and_learner_run_the_real_commands_with_flags_and_variables_the_code
     assert learner["command"][:3] == ["rrr", "learn", "schedule"]
     schedule = _options("learn", "schedule")
     assert set(_flags(learner["command"])) <= set(schedule)
-    read_by_cli = set(re.findall(r"os\.environ(?:\.get)?[\[(]\"(RRR_[A-Z_]+)\"", (ROOT / "cli" / "base.py").read_text()))
+    read_by_cli = set(
+        re.findall(r"os\.environ(?:\.get)?[\[(]\"(RRR_[A-Z_]+)\"", (ROOT / "cli" / "base.py").read_text())
+    )
     assert {"RRR_DATABASE_URL", "RRR_ENGINE_API_KEY", "RRR_DATA_DIR"} <= read_by_cli
     learner_vars = {k for k in learner["environment"] if k.startswith("RRR_")}
     known = {f"RRR_{name.upper()}" for name in LearnerSettings.model_fields} | read_by_cli
@@ -163,7 +165,7 @@ def test_images_api_without_torch_learner_with_the_ml_extra_both_with_constraint
     assert stages == {"base": "python:3.11-slim", "api": "base", "learner": "base"}
     api = text.split("FROM base AS api")[1].split("FROM base AS learner")[0]
     learner = text.split("FROM base AS learner")[1]
-    assert 'pip install -c constraints.txt .' in api and "torch" not in api and "[ml]" not in api
+    assert "pip install -c constraints.txt ." in api and "torch" not in api and "[ml]" not in api
     assert 'pip install -c constraints.txt ".[ml]"' in learner
     assert "USER rrr" in api
 
@@ -178,12 +180,19 @@ def _compose_env(**overrides: str) -> dict[str, str]:
 def _docker_compose(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.skip("docker-compose is not installed (Debian: apt-get install docker-compose; "
-                    "`make install` installs it when run as root)")
+        pytest.skip(
+            "docker-compose is not installed (Debian: apt-get install docker-compose; "
+            "or `make compose-tool` as root; CI installs it)"
+        )
     no_env_file = tmp_path / "empty.env"  # a developer's .env must not fill in what the test leaves out
     no_env_file.write_text("")
-    return subprocess.run([binary, "--project-directory", str(ROOT), "-f", str(COMPOSE), "--env-file",
-                           str(no_env_file), "config"], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [binary, "--project-directory", str(ROOT), "-f", str(COMPOSE), "--env-file", str(no_env_file), "config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_docker_compose_validates_the_file(tmp_path: Path) -> None:
@@ -195,7 +204,10 @@ def test_docker_compose_validates_the_file(tmp_path: Path) -> None:
     assert "ports" not in services["vllm"]
     assert services["api"]["environment"]["RRR_API_KEYS"] == "test-rrr_api_keys"
     assert services["vllm"]["environment"]["VLLM_API_KEY"] == "test-rrr_engine_api_key"
-    assert services["api"]["environment"]["RRR_DATABASE_URL"] == "postgresql://rrr:test-postgres_password@postgres:5432/rrr"
+    assert (
+        services["api"]["environment"]["RRR_DATABASE_URL"]
+        == "postgresql://rrr:test-postgres_password@postgres:5432/rrr"
+    )
     assert services["api"]["ports"][0]["target"] == 8000
 
 

@@ -224,7 +224,9 @@ def _openai_call(item: Any) -> tuple[ToolCall | None, str | None]:
     return ToolCall(name=name, arguments=arguments, id=call_id if isinstance(call_id, str) else None), None
 
 
-def parse_openai_tool_calls(tool_calls: list[dict[str, Any]] | None, content: str | None) -> tuple[list[ToolCall], str | None]:
+def parse_openai_tool_calls(
+    tool_calls: list[dict[str, Any]] | None, content: str | None
+) -> tuple[list[ToolCall], str | None]:
     """Calls from a server-parsed assistant message, and the first problem found (or None).
 
     ``<tool_call>`` text left in ``content`` means the server could not parse a call (vLLM returns

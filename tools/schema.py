@@ -83,7 +83,7 @@ def _varies(low: int, high: int | None) -> bool:
     return high is None or (high > 1 and high != low)
 
 
-def _nested_quantifier(pattern: str) -> bool:
+def _nested_quantifier(pattern: str) -> bool:  # noqa: C901 (a small regex scanner)
     """True if a repeated group contains a variable repeat, e.g. ``(a+)+`` or ``(\\w*\\s?)*``: the
     shape of catastrophic backtracking. A small bounded outer repeat such as ``(\\d{1,3}\\.){3}``
     (at most 10) and a fixed inner count such as ``(ab{2})+`` are allowed."""
@@ -284,7 +284,9 @@ def _subschemas(schema: Any) -> Iterator[tuple[str, str | None, Any]]:
         for key, value in node.items():
             base = f"{pointer}/{_escape(key)}"
             if key in _SCHEMA_MAPS and isinstance(value, dict):
-                children += [(f"{base}/{_escape(k)}", pointer, v) for k, v in value.items() if isinstance(v, dict | bool)]
+                children += [
+                    (f"{base}/{_escape(k)}", pointer, v) for k, v in value.items() if isinstance(v, dict | bool)
+                ]
             elif key in _SCHEMA_LISTS and isinstance(value, list):
                 children += [(f"{base}/{i}", pointer, v) for i, v in enumerate(value) if isinstance(v, dict | bool)]
             elif key in _SCHEMA_ONE and isinstance(value, dict | bool):
@@ -309,7 +311,8 @@ def _resolve_ref(ref: str, where: str, positions: dict[str, Any], anchors: dict[
     raise SchemaError(f"{where}: $ref {ref!r} names an anchor that this schema does not define")
 
 
-def _check_structure(schema: dict[str, Any], draft: str) -> None:
+# Complexity: one branch per schema keyword that can recurse.
+def _check_structure(schema: dict[str, Any], draft: str) -> None:  # noqa: C901
     positions: dict[str, Any] = {}
     children: dict[str, list[str]] = {}
     anchors: dict[str, str] = {}
@@ -375,9 +378,7 @@ def _check_expansion(children: dict[str, list[str]], refs: dict[str, str]) -> No
                     "reference fewer definitions or inline them"
                 )
         elif nxt in in_progress:  # only a $ref edge can reach a schema that is still open
-            raise SchemaError(
-                f"recursive $ref: #{pointer} refers back to #{nxt}; recursive schemas are not supported"
-            )
+            raise SchemaError(f"recursive $ref: #{pointer} refers back to #{nxt}; recursive schemas are not supported")
         elif nxt not in size:
             in_progress.add(nxt)
             stack.append((nxt, iter(edges(nxt))))
@@ -510,7 +511,7 @@ def compile_tools(tools: list[ToolSpec]) -> dict[str, CompiledSchema]:
         params = tool.parameters
         if isinstance(params, dict) and params.get("type", "object") != "object":
             raise SchemaError(
-                f"tool {tool.name!r}: parameters must be an object schema (\"type\": \"object\"), "
+                f'tool {tool.name!r}: parameters must be an object schema ("type": "object"), '
                 f"got type {params.get('type')!r}",
                 tool=tool.name,
             )

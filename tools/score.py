@@ -110,9 +110,7 @@ def _with_tool_names(item: DatasetItem, output: ModelOutput) -> ModelOutput:
     if not isinstance(originals, dict) or not output.tool_calls:
         return output
     known = set(originals.values())
-    calls = [
-        ToolCall(openai_name(c.name), c.arguments, c.id) if c.name in known else c for c in output.tool_calls
-    ]
+    calls = [ToolCall(openai_name(c.name), c.arguments, c.id) if c.name in known else c for c in output.tool_calls]
     return ModelOutput(tool_calls=calls, content=output.content, parse_error=output.parse_error)
 
 

@@ -36,14 +36,21 @@ def _refused(exc: serving.ActivationError) -> ApiError:
     log.warning("adapter change refused: %s", exc)
     name = exc.name
     if exc.kind == "rejected":
-        return ApiError(409, f"Adapter `{name}` was rejected by the evaluation gate and cannot be activated.",
-                        code="adapter_rejected")
+        return ApiError(
+            409,
+            f"Adapter `{name}` was rejected by the evaluation gate and cannot be activated.",
+            code="adapter_rejected",
+        )
     if exc.kind == "unsafe":
-        return ApiError(409, f"Adapter `{name}` cannot be loaded: {sanitize(exc.reason)}; nothing changed.",
-                        code="adapter_unsafe")
+        return ApiError(
+            409, f"Adapter `{name}` cannot be loaded: {sanitize(exc.reason)}; nothing changed.", code="adapter_unsafe"
+        )
     if exc.kind == "cannot_serve":
-        return ApiError(409, f"Adapter `{name}` could not be loaded and probed on every engine; nothing changed.",
-                        code="adapter_load_failed")
+        return ApiError(
+            409,
+            f"Adapter `{name}` could not be loaded and probed on every engine; nothing changed.",
+            code="adapter_load_failed",
+        )
     return ApiError(409, "The active adapter changed meanwhile; retry the rollback.", code="conflict")
 
 
@@ -58,16 +65,18 @@ async def list_adapters_route(
     def work(session: Session) -> list[dict[str, Any]]:
         return [adapter_view(a) for a in list_adapters(session, status=status)]
 
-    return json_response({"object": "list", "data": await run_db(state, work),
-                          "base_model": state.models.base_model})
+    return json_response({"object": "list", "data": await run_db(state, work), "base_model": state.models.base_model})
 
 
 @router.post("/v1/adapters/rollback", response_model=None, summary="Re-activate the adapter the active one replaced")
 async def rollback(request: Request) -> Response:
     state = get_state(request)
     try:
-        flip = await serving.rollback(session_factory=state.session_factory, engines=state.engine,
-                                       adapters_root=state.settings.resolved_adapters_root())
+        flip = await serving.rollback(
+            session_factory=state.session_factory,
+            engines=state.engine,
+            adapters_root=state.settings.resolved_adapters_root(),
+        )
     except serving.ActivationError as exc:
         raise _refused(exc) from None
     except DB_ERRORS as exc:
@@ -76,21 +85,34 @@ async def rollback(request: Request) -> Response:
     finally:
         state.models.invalidate()
     if not flip.changed:
-        raise ApiError(409, "No adapter is active; the base model serves and there is nothing to roll back.",
-                       code="nothing_to_roll_back")
+        raise ApiError(
+            409,
+            "No adapter is active; the base model serves and there is nothing to roll back.",
+            code="nothing_to_roll_back",
+        )
     restored = flip.active
     now_serving = restored.name if restored is not None else state.models.base_model
     log.info("rolled back adapter %s -> %s", flip.replaced, now_serving)
-    return json_response({"object": "adapter_rollback", "retired": flip.replaced,
-                          "active": adapter_view(restored) if restored is not None else None, "serving": now_serving})
+    return json_response(
+        {
+            "object": "adapter_rollback",
+            "retired": flip.replaced,
+            "active": adapter_view(restored) if restored is not None else None,
+            "serving": now_serving,
+        }
+    )
 
 
 @router.post("/v1/adapters/{name}/activate", response_model=None, summary="Make an adapter the active policy")
 async def activate(request: Request, name: str) -> Response:
     state = get_state(request)
     try:
-        flip = await serving.activate(name, session_factory=state.session_factory, engines=state.engine,
-                                       adapters_root=state.settings.resolved_adapters_root())
+        flip = await serving.activate(
+            name,
+            session_factory=state.session_factory,
+            engines=state.engine,
+            adapters_root=state.settings.resolved_adapters_root(),
+        )
     except AdapterNotFound:
         raise not_found(f"No adapter named `{name}`; GET /v1/adapters lists them.", "name") from None
     except serving.ActivationError as exc:

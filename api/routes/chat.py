@@ -54,10 +54,16 @@ router = APIRouter(tags=["inference"], dependencies=[Depends(require_inference)]
 RETRY_AFTER_S = "1"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-_MESSAGE = {"type": "object", "required": ["role"], "properties": {
-    "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
-    "content": {"anyOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}]},
-    "tool_calls": {"type": "array"}, "tool_call_id": {"type": "string"}}}
+_MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+        "content": {"anyOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}]},
+        "tool_calls": {"type": "array"},
+        "tool_call_id": {"type": "string"},
+    },
+}
 CHAT_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["messages"],
@@ -71,54 +77,92 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
         "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
         "max_tokens": {"type": "integer", "minimum": 1},
         "max_completion_tokens": {"type": "integer", "minimum": 1},
-        "temperature": {"type": "number"}, "top_p": {"type": "number"}, "seed": {"type": "integer"},
+        "temperature": {"type": "number"},
+        "top_p": {"type": "number"},
+        "seed": {"type": "integer"},
         "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
         "n": {"type": "integer", "enum": [1]},
-        "rrr": {"type": "object", "description": "rrr's extension.", "additionalProperties": False, "properties": {
-            "verifier": {"description": "schema (default), reference, execution, countdown or all."},
-            "expected_tool_calls": {"type": "array", "description": "The reference answer."},
-            "task": {"type": "string", "description": "A tag for inspection and statistics."},
-            "max_retries": {"type": "integer", "minimum": 0},
-            "include_attempts": {"type": "boolean", "description": "Add `rrr.trace`: every model call of the "
-                                 "episode (answer, reflection, retry) with its verdict."}}},
+        "rrr": {
+            "type": "object",
+            "description": "rrr's extension.",
+            "additionalProperties": False,
+            "properties": {
+                "verifier": {"description": "schema (default), reference, execution, countdown or all."},
+                "expected_tool_calls": {"type": "array", "description": "The reference answer."},
+                "task": {"type": "string", "description": "A tag for inspection and statistics."},
+                "max_retries": {"type": "integer", "minimum": 0},
+                "include_attempts": {
+                    "type": "boolean",
+                    "description": "Add `rrr.trace`: every model call of the "
+                    "episode (answer, reflection, retry) with its verdict.",
+                },
+            },
+        },
     },
 }
 CHAT_OPENAPI: dict[str, Any] = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": CHAT_REQUEST_SCHEMA}}},
-    "responses": {"200": {"description": "A `chat.completion` (or SSE `chat.completion.chunk` frames with "
-                                         "`stream: true`); header `x-rrr-verified: true|false`."}},
+    "responses": {
+        "200": {
+            "description": "A `chat.completion` (or SSE `chat.completion.chunk` frames with "
+            "`stream: true`); header `x-rrr-verified: true|false`."
+        }
+    },
 }
 
 
 def upstream_error(exc: EngineError, *, model: str, deadline_s: float) -> ApiError:
     """R1: what a client is told when the engine failed before any answer existed."""
     if isinstance(exc, EngineUnavailable):
-        return ApiError(503, "The model engine is unavailable; retry shortly.", code="engine_unavailable",
-                        headers={"Retry-After": RETRY_AFTER_S})
+        return ApiError(
+            503,
+            "The model engine is unavailable; retry shortly.",
+            code="engine_unavailable",
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
     if isinstance(exc, EngineTimeout):
-        return ApiError(504, f"The model engine did not answer within the request deadline of {deadline_s:g}s.",
-                        code="engine_timeout")
+        return ApiError(
+            504,
+            f"The model engine did not answer within the request deadline of {deadline_s:g}s.",
+            code="engine_timeout",
+        )
     if isinstance(exc, EngineProtocolError):
         return ApiError(502, "The model engine broke off its response.", code="engine_protocol_error")
     if isinstance(exc, EngineRequestError):
         if exc.status == 404:
-            return ApiError(404, f"The model `{model}` is not available on the engine.", param="model",
-                            code="model_not_found")
+            return ApiError(
+                404, f"The model `{model}` is not available on the engine.", param="model", code="model_not_found"
+            )
         if exc.status in (400, 413, 422):
-            return ApiError(400, f"The model engine refused the request: {sanitize(exc.message)}",
-                            param=exc.param, code="engine_rejected_request")
+            return ApiError(
+                400,
+                f"The model engine refused the request: {sanitize(exc.message)}",
+                param=exc.param,
+                code="engine_rejected_request",
+            )
         if exc.status == 503:
-            return ApiError(503, "The model engine is overloaded or starting; retry shortly.",
-                            code="engine_unavailable", headers={"Retry-After": RETRY_AFTER_S})
+            return ApiError(
+                503,
+                "The model engine is overloaded or starting; retry shortly.",
+                code="engine_unavailable",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )
         return ApiError(502, f"The model engine failed (status {exc.status}).", code="engine_error")
     return ApiError(502, "The model engine failed.", code="engine_error")
 
 
 def _trace(outcome: Outcome) -> list[dict[str, Any]]:
     """Every model call of the episode as the client may see it (``rrr.include_attempts``)."""
-    return [{"index": a.index, "kind": a.kind, "message": wire_message(a.message), "finish_reason": a.finish_reason,
-             "verdict": None if a.verdict is None else {"ok": a.verdict.ok, "reason": a.verdict.reason or None}}
-            for a in outcome.attempts]
+    return [
+        {
+            "index": a.index,
+            "kind": a.kind,
+            "message": wire_message(a.message),
+            "finish_reason": a.finish_reason,
+            "verdict": None if a.verdict is None else {"ok": a.verdict.ok, "reason": a.verdict.reason or None},
+        }
+        for a in outcome.attempts
+    ]
 
 
 def _rrr(outcome: Outcome, resolved: Resolved, *, trace: bool = False) -> dict[str, Any]:
@@ -142,31 +186,38 @@ def _rrr(outcome: Outcome, resolved: Resolved, *, trace: bool = False) -> dict[s
 def _reject(state: AppState, principal: Principal, exc: ApiError, reason: str) -> None:
     state.metrics.rejected.labels(reason).inc()
     if state.settings.record_rejected:
-        state.writer.submit(EpisodeRecord(status="rejected", client_key_id=principal.key_id,
-                                          error=f"{exc.status}: {exc.message[:500]}"))
+        state.writer.submit(
+            EpisodeRecord(status="rejected", client_key_id=principal.key_id, error=f"{exc.status}: {exc.message[:500]}")
+        )
 
 
-async def _run(state: AppState, chat: ChatInput, request: ChatRequest, resolved: Resolved,
-               principal: Principal, episode_id: str) -> Outcome:
-    outcome = await run_episode(state.engine, request, chat.options, state.loop_config, tools=chat.specs,
-                                episode_id=episode_id)
-    record = outcome_to_record(outcome, request, chat.options, adapter=resolved.adapter,
-                               client_key_id=principal.key_id)
+async def _run(
+    state: AppState, chat: ChatInput, request: ChatRequest, resolved: Resolved, principal: Principal, episode_id: str
+) -> Outcome:
+    outcome = await run_episode(
+        state.engine, request, chat.options, state.loop_config, tools=chat.specs, episode_id=episode_id
+    )
+    record = outcome_to_record(outcome, request, chat.options, adapter=resolved.adapter, client_key_id=principal.key_id)
     state.recent.add(episode_id, principal.key_id)
     state.writer.submit(record)
     state.metrics.record_outcome(outcome)
     return outcome
 
 
-@router.post("/v1/chat/completions", openapi_extra=CHAT_OPENAPI, response_model=None,
-             summary="Create a verified chat completion")
+@router.post(
+    "/v1/chat/completions", openapi_extra=CHAT_OPENAPI, response_model=None, summary="Create a verified chat completion"
+)
 async def create_chat_completion(request: Request) -> Response:
     """OpenAI's chat completions; tool calls are verified, reflected on and retried before the answer."""
     state = get_state(request)
     principal: Principal = request.state.principal
     if state.draining:
-        raise ApiError(503, "rrr is shutting down; retry on another replica.", code="shutting_down",
-                       headers={"Retry-After": RETRY_AFTER_S})
+        raise ApiError(
+            503,
+            "rrr is shutting down; retry on another replica.",
+            code="shutting_down",
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
     try:
         raw = await read_body(request, state.settings.max_body_bytes)
         chat = parse_chat(parse_json(raw, state.settings.max_json_depth), state.settings)
@@ -181,16 +232,18 @@ async def create_chat_completion(request: Request) -> Response:
         raise
     engine_request = dataclasses.replace(chat.request, model=resolved.engine_model)
     episode_id = str(uuid.uuid4())
-    task = state.track(asyncio.get_running_loop().create_task(
-        _run(state, chat, engine_request, resolved, principal, episode_id)))
+    task = state.track(
+        asyncio.get_running_loop().create_task(_run(state, chat, engine_request, resolved, principal, episode_id))
+    )
     public_model = chat.model or ALIAS
     created = int(time.time())
     if chat.stream:
         return await _stream(state, task, chat, resolved, public_model, episode_id, created)
     outcome = await asyncio.shield(task)
     if outcome.answer is None:
-        raise upstream_error(outcome.error or EngineError(), model=public_model,
-                             deadline_s=state.loop_config.deadline_s)
+        raise upstream_error(
+            outcome.error or EngineError(), model=public_model, deadline_s=state.loop_config.deadline_s
+        )
     rrr = _rrr(outcome, resolved, trace=chat.include_attempts)
     body = completion_body(outcome, model=public_model, created=created, rrr=rrr)
     return json_response(body, headers=_verdict_headers(outcome))
@@ -200,8 +253,15 @@ def _verdict_headers(outcome: Outcome) -> dict[str, str]:
     return {"x-rrr-verified": "true" if outcome.verified else "false", "x-rrr-episode-id": outcome.episode_id}
 
 
-async def _stream(state: AppState, task: asyncio.Task[Outcome], chat: ChatInput, resolved: Resolved,
-                  model: str, episode_id: str, created: int) -> Response:
+async def _stream(
+    state: AppState,
+    task: asyncio.Task[Outcome],
+    chat: ChatInput,
+    resolved: Resolved,
+    model: str,
+    episode_id: str,
+    created: int,
+) -> Response:
     writer = ChunkWriter(episode_id, model, created)
     done, _ = await asyncio.wait({task}, timeout=state.settings.stream_start_s)
     if done:  # decided before anything was sent: errors keep their HTTP status
@@ -210,8 +270,9 @@ async def _stream(state: AppState, task: asyncio.Task[Outcome], chat: ChatInput,
             raise upstream_error(outcome.error or EngineError(), model=model, deadline_s=state.loop_config.deadline_s)
         rrr = _rrr(outcome, resolved, trace=chat.include_attempts)
         frames = [writer.role(), *writer.answer(outcome, rrr=rrr, include_usage=chat.include_usage)]
-        return StreamingResponse(_frames(frames), media_type="text/event-stream",
-                                 headers={**SSE_HEADERS, **_verdict_headers(outcome)})
+        return StreamingResponse(
+            _frames(frames), media_type="text/event-stream", headers={**SSE_HEADERS, **_verdict_headers(outcome)}
+        )
 
     async def late() -> AsyncIterator[bytes]:
         yield writer.role()
@@ -235,8 +296,9 @@ async def _stream(state: AppState, task: asyncio.Task[Outcome], chat: ChatInput,
         for frame in writer.answer(outcome, rrr=rrr, include_usage=chat.include_usage):
             yield frame
 
-    return StreamingResponse(late(), media_type="text/event-stream",
-                             headers={**SSE_HEADERS, "x-rrr-episode-id": episode_id})
+    return StreamingResponse(
+        late(), media_type="text/event-stream", headers={**SSE_HEADERS, "x-rrr-episode-id": episode_id}
+    )
 
 
 async def _frames(frames: list[bytes]) -> AsyncIterator[bytes]:

@@ -53,8 +53,17 @@ async def list_episodes_route(
 
     def work(session: Session) -> dict[str, Any]:
         try:
-            page = list_episodes(session, status=status, tool=tool, adapter=adapter, task=task, since=utc(since),
-                                 until=utc(until), limit=limit, cursor=cursor)
+            page = list_episodes(
+                session,
+                status=status,
+                tool=tool,
+                adapter=adapter,
+                task=task,
+                since=utc(since),
+                until=utc(until),
+                limit=limit,
+                cursor=cursor,
+            )
         except InvalidCursor as exc:
             raise bad_request(str(exc), "cursor") from None
         return {"object": "list", "data": [episode_summary(e) for e in page.items], "next_cursor": page.next_cursor}
@@ -82,7 +91,8 @@ class FeedbackIn(BaseModel):
     ok: bool = Field(description="Whether the answer turned out right.")
     reason: str | None = Field(None, max_length=2000, description="What was wrong (or right).")
     expected_tool_calls: list[Any] | None = Field(
-        None, description="The correct calls; they become the episode's reference answer and make it trainable.")
+        None, description="The correct calls; they become the episode's reference answer and make it trainable."
+    )
 
 
 FEEDBACK_OPENAPI: dict[str, Any] = {
@@ -90,8 +100,12 @@ FEEDBACK_OPENAPI: dict[str, Any] = {
 }
 
 
-@feedback_router.post("/v1/episodes/{episode_id}/feedback", openapi_extra=FEEDBACK_OPENAPI, response_model=None,
-                      summary="Give late feedback on an episode")
+@feedback_router.post(
+    "/v1/episodes/{episode_id}/feedback",
+    openapi_extra=FEEDBACK_OPENAPI,
+    response_model=None,
+    summary="Give late feedback on an episode",
+)
 async def give_feedback(request: Request, episode_id: str) -> Response:
     state = get_state(request)
     principal: Principal = request.state.principal

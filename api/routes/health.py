@@ -42,12 +42,15 @@ async def health(request: Request) -> Response:
         status, code = "ok", 200
     else:
         status, code = "degraded", 200
-    return json_response({
-        "status": status,
-        "engine": {"up": engine_up},
-        "store": {"degraded": not store_ok, "queue_depth": writer["queue_depth"], "dropped": writer["dropped"]},
-        "draining": state.draining,
-    }, status=code)
+    return json_response(
+        {
+            "status": status,
+            "engine": {"up": engine_up},
+            "store": {"degraded": not store_ok, "queue_depth": writer["queue_depth"], "dropped": writer["dropped"]},
+            "draining": state.draining,
+        },
+        status=code,
+    )
 
 
 @router.get("/metrics", response_model=None, summary="Prometheus metrics")

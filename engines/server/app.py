@@ -79,10 +79,20 @@ def _server_error(exc: BaseException | None) -> ServerError:
 
 
 def model_permission() -> dict[str, Any]:
-    return {"id": "modelperm-" + os.urandom(8).hex(), "object": "model_permission", "created": int(time.time()),
-            "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
-            "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False, "organization": "*",
-            "group": None, "is_blocking": False}
+    return {
+        "id": "modelperm-" + os.urandom(8).hex(),
+        "object": "model_permission",
+        "created": int(time.time()),
+        "allow_create_engine": False,
+        "allow_sampling": True,
+        "allow_logprobs": True,
+        "allow_search_indices": False,
+        "allow_view": True,
+        "allow_fine_tuning": False,
+        "organization": "*",
+        "group": None,
+        "is_blocking": False,
+    }
 
 
 @dataclass
@@ -127,10 +137,14 @@ class EngineServer:
 
     def _load(self) -> EngineLoad:
         s = self.scheduler
-        return EngineLoad(running=len(s.running), waiting=len(s.waiting),
-                          running_adapters=sorted({n for n in s.running if n}),
-                          waiting_adapters=sorted({n for n in s.waiting if n}),
-                          max_loras=self.config.max_loras, changed_at=s.changed_at)
+        return EngineLoad(
+            running=len(s.running),
+            waiting=len(s.waiting),
+            running_adapters=sorted({n for n in s.running if n}),
+            waiting_adapters=sorted({n for n in s.waiting if n}),
+            max_loras=self.config.max_loras,
+            changed_at=s.changed_at,
+        )
 
     async def _acquire_slot(self, adapter: str) -> None:
         s = self.scheduler
@@ -156,8 +170,9 @@ class EngineServer:
         entry = self.registry.get(model)
         if entry is None:
             aliases = ", ".join(self.config.served_model_names)
-            raise ServerError(404, f"The model `{model}` does not exist. Valid aliases: {aliases}.",
-                              "NotFoundError", "model")
+            raise ServerError(
+                404, f"The model `{model}` does not exist. Valid aliases: {aliases}.", "NotFoundError", "model"
+            )
         return _Route(echo=entry.name, entry=entry, engine_key=self.registry.acquire(entry))
 
     def unpin(self, route: _Route) -> None:
@@ -185,15 +200,21 @@ class EngineServer:
         if not name or not path:
             raise ServerError(400, "Both 'lora_name' and 'lora_path' must be provided.", "InvalidUserInput")
         if name in self.config.served_model_names:
-            raise ServerError(400, f"The lora adapter '{name}' conflicts with a served base model.",
-                              "InvalidUserInput")
+            raise ServerError(400, f"The lora adapter '{name}' conflicts with a served base model.", "InvalidUserInput")
         async with self.registry.lock(name):
             if name in self.registry and not body.load_inplace:
-                raise ServerError(400, f"The lora adapter '{name}' has already been loaded. If you want to load "
-                                  "the adapter in place, set 'load_inplace' to True.", "InvalidUserInput")
+                raise ServerError(
+                    400,
+                    f"The lora adapter '{name}' has already been loaded. If you want to load "
+                    "the adapter in place, set 'load_inplace' to True.",
+                    "InvalidUserInput",
+                )
             if not self.config.enable_lora:
-                raise ServerError(500, "Call to add_lora method failed: LoRA is not enabled. Use --enable-lora "
-                                  "to enable LoRA.", "InternalServerError")
+                raise ServerError(
+                    500,
+                    "Call to add_lora method failed: LoRA is not enabled. Use --enable-lora to enable LoRA.",
+                    "InternalServerError",
+                )
             if self.config.add_lora_delay_s > 0:
                 await asyncio.sleep(self.config.add_lora_delay_s)
             key = self.registry.new_engine_key(name)
@@ -220,12 +241,32 @@ class EngineServer:
     def models(self) -> dict[str, Any]:
         """§2.5: base cards in served-name order, then adapters in registry order."""
         now = int(time.time())
-        cards = [{"id": name, "object": "model", "created": now, "owned_by": "vllm", "root": self.config.model,
-                  "parent": None, "max_model_len": self.engine.max_model_len, "permission": [model_permission()]}
-                 for name in self.config.served_model_names]
-        cards += [{"id": e.name, "object": "model", "created": now, "owned_by": "vllm", "root": e.path,
-                   "parent": e.parent, "max_model_len": None, "permission": [model_permission()]}
-                  for e in self.registry.entries()]
+        cards = [
+            {
+                "id": name,
+                "object": "model",
+                "created": now,
+                "owned_by": "vllm",
+                "root": self.config.model,
+                "parent": None,
+                "max_model_len": self.engine.max_model_len,
+                "permission": [model_permission()],
+            }
+            for name in self.config.served_model_names
+        ]
+        cards += [
+            {
+                "id": e.name,
+                "object": "model",
+                "created": now,
+                "owned_by": "vllm",
+                "root": e.path,
+                "parent": e.parent,
+                "max_model_len": None,
+                "permission": [model_permission()],
+            }
+            for e in self.registry.entries()
+        ]
         return {"object": "list", "data": cards}
 
     # --- chat (§3) ---
@@ -245,20 +286,42 @@ class EngineServer:
         if self.config.enable_auto_tool_choice or not body.tools or tool_choice == "none":
             return
         if tool_choice == "auto":
-            raise ServerError(400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser '
-                              "to be set", "BadRequestError")
-        label = f'"{tool_choice}"' if isinstance(tool_choice, str) else \
-            f'function "{(tool_choice.get("function") or {}).get("name")}"'
+            raise ServerError(
+                400,
+                '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
+                "BadRequestError",
+            )
+        label = (
+            f'"{tool_choice}"'
+            if isinstance(tool_choice, str)
+            else f'function "{(tool_choice.get("function") or {}).get("name")}"'
+        )
         raise ServerError(400, f"tool_choice={label} requires --tool-call-parser to be set", "BadRequestError")
 
     def _chat_request(self, body: ChatBody, route: _Route) -> ChatRequest:
         stop = [body.stop] if isinstance(body.stop, str) else body.stop
-        extra = {k: v for k, v in (("max_completion_tokens", body.max_completion_tokens), ("top_k", body.top_k),
-                                   ("repetition_penalty", body.repetition_penalty)) if v is not None}
-        return ChatRequest(messages=body.messages, model=route.engine_key, tools=body.tools,
-                           tool_choice=body.tool_choice, temperature=body.temperature, top_p=body.top_p,
-                           max_tokens=body.max_tokens, seed=body.seed, stop=stop,
-                           parallel_tool_calls=body.parallel_tool_calls, extra=extra)
+        extra = {
+            k: v
+            for k, v in (
+                ("max_completion_tokens", body.max_completion_tokens),
+                ("top_k", body.top_k),
+                ("repetition_penalty", body.repetition_penalty),
+            )
+            if v is not None
+        }
+        return ChatRequest(
+            messages=body.messages,
+            model=route.engine_key,
+            tools=body.tools,
+            tool_choice=body.tool_choice,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            max_tokens=body.max_tokens,
+            seed=body.seed,
+            stop=stop,
+            parallel_tool_calls=body.parallel_tool_calls,
+            extra=extra,
+        )
 
     async def chat(self, body: ChatBody) -> Response:
         tool_choice = self._check_request(body)
@@ -287,8 +350,12 @@ class EngineServer:
             message.setdefault("tool_calls", [])
         # vLLM counts the engine's reason: a parsed tool call finished with "stop".
         engine_reason = "stop" if result.finish_reason == "tool_calls" else result.finish_reason
-        self.metrics.observe(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                             finish_reason=engine_reason, seconds=time.perf_counter() - started)
+        self.metrics.observe(
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            finish_reason=engine_reason,
+            seconds=time.perf_counter() - started,
+        )
         return JSONResponse(raw)
 
     async def _stream(self, body: ChatBody, route: _Route, tool_choice: str | dict[str, Any]) -> Response:
@@ -317,14 +384,21 @@ class EngineServer:
             loop.call_soon_threadsafe(queue.put_nowait, delta)
 
         work = functools.partial(
-            engine.generate, prompt, adapter=route.engine_key,
+            engine.generate,
+            prompt,
+            adapter=route.engine_key,
             max_tokens=body.max_tokens if body.max_tokens is not None else body.max_completion_tokens,
-            temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
-            repetition_penalty=body.repetition_penalty, seed=body.seed,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            repetition_penalty=body.repetition_penalty,
+            seed=body.seed,
             stop=[body.stop] if isinstance(body.stop, str) else body.stop,
-            skip_special_tokens=not parse_tools, cancel=cancel,
+            skip_special_tokens=not parse_tools,
+            cancel=cancel,
             deadline=None if timeout is None else time.monotonic() + timeout,
-            on_text=push)
+            on_text=push,
+        )
         future = loop.run_in_executor(None, work)
 
         def finished(_: object) -> None:
@@ -337,8 +411,13 @@ class EngineServer:
         if first is _END and future.exception() is not None:
             raise _server_error(future.exception())
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        chat = ChatStream(route.echo, parse_tools=parse_tools, parallel_tool_calls=body.parallel_tool_calls is not False,
-                          named_tool=isinstance(tool_choice, dict), include_usage=include_usage)
+        chat = ChatStream(
+            route.echo,
+            parse_tools=parse_tools,
+            parallel_tool_calls=body.parallel_tool_calls is not False,
+            named_tool=isinstance(tool_choice, dict),
+            include_usage=include_usage,
+        )
 
         async def frames() -> AsyncIterator[bytes]:
             item = first
@@ -355,11 +434,19 @@ class EngineServer:
                         yield frame
                     return
                 out = future.result()
-                for frame in chat.finish(out.finish_reason, out.stop_reason, prompt_tokens=out.prompt_tokens,
-                                         completion_tokens=out.completion_tokens):
+                for frame in chat.finish(
+                    out.finish_reason,
+                    out.stop_reason,
+                    prompt_tokens=out.prompt_tokens,
+                    completion_tokens=out.completion_tokens,
+                ):
                     yield frame
-                self.metrics.observe(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
-                                     finish_reason=out.finish_reason, seconds=time.perf_counter() - started)
+                self.metrics.observe(
+                    prompt_tokens=out.prompt_tokens,
+                    completion_tokens=out.completion_tokens,
+                    finish_reason=out.finish_reason,
+                    seconds=time.perf_counter() - started,
+                )
             finally:
                 cancel.set()  # a client that went away stops the generation at its next token
 
@@ -386,9 +473,14 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app of `rrr engine serve` over `engine` (see `ServeConfig` for `options`)."""
     names = [served_model_name] if isinstance(served_model_name, str) else list(served_model_name or [])
-    config = ServeConfig(served_model_names=names or [engine.served_name], model=model or engine.model_path,
-                         enable_lora=enable_lora, allow_runtime_lora_updating=allow_runtime_lora_updating,
-                         api_key=api_key, **options)
+    config = ServeConfig(
+        served_model_names=names or [engine.served_name],
+        model=model or engine.model_path,
+        enable_lora=enable_lora,
+        allow_runtime_lora_updating=allow_runtime_lora_updating,
+        api_key=api_key,
+        **options,
+    )
     return build_app(EngineServer(engine, config))
 
 

@@ -61,8 +61,7 @@ def error_body(status: int, message: str, type_: str, param: str | None, *, lega
 
 
 def error_response(exc: ServerError, *, legacy: bool = False) -> JSONResponse:
-    return JSONResponse(error_body(exc.status, exc.message, exc.type, exc.param, legacy=legacy),
-                        status_code=exc.status)
+    return JSONResponse(error_body(exc.status, exc.message, exc.type, exc.param, legacy=legacy), status_code=exc.status)
 
 
 def _loc_param(loc: Any) -> str | None:
@@ -116,18 +115,22 @@ def install_error_handlers(app: FastAPI, *, legacy: bool = False) -> None:
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         message, param = validation_message(list(exc.errors()))
-        return JSONResponse(error_body(400, message, HTTPStatus.BAD_REQUEST.phrase, param, legacy=legacy),
-                            status_code=400)
+        return JSONResponse(
+            error_body(400, message, HTTPStatus.BAD_REQUEST.phrase, param, legacy=legacy), status_code=400
+        )
 
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        return JSONResponse(error_body(exc.status_code, str(exc.detail), HTTPStatus(exc.status_code).phrase, None,
-                                       legacy=legacy), status_code=exc.status_code)
+        return JSONResponse(
+            error_body(exc.status_code, str(exc.detail), HTTPStatus(exc.status_code).phrase, None, legacy=legacy),
+            status_code=exc.status_code,
+        )
 
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error in the engine server")
-        return JSONResponse(error_body(500, str(exc) or type(exc).__name__, "InternalServerError", None,
-                                       legacy=legacy), status_code=500)
+        return JSONResponse(
+            error_body(500, str(exc) or type(exc).__name__, "InternalServerError", None, legacy=legacy), status_code=500
+        )
 
     app.add_exception_handler(ServerError, on_server_error)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -49,10 +49,14 @@ class _LoadCollector:
             family = GaugeMetricFamily(name, doc, labels=labels)
             family.add_metric(values, float(value))
             yield family
-        info = GaugeMetricFamily("vllm:lora_requests_info", "Running stats on lora requests.",
-                                 labels=["max_lora", "running_lora_adapters", "waiting_lora_adapters"])
-        info.add_metric([str(state.max_loras), ",".join(state.running_adapters), ",".join(state.waiting_adapters)],
-                        state.changed_at)
+        info = GaugeMetricFamily(
+            "vllm:lora_requests_info",
+            "Running stats on lora requests.",
+            labels=["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
+        )
+        info.add_metric(
+            [str(state.max_loras), ",".join(state.running_adapters), ",".join(state.waiting_adapters)], state.changed_at
+        )
         yield info
 
 
@@ -63,19 +67,28 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         labels = ["model_name", "engine"]
         self._labels = {"model_name": model_name, "engine": "0"}
-        self.prompt_tokens = Counter("vllm:prompt_tokens", "Number of prefill tokens processed.", labels,
-                                     registry=self.registry)
-        self.generation_tokens = Counter("vllm:generation_tokens", "Number of generation tokens processed.",
-                                         labels, registry=self.registry)
-        self.request_success = Counter("vllm:request_success", "Count of successfully processed requests.",
-                                       [*labels, "finished_reason"], registry=self.registry)
-        self.e2e_latency = Histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency in seconds.",
-                                     labels, registry=self.registry,
-                                     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
+        self.prompt_tokens = Counter(
+            "vllm:prompt_tokens", "Number of prefill tokens processed.", labels, registry=self.registry
+        )
+        self.generation_tokens = Counter(
+            "vllm:generation_tokens", "Number of generation tokens processed.", labels, registry=self.registry
+        )
+        self.request_success = Counter(
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            [*labels, "finished_reason"],
+            registry=self.registry,
+        )
+        self.e2e_latency = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "End-to-end request latency in seconds.",
+            labels,
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+        )
         self.registry.register(_LoadCollector(model_name, load))
 
-    def observe(self, *, prompt_tokens: int, completion_tokens: int, finish_reason: str | None,
-                seconds: float) -> None:
+    def observe(self, *, prompt_tokens: int, completion_tokens: int, finish_reason: str | None, seconds: float) -> None:
         self.prompt_tokens.labels(**self._labels).inc(prompt_tokens)
         self.generation_tokens.labels(**self._labels).inc(completion_tokens)
         self.request_success.labels(**self._labels, finished_reason=finish_reason or "stop").inc()

@@ -58,7 +58,7 @@ def split_tool_calls(text: str) -> list[tuple[str, str]]:
         raw = ""
         start = _ARGUMENTS.search(body)
         if start is not None:
-            raw = body[start.end():].rstrip()
+            raw = body[start.end() :].rstrip()
             if raw.endswith("}") and raw.count("}") > raw.count("{"):
                 raw = raw[:-1].rstrip()  # the closing brace of the outer object
         calls.append((_unescape(name.group(1)), raw))
@@ -84,8 +84,15 @@ def _held_back(text: str) -> int:
 class ChatStream:
     """Turns the engine's text deltas for one request into SSE frames."""
 
-    def __init__(self, model: str, *, parse_tools: bool, parallel_tool_calls: bool = True,
-                 named_tool: bool = False, include_usage: bool = False) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        parse_tools: bool,
+        parallel_tool_calls: bool = True,
+        named_tool: bool = False,
+        include_usage: bool = False,
+    ) -> None:
         self.id = "chatcmpl-" + secrets.token_hex(8)
         self.created = int(time.time())
         self.model = model
@@ -100,8 +107,15 @@ class ChatStream:
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
         choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         choice.update(extra)
-        return sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                    "model": self.model, "choices": [choice]})
+        return sse(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [choice],
+            }
+        )
 
     def start(self) -> bytes:
         return self._chunk({"role": "assistant", "content": ""})
@@ -133,8 +147,14 @@ class ChatStream:
         self._sent_text = True
         return [self._chunk({"content": text})]
 
-    def finish(self, engine_finish_reason: str, stop_reason: str | int | None = None, *,
-               prompt_tokens: int = 0, completion_tokens: int = 0) -> list[bytes]:
+    def finish(
+        self,
+        engine_finish_reason: str,
+        stop_reason: str | int | None = None,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> list[bytes]:
         """The remaining frames: tool calls, the finish chunk, the usage chunk and `[DONE]`."""
         frames: list[bytes] = []
         calls = split_tool_calls(self._tool_text) if self._tool_text is not None else []
@@ -143,20 +163,42 @@ class ChatStream:
         if not self.parallel_tool_calls:
             calls = calls[:1]
         for index, (name, arguments) in enumerate(calls):
-            frames.append(self._chunk({"tool_calls": [{"id": tool_call_id(), "type": "function", "index": index,
-                                                       "function": {"name": name}}]}))
+            frames.append(
+                self._chunk(
+                    {
+                        "tool_calls": [
+                            {"id": tool_call_id(), "type": "function", "index": index, "function": {"name": name}}
+                        ]
+                    }
+                )
+            )
             for at in range(0, len(arguments), _FRAGMENT):
-                frames.append(self._chunk({"tool_calls": [{"index": index, "function": {
-                    "arguments": arguments[at:at + _FRAGMENT]}}]}))
+                frames.append(
+                    self._chunk(
+                        {"tool_calls": [{"index": index, "function": {"arguments": arguments[at : at + _FRAGMENT]}}]}
+                    )
+                )
         finish = engine_finish_reason
         if calls and engine_finish_reason == "stop" and not self.named_tool:
             finish = "tool_calls"
         frames.append(self._chunk({}, finish, stop_reason=stop_reason))
         if self.include_usage:
-            frames.append(sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                               "model": self.model, "choices": [],
-                               "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
-                                         "completion_tokens": completion_tokens}}))
+            frames.append(
+                sse(
+                    {
+                        "id": self.id,
+                        "object": "chat.completion.chunk",
+                        "created": self.created,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": prompt_tokens,
+                            "total_tokens": prompt_tokens + completion_tokens,
+                            "completion_tokens": completion_tokens,
+                        },
+                    }
+                )
+            )
         frames.append(DONE)
         return frames
 

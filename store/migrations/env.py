@@ -32,9 +32,7 @@ def run_online() -> None:
     if connection is not None:
         run_with(connection)
         return
-    url = context.get_x_argument(as_dictionary=True).get("url") or context.config.get_main_option(
-        "sqlalchemy.url"
-    )
+    url = context.get_x_argument(as_dictionary=True).get("url") or context.config.get_main_option("sqlalchemy.url")
     if not url:
         raise RuntimeError("store migrations need a database URL: alembic -c store/alembic.ini -x url=...")
     engine = make_engine(url)

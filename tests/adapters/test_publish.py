@@ -64,8 +64,7 @@ def local_engines(tiny_model_dir: Path) -> dict[str, Any]:
         "a": LocalEngine(str(tiny_model_dir), served_name="tiny", max_lora_rank=16, name="a"),
         "b": LocalEngine(str(tiny_model_dir), served_name="tiny", max_lora_rank=16, name="b"),
         "rank8": LocalEngine(str(tiny_model_dir), served_name="tiny", max_lora_rank=8, name="rank8"),
-        "short": LocalEngine(str(tiny_model_dir), served_name="tiny", max_lora_rank=16, max_model_len=8,
-                             name="short"),
+        "short": LocalEngine(str(tiny_model_dir), served_name="tiny", max_lora_rank=16, max_model_len=8, name="short"),
     }
 
 
@@ -113,14 +112,25 @@ def status_of(session_factory: Factory, name: str) -> str:
 
 def do_publish(src: Path, root: Path, session_factory: Factory, engines: Any, **kw: Any) -> serving.PublishResult:
     kw.setdefault("unload_in_background", False)
-    return run(publish_adapter(src, adapters_root=root, session_factory=session_factory, engines=engines,
-                               base_model="tiny", run_id=None, **kw))
+    return run(
+        publish_adapter(
+            src,
+            adapters_root=root,
+            session_factory=session_factory,
+            engines=engines,
+            base_model="tiny",
+            run_id=None,
+            **kw,
+        )
+    )
 
 
 # --- folders ----------------------------------------------------------------------------------------
 
+
 def test_publish_writes_a_manifest_that_verifies_and_flips_the_pointer(
-        tiny_adapter_dir: Path, tmp_path: Path, session_factory: Factory, local_engines: dict[str, Any]) -> None:
+    tiny_adapter_dir: Path, tmp_path: Path, session_factory: Factory, local_engines: dict[str, Any]
+) -> None:
     root = tmp_path / "adapters"
     engines = pool(local_engines, "a", "b")
     result = do_publish(tiny_adapter_dir, root, session_factory, engines)
@@ -147,7 +157,8 @@ def test_publish_writes_a_manifest_that_verifies_and_flips_the_pointer(
 
 
 def test_pickle_weights_and_missing_files_are_refused_before_anything_is_written(
-        tiny_adapter_dir: Path, tmp_path: Path, session_factory: Factory, local_engines: dict[str, Any]) -> None:
+    tiny_adapter_dir: Path, tmp_path: Path, session_factory: Factory, local_engines: dict[str, Any]
+) -> None:
     root = tmp_path / "adapters"
     src = tmp_path / "src"
     shutil.copytree(tiny_adapter_dir, src)
@@ -164,8 +175,12 @@ def test_pickle_weights_and_missing_files_are_refused_before_anything_is_written
 
 
 def test_folder_appears_only_by_rename_of_a_complete_temp_folder(
-        tiny_adapter_dir: Path, tmp_path: Path, session_factory: Factory, local_engines: dict[str, Any],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_adapter_dir: Path,
+    tmp_path: Path,
+    session_factory: Factory,
+    local_engines: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     root = tmp_path / "adapters"
     seen: dict[str, Any] = {}
     real_rename = os.rename
@@ -175,7 +190,8 @@ def test_folder_appears_only_by_rename_of_a_complete_temp_folder(
         manifest = json.loads((Path(src) / "manifest.json").read_text())
         seen["complete"] = all(
             hashlib.sha256((Path(src) / n).read_bytes()).hexdigest() == e["sha256"]
-            for n, e in manifest["files"].items())
+            for n, e in manifest["files"].items()
+        )
         seen["dst"] = Path(dst).name
         raise OSError("simulated crash at rename")
 
@@ -192,9 +208,10 @@ def test_folder_appears_only_by_rename_of_a_complete_temp_folder(
 
 # --- load, probe, flip -------------------------------------------------------------------------------
 
+
 def test_a_failed_load_on_one_engine_changes_nothing(
-        tiny_adapter_dir: Path, lora16: Path, tmp_path: Path, session_factory: Factory,
-        local_engines: dict[str, Any]) -> None:
+    tiny_adapter_dir: Path, lora16: Path, tmp_path: Path, session_factory: Factory, local_engines: dict[str, Any]
+) -> None:
     root = tmp_path / "adapters"
     engines = pool(local_engines, "a", "rank8")
     assert do_publish(tiny_adapter_dir, root, session_factory, engines).ok  # r=8 loads everywhere
@@ -211,7 +228,8 @@ def test_a_failed_load_on_one_engine_changes_nothing(
 
 
 def test_a_failed_probe_changes_nothing(
-        tiny_adapter_dir: Path, tmp_path: Path, session_factory: Factory, local_engines: dict[str, Any]) -> None:
+    tiny_adapter_dir: Path, tmp_path: Path, session_factory: Factory, local_engines: dict[str, Any]
+) -> None:
     root = tmp_path / "adapters"
     assert do_publish(tiny_adapter_dir, root, session_factory, pool(local_engines, "a")).ok
     result = do_publish(tiny_adapter_dir, root, session_factory, pool(local_engines, "a", "short"))
@@ -222,8 +240,8 @@ def test_a_failed_probe_changes_nothing(
 
 
 def test_rollback_reloads_and_flips_back_and_activate_refuses_what_cannot_serve(
-        tiny_adapter_dir: Path, lora16: Path, tmp_path: Path, session_factory: Factory,
-        local_engines: dict[str, Any]) -> None:
+    tiny_adapter_dir: Path, lora16: Path, tmp_path: Path, session_factory: Factory, local_engines: dict[str, Any]
+) -> None:
     root = tmp_path / "adapters"
     engines = pool(local_engines, "a", "b")
 
@@ -261,12 +279,16 @@ def test_rollback_reloads_and_flips_back_and_activate_refuses_what_cannot_serve(
 
 
 def test_rejected_adapters_cannot_be_activated_and_rollback_skips_them(
-        tiny_adapter_dir: Path, tmp_path: Path, session_factory: Factory, local_engines: dict[str, Any]) -> None:
+    tiny_adapter_dir: Path, tmp_path: Path, session_factory: Factory, local_engines: dict[str, Any]
+) -> None:
     root = tmp_path / "adapters"
     assert do_publish(tiny_adapter_dir, root, session_factory, pool(local_engines, "a")).ok
     assert not do_publish(tiny_adapter_dir, root, session_factory, pool(local_engines, "a", "short")).ok
-    kw: dict[str, Any] = {"adapters_root": root, "session_factory": session_factory,
-                          "engines": pool(local_engines, "a")}
+    kw: dict[str, Any] = {
+        "adapters_root": root,
+        "session_factory": session_factory,
+        "engines": pool(local_engines, "a"),
+    }
     with pytest.raises(ActivationError, match="rejected"):
         run(activate("rrr-v2", **kw))
     back = run(rollback(**kw))  # v2 was rejected: back to the base model
@@ -277,8 +299,10 @@ def test_rejected_adapters_cannot_be_activated_and_rollback_skips_them(
 
 # --- housekeeping -----------------------------------------------------------------------------------
 
+
 def test_drained_versions_are_unloaded_and_old_folders_deleted_only_cycles_later(
-        tiny_adapter_dir: Path, tmp_path: Path, session_factory: Factory, local_engines: dict[str, Any]) -> None:
+    tiny_adapter_dir: Path, tmp_path: Path, session_factory: Factory, local_engines: dict[str, Any]
+) -> None:
     root = tmp_path / "adapters"
     engines = pool(local_engines, "a")
     for _ in range(3):
@@ -321,8 +345,10 @@ def test_stale_candidates_are_rejected(tmp_path: Path, session_factory: Factory)
 
 # --- the CLI ----------------------------------------------------------------------------------------
 
+
 def test_rrr_adapters_cli_lists_activates_and_rolls_back(
-        tiny_model_dir: Path, tiny_adapter_dir: Path, lora16: Path, tmp_path: Path) -> None:
+    tiny_model_dir: Path, tiny_adapter_dir: Path, lora16: Path, tmp_path: Path
+) -> None:
     """`rrr adapters list|activate|rollback` against `rrr engine serve`'s app (uvicorn in a thread)."""
     import socket
     import threading
@@ -344,20 +370,31 @@ def test_rrr_adapters_cli_lists_activates_and_rolls_back(
     engine = LocalEngine(str(tiny_model_dir), served_name="tiny", max_lora_rank=16)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, served_model_name="tiny", enable_lora=True,
-                                                      allow_runtime_lora_updating=True), log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(engine, served_model_name="tiny", enable_lora=True, allow_runtime_lora_updating=True),
+            log_level="warning",
+        )
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.02)
     engine_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
+
         async def publish_two() -> None:
             engines = EnginePool([VLLMEngine(engine_url)])
             try:
                 for src in (tiny_adapter_dir, lora16):
-                    result = await publish_adapter(src, adapters_root=root, session_factory=sessions, engines=engines,
-                                                   base_model="tiny", unload_in_background=False)
+                    result = await publish_adapter(
+                        src,
+                        adapters_root=root,
+                        session_factory=sessions,
+                        engines=engines,
+                        base_model="tiny",
+                        unload_in_background=False,
+                    )
                     assert result.ok, result
             finally:
                 await engines.aclose()
@@ -371,6 +408,7 @@ def test_rrr_adapters_cli_lists_activates_and_rolls_back(
         assert [(r["name"], r["status"]) for r in rows] == [("rrr-v2", "active"), ("rrr-v1", "retired")]
         back = runner.invoke(app, ["adapters", "rollback", *common, "--unload-after", "0"])
         assert back.exit_code == 0 and "rrr-v1 is active" in back.stdout, back.output
+
         def served() -> list[str]:
             import httpx
 

@@ -54,6 +54,7 @@ def published(tmp_path: Path, root: Path) -> tuple[Path, str]:
 
 # --- verify_adapter_dir (R16) ----------------------------------------------------------------------
 
+
 def refused(path: Any, root: Path, match: str, **kw: Any) -> str:
     with pytest.raises(UnsafeAdapter, match=match) as info:
         verify_adapter_dir(path, root, **kw)
@@ -114,7 +115,8 @@ def test_refuses_manifests_that_are_not_ours(published: tuple[Path, str], root: 
 
 
 def test_refuses_symlinks_dotdot_and_folders_outside_the_root(
-        published: tuple[Path, str], root: Path, tmp_path: Path) -> None:
+    published: tuple[Path, str], root: Path, tmp_path: Path
+) -> None:
     folder, digest = published
     outside = tmp_path / "outside" / "rrr-v8"
     shutil.copytree(folder, outside)
@@ -143,18 +145,22 @@ def test_refuses_symlinks_dotdot_and_folders_outside_the_root(
 
 
 def test_messages_name_folders_and_files_never_full_paths(
-        published: tuple[Path, str], root: Path, tmp_path: Path) -> None:
+    published: tuple[Path, str], root: Path, tmp_path: Path
+) -> None:
     """R14: these messages reach API clients."""
     folder, digest = published
     (folder / "README.md").write_text("tampered")
-    messages = [refused(folder, root, "do not match", manifest_sha256=digest),
-                refused(tmp_path / "elsewhere" / "rrr-v1", root, "no adapter folder"),
-                refused(root / ".." / "x", root, r"\.\.")]
+    messages = [
+        refused(folder, root, "do not match", manifest_sha256=digest),
+        refused(tmp_path / "elsewhere" / "rrr-v1", root, "no adapter folder"),
+        refused(root / ".." / "x", root, r"\.\."),
+    ]
     for message in messages:
         assert str(tmp_path) not in message and "/" not in message.replace("rrr-v1/README.md", "")
 
 
 # --- prepare, activate, rollback (R19) ----------------------------------------------------------------
+
 
 @pytest.fixture
 def session_factory(tmp_path: Path) -> Iterator[Factory]:
@@ -167,20 +173,30 @@ def session_factory(tmp_path: Path) -> Iterator[Factory]:
 
 @pytest.fixture
 def upstreams() -> Iterator[tuple[ScriptedUpstream, ScriptedUpstream]]:
-    with ScriptedUpstream(Script(answer=[text("OK")]), lora=True) as a, \
-            ScriptedUpstream(Script(answer=[text("OK")]), lora=True) as b:
+    with (
+        ScriptedUpstream(Script(answer=[text("OK")]), lora=True) as a,
+        ScriptedUpstream(Script(answer=[text("OK")]), lora=True) as b,
+    ):
         yield a, b
 
 
-def register(session_factory: Factory, tmp_path: Path, root: Path, *versions: int,
-             status: str = "candidate") -> dict[str, Path]:
+def register(
+    session_factory: Factory, tmp_path: Path, root: Path, *versions: int, status: str = "candidate"
+) -> dict[str, Path]:
     source = trained_adapter(tmp_path)
     folders = {}
     with session_factory() as session, session.begin():
         for version in versions:
             folder, digest = write_adapter_folder(source, root, version, base_model="base")
-            repos.create_adapter(session, name=f"rrr-v{version}", version=version, path=str(folder),
-                                 base_model="base", status=status, manifest_sha256=digest)
+            repos.create_adapter(
+                session,
+                name=f"rrr-v{version}",
+                version=version,
+                path=str(folder),
+                base_model="base",
+                status=status,
+                manifest_sha256=digest,
+            )
             folders[f"rrr-v{version}"] = folder
     return folders
 
@@ -207,7 +223,8 @@ def probes(up: ScriptedUpstream) -> list[dict[str, Any]]:
 
 
 def test_activate_loads_and_probes_every_replica_before_the_flip(
-        session_factory: Factory, tmp_path: Path, root: Path, upstreams: tuple[ScriptedUpstream, ...]) -> None:
+    session_factory: Factory, tmp_path: Path, root: Path, upstreams: tuple[ScriptedUpstream, ...]
+) -> None:
     folders = register(session_factory, tmp_path, root, 1, 2)
     kw: dict[str, Any] = {"session_factory": session_factory, "adapters_root": root}
 
@@ -234,7 +251,8 @@ def test_activate_loads_and_probes_every_replica_before_the_flip(
 
 
 def test_a_failed_load_or_probe_on_one_replica_changes_nothing(
-        session_factory: Factory, tmp_path: Path, root: Path, upstreams: tuple[ScriptedUpstream, ...]) -> None:
+    session_factory: Factory, tmp_path: Path, root: Path, upstreams: tuple[ScriptedUpstream, ...]
+) -> None:
     register(session_factory, tmp_path, root, 1, 2)
     a, b = upstreams
     kw: dict[str, Any] = {"session_factory": session_factory, "adapters_root": root}
@@ -258,7 +276,8 @@ def test_a_failed_load_or_probe_on_one_replica_changes_nothing(
 
 
 def test_activate_refuses_rejected_and_unsafe_adapters_before_any_engine_call(
-        session_factory: Factory, tmp_path: Path, root: Path, upstreams: tuple[ScriptedUpstream, ...]) -> None:
+    session_factory: Factory, tmp_path: Path, root: Path, upstreams: tuple[ScriptedUpstream, ...]
+) -> None:
     folders = register(session_factory, tmp_path, root, 1)
     register(session_factory, tmp_path, root, 2, status="rejected")
     (folders["rrr-v1"] / "adapter_model.safetensors").write_bytes(b"evil")
@@ -278,7 +297,8 @@ def test_activate_refuses_rejected_and_unsafe_adapters_before_any_engine_call(
 
 
 def test_rollback_reloads_its_target_first_then_flips_back_to_the_base_model(
-        session_factory: Factory, tmp_path: Path, root: Path, upstreams: tuple[ScriptedUpstream, ...]) -> None:
+    session_factory: Factory, tmp_path: Path, root: Path, upstreams: tuple[ScriptedUpstream, ...]
+) -> None:
     register(session_factory, tmp_path, root, 1, 2)
     kw: dict[str, Any] = {"session_factory": session_factory, "adapters_root": root}
 
@@ -302,7 +322,8 @@ def test_rollback_reloads_its_target_first_then_flips_back_to_the_base_model(
 
 
 def test_a_rollback_whose_plan_moved_meanwhile_changes_nothing(
-        session_factory: Factory, tmp_path: Path, root: Path) -> None:
+    session_factory: Factory, tmp_path: Path, root: Path
+) -> None:
     """While the target is probed, another admin activates a third adapter: the rollback must not commit."""
     register(session_factory, tmp_path, root, 1, 2, 3)
     kw: dict[str, Any] = {"session_factory": session_factory, "adapters_root": root}
@@ -314,6 +335,7 @@ def test_a_rollback_whose_plan_moved_meanwhile_changes_nothing(
         return text("OK")
 
     with ScriptedUpstream(Script(answer=[text("OK")]), lora=True) as up:
+
         async def body(pool: EnginePool) -> None:
             await serving.activate("rrr-v1", engines=pool, **kw)
             await serving.activate("rrr-v2", engines=pool, **kw)
@@ -326,12 +348,12 @@ def test_a_rollback_whose_plan_moved_meanwhile_changes_nothing(
     assert active_name(session_factory) == "rrr-v3"
 
 
-def test_an_unload_that_races_the_flip_is_undone_at_once(
-        session_factory: Factory, tmp_path: Path, root: Path) -> None:
+def test_an_unload_that_races_the_flip_is_undone_at_once(session_factory: Factory, tmp_path: Path, root: Path) -> None:
     """A drain of v1 that unloads it between its probe and the flip: v1 is active, so it is loaded again."""
     register(session_factory, tmp_path, root, 1)
 
     with ScriptedUpstream(Script(answer=[text("OK")]), lora=True) as up:
+
         def responder(body: dict[str, Any]) -> Any:
             up.adapters.pop(str(body.get("model")), None)
             return text("OK")

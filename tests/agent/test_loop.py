@@ -34,8 +34,9 @@ BAD_ENUM = tool_call("get_weather", {"city": "Paris", "unit": "kelvin"})
 
 
 def request(**kw: Any) -> ChatRequest:
-    return ChatRequest(messages=[{"role": "user", "content": "Weather in Paris, in C?"}], model="base",
-                       tools=[WEATHER], **kw)
+    return ChatRequest(
+        messages=[{"role": "user", "content": "Weather in Paris, in C?"}], model="base", tools=[WEATHER], **kw
+    )
 
 
 def run(script: Script, options: TaskOptions = TaskOptions(), config: LoopConfig = LoopConfig(), **kw: Any):
@@ -93,12 +94,19 @@ def test_max_retries_zero_means_no_reflection() -> None:
 def test_reference_verifier_with_expected_calls() -> None:
     expected = [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}]
     wrong_city = tool_call("get_weather", {"city": "Lyon", "unit": "celsius"})
-    outcome, _ = run(Script(answer=[wrong_city], retry=[GOOD]),
-                     options=TaskOptions(verifier="reference", expected=expected, task="weather"))
+    outcome, _ = run(
+        Script(answer=[wrong_city], retry=[GOOD]),
+        options=TaskOptions(verifier="reference", expected=expected, task="weather"),
+    )
     assert outcome.status == "retry_ok"
     assert outcome.attempts[0].verdict is not None and "Lyon" in json.dumps(outcome.attempts[0].verdict.to_dict())
-    record = outcome_to_record(outcome, request(), TaskOptions(verifier="reference", expected=expected, task="weather"),
-                               adapter="rrr-v1", client_key_id="k1")
+    record = outcome_to_record(
+        outcome,
+        request(),
+        TaskOptions(verifier="reference", expected=expected, task="weather"),
+        adapter="rrr-v1",
+        client_key_id="k1",
+    )
     assert record.trainable and record.task == "weather" and record.adapter == "rrr-v1"
     assert [a.kind for a in record.attempts] == ["answer", "reflection", "retry"]
     assert [a.ok for a in record.attempts] == [False, None, True]
@@ -176,8 +184,9 @@ def test_pool_fails_over_and_fails_fast_when_all_replicas_are_down() -> None:
 def test_pool_resumes_traffic_when_a_down_engine_comes_back() -> None:
     async def scenario() -> None:
         port = free_port()
-        pool = EnginePool([VLLMEngine(f"http://127.0.0.1:{port}/v1", timeout=5)], failure_threshold=1,
-                          probe_interval_s=0.1)
+        pool = EnginePool(
+            [VLLMEngine(f"http://127.0.0.1:{port}/v1", timeout=5)], failure_threshold=1, probe_interval_s=0.1
+        )
         with pytest.raises(EngineUnavailable):
             await pool.chat(request())
         assert not pool.healthy()

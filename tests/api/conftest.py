@@ -34,10 +34,21 @@ INFER = "sk-infer-test-0123456789abcdef"
 OTHER = "sk-infer-other-fedcba9876543210"
 ADMIN = "sk-admin-test-00112233445566778899"
 
-TOOLS: list[dict[str, Any]] = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 100}},
-                   "required": ["city"], "additionalProperties": False}}}]
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 100}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    }
+]
 MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": "What is the weather in Paris?"}]
 GOOD = tool_call("get_weather", {"city": "Paris"})
 BAD = tool_call("get_weather", {"city": 7})
@@ -140,16 +151,24 @@ class Rrr:
 
 def make_settings(tmp: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
-        data_dir=tmp, api_keys=[INFER, OTHER], admin_keys=[ADMIN], base_model_name="base", deadline_s=10.0,
-        engine_failure_threshold=1000, stream_start_s=1.0, stream_keepalive_s=0.1, shutdown_drain_s=5.0,
+        data_dir=tmp,
+        api_keys=[INFER, OTHER],
+        admin_keys=[ADMIN],
+        base_model_name="base",
+        deadline_s=10.0,
+        engine_failure_threshold=1000,
+        stream_start_s=1.0,
+        stream_keepalive_s=0.1,
+        shutdown_drain_s=5.0,
     )
     values.update(overrides)
     return Settings(**values)
 
 
 @contextmanager
-def running(tmp: Path, script: Script | None = None, *, engine_url: str | None = None, lora: bool = False,
-            **overrides: Any) -> Iterator[Rrr]:
+def running(
+    tmp: Path, script: Script | None = None, *, engine_url: str | None = None, lora: bool = False, **overrides: Any
+) -> Iterator[Rrr]:
     """rrr on a fresh upstream (or ``engine_url``) with ``make_settings(tmp, **overrides)``."""
     with ScriptedUpstream(script or Script(answer=[GOOD]), lora=lora) as upstream:
         settings = make_settings(tmp, engine_urls=[engine_url or upstream.url], **overrides)

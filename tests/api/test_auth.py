@@ -16,8 +16,13 @@ from api.app import create_app
 from api.auth import BindRefused, KeyRing, check_bind, is_loopback
 from tests.api.conftest import ADMIN, INFER, Rrr, StartRrr, make_settings
 
-OPEN = {("GET", "/health"), ("GET", "/metrics"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"),
-        ("GET", "/openapi.json")}
+OPEN = {
+    ("GET", "/health"),
+    ("GET", "/metrics"),
+    ("GET", "/docs"),
+    ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/openapi.json"),
+}
 INFERENCE = {("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("POST", "/v1/episodes/{episode_id}/feedback")}
 # Every other route needs an admin key: a new route is admin-only until it is listed above.
 
@@ -41,16 +46,24 @@ def test_the_route_table_is_what_this_test_knows(rrr: Rrr) -> None:
     routes = set(_routes(rrr))
     assert routes >= OPEN | INFERENCE
     admin = routes - OPEN - INFERENCE
-    assert {("GET", "/v1/episodes"), ("GET", "/v1/stats"), ("POST", "/v1/adapters/rollback"),
-            ("GET", "/v1/training-runs")} <= admin
+    assert {
+        ("GET", "/v1/episodes"),
+        ("GET", "/v1/stats"),
+        ("POST", "/v1/adapters/rollback"),
+        ("GET", "/v1/training-runs"),
+    } <= admin
     assert ("POST", "/v1/training-runs") not in routes  # runs are created by the learner only
 
 
 def test_every_route_is_walked_for_auth(rrr: Rrr) -> None:
     routes = _routes(rrr)
     assert len(routes) >= 15
-    with rrr.http(None) as anonymous, rrr.http("sk-wrong-key") as wrong, rrr.http(INFER) as inference, \
-            rrr.http(ADMIN) as admin:
+    with (
+        rrr.http(None) as anonymous,
+        rrr.http("sk-wrong-key") as wrong,
+        rrr.http(INFER) as inference,
+        rrr.http(ADMIN) as admin,
+    ):
         for method, path in routes:
             url = _concrete(path)
             no_key = anonymous.request(method, url, json={})
@@ -80,8 +93,15 @@ def test_auth_schemes_and_malformed_headers(rrr: Rrr) -> None:
 
 def test_engine_admin_routes_are_not_reachable_through_rrr(rrr: Rrr) -> None:
     with rrr.http(ADMIN) as http:
-        for path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/load_lora_adapter", "/v1/lora/load",
-                     "/v1/completions", "/pause", "/sleep"):
+        for path in (
+            "/v1/load_lora_adapter",
+            "/v1/unload_lora_adapter",
+            "/load_lora_adapter",
+            "/v1/lora/load",
+            "/v1/completions",
+            "/pause",
+            "/sleep",
+        ):
             response = http.post(path, json={"lora_name": "evil", "lora_path": "/tmp/evil"})
             assert response.status_code == 404, path
             assert response.json()["error"]["code"] == "not_found"
@@ -119,8 +139,9 @@ def test_no_keys_means_loopback_only(tmp_path: Path, start_rrr: StartRrr) -> Non
     with pytest.raises(BindRefused, match="RRR_API_KEYS"):
         check_bind("0.0.0.0", auth_enabled=False)
 
-    settings = make_settings(tmp_path, host="0.0.0.0", api_keys=[], admin_keys=[],
-                             engine_urls=["http://127.0.0.1:9/v1"])
+    settings = make_settings(
+        tmp_path, host="0.0.0.0", api_keys=[], admin_keys=[], engine_urls=["http://127.0.0.1:9/v1"]
+    )
     app = create_app(settings)
 
     async def start() -> None:

@@ -14,8 +14,7 @@ from tests.support.upstream import Script, text, tool_call
 
 def _create(rrr: Rrr, **kw: Any) -> tuple[Any, Any]:
     """(parsed completion, raw response) through the openai SDK."""
-    raw = rrr.client().chat.completions.with_raw_response.create(
-        model="rrr", messages=MESSAGES, tools=TOOLS, **kw)  # type: ignore[arg-type]
+    raw = rrr.client().chat.completions.with_raw_response.create(model="rrr", messages=MESSAGES, tools=TOOLS, **kw)  # type: ignore[arg-type]
     return raw.parse(), raw
 
 
@@ -137,8 +136,11 @@ MALFORMED: dict[str, dict[str, Any]] = {
     "no_call_at_all": text("I cannot help with that."),
     "empty_message": {"content": None},
     "lone_surrogate": text("\ud800 broken"),
-    "arguments_as_object": {"tool_calls": [{"id": "call_1", "type": "function",
-                                            "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    "arguments_as_object": {
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+        ]
+    },
     "call_without_name": {"tool_calls": [{"id": "call_1", "type": "function", "function": {"arguments": "{}"}}]},
 }
 
@@ -146,11 +148,18 @@ MALFORMED: dict[str, dict[str, Any]] = {
 KNOWN_BUGS: dict[str, str] = {}
 
 
-@pytest.mark.parametrize(("case", "reply"), [
-    pytest.param(name, reply, id=name,
-                 marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[name])] if name in KNOWN_BUGS else [])
-    for name, reply in MALFORMED.items()
-])
+@pytest.mark.parametrize(
+    ("case", "reply"),
+    [
+        pytest.param(
+            name,
+            reply,
+            id=name,
+            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[name])] if name in KNOWN_BUGS else [],
+        )
+        for name, reply in MALFORMED.items()
+    ],
+)
 def test_malformed_output_becomes_a_verdict_never_a_5xx(rrr: Rrr, case: str, reply: dict[str, Any]) -> None:
     rrr.reset(Script(answer=[reply]))
     response = rrr.chat(tool_choice="required")

@@ -10,8 +10,7 @@ from tests.support.upstream import Script, text
 
 
 def _create(rrr: Rrr, **ext: Any) -> Any:
-    return rrr.client().chat.completions.create(
-        model="rrr", messages=MESSAGES, tools=TOOLS, extra_body={"rrr": ext})  # type: ignore[arg-type]
+    return rrr.client().chat.completions.create(model="rrr", messages=MESSAGES, tools=TOOLS, extra_body={"rrr": ext})  # type: ignore[arg-type]
 
 
 def test_the_trace_lists_answer_reflection_and_retry_with_their_verdicts(rrr: Rrr) -> None:
@@ -43,8 +42,14 @@ def test_include_attempts_must_be_a_boolean(rrr: Rrr) -> None:
 
 def test_a_streamed_answer_carries_the_trace_in_its_finish_chunk(rrr: Rrr) -> None:
     rrr.reset(Script(answer=[BAD], retry=[GOOD]))
-    chunks = list(rrr.client().chat.completions.create(
-        model="rrr", messages=MESSAGES, tools=TOOLS, stream=True,  # type: ignore[arg-type]
-        extra_body={"rrr": {"include_attempts": True}}))
+    chunks = list(
+        rrr.client().chat.completions.create(
+            model="rrr",
+            messages=MESSAGES,
+            tools=TOOLS,
+            stream=True,  # type: ignore[arg-type]
+            extra_body={"rrr": {"include_attempts": True}},
+        )
+    )
     (finish,) = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert [s["kind"] for s in finish.model_extra["rrr"]["trace"]] == ["answer", "reflection", "retry"]

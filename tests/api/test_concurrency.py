@@ -35,8 +35,10 @@ def test_every_answered_request_has_exactly_one_episode(db_rrr: Rrr) -> None:
         for i in range(REQUESTS):
             parity = "odd" if (worker + i) % 2 else "even"
             raw = client.chat.completions.with_raw_response.create(
-                model="rrr", tools=TOOLS,  # type: ignore[arg-type]
-                messages=[{"role": "user", "content": f"{parity} weather in Paris, request {worker}-{i}"}])
+                model="rrr",
+                tools=TOOLS,  # type: ignore[arg-type]
+                messages=[{"role": "user", "content": f"{parity} weather in Paris, request {worker}-{i}"}],
+            )
             completion = raw.parse()
             assert completion.choices[0].message.tool_calls[0].function.name == "get_weather"
             assert raw.headers["x-rrr-verified"] == "true"

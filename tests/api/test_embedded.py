@@ -28,16 +28,24 @@ def test_local_engine_answers_verifies_and_serves_an_activated_adapter(
         base = f"http://127.0.0.1:{server.port}"
         client = openai.OpenAI(base_url=base + "/v1", api_key=INFER, max_retries=0, timeout=120)
         raw = client.chat.completions.with_raw_response.create(
-            model="rrr", messages=tiny_tool_model.prompt("call"), tools=tiny_tool_model.tools,  # type: ignore[arg-type]
-            temperature=0, max_tokens=64)
+            model="rrr",
+            messages=tiny_tool_model.prompt("call"),
+            tools=tiny_tool_model.tools,  # type: ignore[arg-type]
+            temperature=0,
+            max_tokens=64,
+        )
         completion = raw.parse()
         assert raw.headers["x-rrr-verified"] == "true"
         call = completion.choices[0].message.tool_calls[0]
         assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
 
         broken = client.chat.completions.create(
-            model="rrr", messages=tiny_tool_model.prompt("broken"), tools=tiny_tool_model.tools,  # type: ignore[arg-type]
-            temperature=0, max_tokens=64)
+            model="rrr",
+            messages=tiny_tool_model.prompt("broken"),
+            tools=tiny_tool_model.tools,  # type: ignore[arg-type]
+            temperature=0,
+            max_tokens=64,
+        )
         episode_id = broken.model_extra["rrr"]["episode_id"]  # type: ignore[index]
         state = app.state.rrr
         assert state.writer.flush(15)
@@ -49,18 +57,27 @@ def test_local_engine_answers_verifies_and_serves_an_activated_adapter(
 
         folder, digest = write_adapter_folder(tiny_adapter_dir, settings.resolved_adapters_root(), 1, base_model="tiny")
         with state.session_factory.begin() as session:
-            create_adapter(session, name="rrr-v1", version=1, path=str(folder), base_model="tiny",
-                           manifest_sha256=digest)
+            create_adapter(
+                session, name="rrr-v1", version=1, path=str(folder), base_model="tiny", manifest_sha256=digest
+            )
         activated = admin.post("/v1/adapters/rrr-v1/activate")
         assert activated.status_code == 200, activated.text
         assert [m.id for m in client.models.list().data] == ["rrr", "tiny", "rrr-v1"]
-        pinned = client.chat.completions.create(model="rrr", messages=tiny_tool_model.prompt("hello"),
-                                                max_tokens=8, temperature=0)
+        pinned = client.chat.completions.create(
+            model="rrr", messages=tiny_tool_model.prompt("hello"), max_tokens=8, temperature=0
+        )
         assert state.writer.flush(15)
         assert admin.get(f"/v1/episodes/{pinned.model_extra['rrr']['episode_id']}").json()["adapter"] == "rrr-v1"  # type: ignore[index]
 
-        chunks = list(client.chat.completions.create(
-            model="tiny", messages=tiny_tool_model.prompt("call"), tools=tiny_tool_model.tools,  # type: ignore[arg-type]
-            temperature=0, max_tokens=64, stream=True))
+        chunks = list(
+            client.chat.completions.create(
+                model="tiny",
+                messages=tiny_tool_model.prompt("call"),
+                tools=tiny_tool_model.tools,  # type: ignore[arg-type]
+                temperature=0,
+                max_tokens=64,
+                stream=True,
+            )
+        )
         assert chunks[-1].choices[0].finish_reason == "tool_calls"
         admin.close()

@@ -79,8 +79,11 @@ def test_docs_and_openapi_are_open(rrr: Rrr) -> None:
 
 def test_unknown_routes_and_methods_answer_in_openai_shape(rrr: Rrr) -> None:
     http = rrr.http(ADMIN)
-    for response, status in ((http.get("/v2/things"), 404), (http.delete("/v1/models"), 405),
-                             (http.get("/v1/chat/completions"), 405)):
+    for response, status in (
+        (http.get("/v2/things"), 404),
+        (http.delete("/v1/models"), 405),
+        (http.get("/v1/chat/completions"), 405),
+    ):
         assert response.status_code == status
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
@@ -104,8 +107,12 @@ def test_an_unexpected_error_is_a_generic_500(broken_app: LiveServer, caplog: py
     with httpx.Client(base_url=f"http://127.0.0.1:{broken_app.port}") as http:
         response = http.get("/v1/boom", headers={"Authorization": f"Bearer {ADMIN}"})
     assert response.status_code == 500
-    assert response.json()["error"] == {"message": "Internal error; it has been logged.", "type": "server_error",
-                                        "param": None, "code": "internal_error"}
+    assert response.json()["error"] == {
+        "message": "Internal error; it has been logged.",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
     assert "RuntimeError" in caplog.text  # the operator gets the details, the client does not
 
 
@@ -148,9 +155,15 @@ def test_error_bodies_leak_nothing(start_rrr: StartRrr) -> None:
     bodies = [
         http.post("/v1/chat/completions", content=b"{broken").text,
         http.post("/v1/chat/completions", json={"model": "/home/alice/model", "messages": []}).text,
-        http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
-                                                "tools": [{"type": "function", "function": {
-                                                    "name": "f", "parameters": {"$ref": "file:///etc/passwd"}}}]}).text,
+        http.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [
+                    {"type": "function", "function": {"name": "f", "parameters": {"$ref": "file:///etc/passwd"}}}
+                ],
+            },
+        ).text,
         http.get("/v1/episodes/../../etc/passwd").text,
         http.post("/v1/adapters/..%2F..%2Fetc/activate").text,
         http.get("/v1/episodes", params={"cursor": "/tmp/x"}).text,

@@ -82,8 +82,10 @@ FILTERS: list[tuple[dict[str, Any], Any]] = [
     ({"adapter": "rrr-v1"}, lambda r: r.adapter == "rrr-v1"),
     ({"task": "web"}, lambda r: r.task == "web"),
     ({"task": "weather", "adapter": "rrr-v1"}, lambda r: r.task == "weather" and r.adapter == "rrr-v1"),
-    ({"since": (T0 + timedelta(minutes=3)).isoformat(), "until": (T0 + timedelta(minutes=8)).isoformat()},
-     lambda r: T0 + timedelta(minutes=3) <= r.created_at < T0 + timedelta(minutes=8)),
+    (
+        {"since": (T0 + timedelta(minutes=3)).isoformat(), "until": (T0 + timedelta(minutes=8)).isoformat()},
+        lambda r: T0 + timedelta(minutes=3) <= r.created_at < T0 + timedelta(minutes=8),
+    ),
     ({"since": "2026-03-01T12:10:00"}, lambda r: r.created_at >= T0 + timedelta(minutes=10)),  # no offset: UTC
     ({"tool": "no-such-tool"}, lambda r: False),
 ]
@@ -119,8 +121,13 @@ def test_episode_detail_and_bad_queries(db_rrr: Rrr) -> None:
     admin = db_rrr.http(ADMIN)
     assert admin.get("/v1/episodes/no-such-episode").status_code == 404
     assert admin.get("/v1/episodes/" + "x" * 300).status_code == 404
-    for params, param in (({"cursor": "not-a-cursor"}, "cursor"), ({"status": "great"}, "status"),
-                          ({"limit": 0}, "limit"), ({"limit": 5000}, "limit"), ({"since": "yesterday"}, "since")):
+    for params, param in (
+        ({"cursor": "not-a-cursor"}, "cursor"),
+        ({"status": "great"}, "status"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 5000}, "limit"),
+        ({"since": "yesterday"}, "since"),
+    ):
         response = admin.get("/v1/episodes", params=params)
         assert response.status_code == 400, params
         assert response.json()["error"]["param"] == param
@@ -146,8 +153,9 @@ def test_feedback_flips_an_episode_and_shows_in_list_and_stats(db_rrr: Rrr) -> N
     episode_id = response.json()["rrr"]["episode_id"]
     # sent at once, before the writer has necessarily stored the episode
     user = db_rrr.http(INFER)
-    assert user.post(f"/v1/episodes/{episode_id}/feedback", json={"ok": False, "reason": "wrong city"}
-                     ).status_code == 200
+    assert (
+        user.post(f"/v1/episodes/{episode_id}/feedback", json={"ok": False, "reason": "wrong city"}).status_code == 200
+    )
     failed = _get(db_rrr, "/v1/episodes", status="failed")["data"]
     assert [e["id"] for e in failed] == [episode_id]
     assert failed[0]["served_status"] == "first_ok" and failed[0]["feedback"]["reason"] == "wrong city"
@@ -159,10 +167,11 @@ def test_feedback_flips_an_episode_and_shows_in_list_and_stats(db_rrr: Rrr) -> N
     assert other.post(f"/v1/episodes/{episode_id}/feedback", json={"ok": True}).status_code == 404
     assert user.post(f"/v1/episodes/{episode_id}/feedback", json={"ok": "maybe"}).status_code == 400
     assert user.post(f"/v1/episodes/{episode_id}/feedback", json={"ok": True, "extra": 1}).status_code == 400
-    assert user.post(f"/v1/episodes/{episode_id}/feedback",
-                     json={"ok": False, "expected_tool_calls": "Paris"}).status_code == 400
-    assert user.post("/v1/episodes/4d6f0a3e-0000-0000-0000-000000000000/feedback",
-                     json={"ok": True}).status_code == 404
+    assert (
+        user.post(f"/v1/episodes/{episode_id}/feedback", json={"ok": False, "expected_tool_calls": "Paris"}).status_code
+        == 400
+    )
+    assert user.post("/v1/episodes/4d6f0a3e-0000-0000-0000-000000000000/feedback", json={"ok": True}).status_code == 404
 
     expected = [{"name": "get_weather", "arguments": {"city": "Lyon"}}]
     body = user.post(f"/v1/episodes/{episode_id}/feedback", json={"ok": True, "expected_tool_calls": expected}).json()
@@ -182,7 +191,7 @@ def _fake_trained_adapter(tmp: Path) -> Path:
 
 
 def _register(rrr: Rrr, *names: str, status: str = "candidate") -> dict[str, Path]:
-    """Publish folders as the learner does (``adapters.folder.write_adapter_folder``) and register them; name -> folder."""
+    """Publish folders as the learner does (``adapters.folder.write_adapter_folder``), register them: name -> folder."""
     root = rrr.settings.resolved_adapters_root()
     source = _fake_trained_adapter(rrr.settings.data_dir)
     folders = {}
@@ -190,8 +199,15 @@ def _register(rrr: Rrr, *names: str, status: str = "candidate") -> dict[str, Pat
         for name in names:
             version = int(name.rsplit("v", 1)[1])
             folder, manifest_sha = write_adapter_folder(source, root, version, base_model="base")
-            create_adapter(session, name=name, version=version, path=str(folder), base_model="base",
-                           status=status, manifest_sha256=manifest_sha)
+            create_adapter(
+                session,
+                name=name,
+                version=version,
+                path=str(folder),
+                base_model="base",
+                status=status,
+                manifest_sha256=manifest_sha,
+            )
             folders[name] = folder
     return folders
 
@@ -262,7 +278,6 @@ def test_training_runs_the_learner_stored_are_listed_and_read(db_rrr: Rrr) -> No
     assert _get(db_rrr, "/v1/training-runs", status="running")["data"] == []
 
 
-
 @pytest.mark.parametrize("tamper", ["weights", "extra_pickle", "manifest", "symlink", "outside_root", "dotdot"])
 def test_unsafe_adapter_folders_are_refused_before_any_load(db_rrr: Rrr, tamper: str, tmp_path: Path) -> None:
     """R16: only untampered published folders under the adapters root reach an engine."""
@@ -277,8 +292,11 @@ def test_unsafe_adapter_folders_are_refused_before_any_load(db_rrr: Rrr, tamper:
     else:
         outside = tmp_path / "elsewhere" / "rrr-v7"
         outside.mkdir(parents=True)
-        target = {"symlink": folder.parent / "rrr-v7", "outside_root": outside,
-                  "dotdot": folder.parent / ".." / "elsewhere" / "rrr-v7"}[tamper]
+        target = {
+            "symlink": folder.parent / "rrr-v7",
+            "outside_root": outside,
+            "dotdot": folder.parent / ".." / "elsewhere" / "rrr-v7",
+        }[tamper]
         if tamper == "symlink":
             target.symlink_to(outside, target_is_directory=True)
         with rrr.state.session_factory.begin() as session:

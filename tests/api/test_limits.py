@@ -12,8 +12,16 @@ import pytest
 
 from tests.api.conftest import ADMIN, INFER, MESSAGES, TOOLS, Rrr, running
 
-LIMITS = dict(max_body_bytes=64 * 1024, max_messages=8, max_tools=4, max_schema_bytes=2048, max_schema_depth=8,
-              max_json_depth=16, max_tokens_cap=100, max_client_retries=1)
+LIMITS = dict(
+    max_body_bytes=64 * 1024,
+    max_messages=8,
+    max_tools=4,
+    max_schema_bytes=2048,
+    max_schema_depth=8,
+    max_json_depth=16,
+    max_tokens_cap=100,
+    max_client_retries=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +60,11 @@ CASES: dict[str, tuple[dict[str, Any], int, str | None]] = {
     "schema_too_deep": ({"tools": [_tool("deep", _nested(5))]}, 400, "tools"),
     "remote_ref": ({"tools": [_tool("r", {"$ref": "https://example.com/schema.json"})]}, 400, "tools"),
     "recursive_ref": ({"tools": [_tool("r", {"type": "object", "properties": {"a": {"$ref": "#"}}})]}, 400, "tools"),
-    "nested_quantifier": ({"tools": [_tool("p", {"type": "object", "properties": {
-        "a": {"type": "string", "pattern": "(a+)+$"}}})]}, 400, "tools"),
+    "nested_quantifier": (
+        {"tools": [_tool("p", {"type": "object", "properties": {"a": {"type": "string", "pattern": "(a+)+$"}}})]},
+        400,
+        "tools",
+    ),
     "invalid_schema": ({"tools": [_tool("bad", {"type": "object", "properties": {"a": {"type": 5}}})]}, 400, "tools"),
     "duplicate_tool_names": ({"tools": [TOOLS[0], TOOLS[0]]}, 400, "tools"),
     "json_too_deep": ({"metadata": _deep_json(20)}, 400, None),
@@ -62,15 +73,21 @@ CASES: dict[str, tuple[dict[str, Any], int, str | None]] = {
     "max_completion_tokens_over_cap": ({"max_completion_tokens": 1000}, 400, "max_completion_tokens"),
     "max_tokens_zero": ({"max_tokens": 0}, 400, "max_tokens"),
     "temperature_out_of_range": ({"temperature": 7}, 400, "temperature"),
-    "tool_choice_unknown_tool": ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, 400,
-                                 "tool_choice"),
+    "tool_choice_unknown_tool": (
+        {"tool_choice": {"type": "function", "function": {"name": "nope"}}},
+        400,
+        "tool_choice",
+    ),
     "tool_choice_without_tools": ({"tools": None, "tool_choice": "required"}, 400, "tool_choice"),
     "stream_not_bool": ({"stream": "yes"}, 400, "stream"),
     "rrr_not_object": ({"rrr": "fast"}, 400, "rrr"),
     "rrr_unknown_field": ({"rrr": {"verifer": "schema"}}, 400, "rrr"),
     "rrr_bad_verifier": ({"rrr": {"verifier": "magic"}}, 400, "rrr.verifier"),
-    "rrr_execution_outside_allowed_modules": ({"rrr": {"verifier": {
-        "type": "execution", "functions": {"get_weather": "os:system"}}}}, 400, "rrr.verifier"),
+    "rrr_execution_outside_allowed_modules": (
+        {"rrr": {"verifier": {"type": "execution", "functions": {"get_weather": "os:system"}}}},
+        400,
+        "rrr.verifier",
+    ),
     "rrr_reference_without_expected": ({"rrr": {"verifier": "reference"}}, 400, "rrr.expected_tool_calls"),
     "rrr_bad_expected": ({"rrr": {"expected_tool_calls": "Paris"}}, 400, "rrr.expected_tool_calls"),
     "rrr_too_many_retries": ({"rrr": {"max_retries": 5}}, 400, "rrr.max_retries"),
@@ -81,8 +98,9 @@ CASES: dict[str, tuple[dict[str, Any], int, str | None]] = {
 def _rejected_count(rrr: Rrr) -> float:
     with rrr.http(None) as http:
         text = http.get("/metrics").text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("rrr_rejected_requests_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("rrr_rejected_requests_total{")
+    )
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -101,8 +119,9 @@ def test_limit_is_a_4xx_without_a_model_call(limited: Rrr, case: str) -> None:
 
 
 def _raw(rrr: Rrr, content: bytes | Iterator[bytes], headers: dict[str, str] | None = None) -> httpx.Response:
-    return rrr.http(INFER).post("/v1/chat/completions", content=content,
-                                headers={"Content-Type": "application/json", **(headers or {})})
+    return rrr.http(INFER).post(
+        "/v1/chat/completions", content=content, headers={"Content-Type": "application/json", **(headers or {})}
+    )
 
 
 def test_body_over_the_cap_is_a_413_before_parsing(limited: Rrr) -> None:
@@ -120,8 +139,18 @@ def test_body_over_the_cap_is_a_413_before_parsing(limited: Rrr) -> None:
     assert limited.upstream.calls() == 0
 
 
-@pytest.mark.parametrize("payload", [b"", b"{", b"[1, 2]", b'{"messages": NaN}', b"\xff\xfe", b'"just a string"',
-                                     b'{"model": "rrr", "messages": [{"role": "user", "content": Infinity}]}'])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"{",
+        b"[1, 2]",
+        b'{"messages": NaN}',
+        b"\xff\xfe",
+        b'"just a string"',
+        b'{"model": "rrr", "messages": [{"role": "user", "content": Infinity}]}',
+    ],
+)
 def test_invalid_json_is_a_400(limited: Rrr, payload: bytes) -> None:
     response = _raw(limited, payload)
     assert response.status_code == 400, response.text

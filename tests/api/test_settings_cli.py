@@ -48,18 +48,26 @@ def test_settings_read_comma_lists_and_yaml(tmp_path: Path, monkeypatch: pytest.
     assert defaults.resolved_spool_path() == tmp_path / "data" / "spool" / "episodes-8000.jsonl"
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--host", "0.0.0.0", "--engine-url", "http://127.0.0.1:9/v1"], "refusing to listen on '0.0.0.0'"),
-    ([], "no engine"),
-    (["--model", "m", "--engine-url", "http://x"], "not both"),
-    (["--engine-url", "http://x", "--api-key-env", "NO_SUCH_VARIABLE_FOR_RRR"], "NO_SUCH_VARIABLE_FOR_RRR"),
-    (["--engine-url", "http://x", "--port", "99999"], "port"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--host", "0.0.0.0", "--engine-url", "http://127.0.0.1:9/v1"], "refusing to listen on '0.0.0.0'"),
+        ([], "no engine"),
+        (["--model", "m", "--engine-url", "http://x"], "not both"),
+        (["--engine-url", "http://x", "--api-key-env", "NO_SUCH_VARIABLE_FOR_RRR"], "NO_SUCH_VARIABLE_FOR_RRR"),
+        (["--engine-url", "http://x", "--port", "99999"], "port"),
+    ],
+)
 def test_serve_refuses_bad_setups_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     import cli
 
-    env = {"RRR_API_KEYS": "", "RRR_ADMIN_KEYS": "", "RRR_ENGINE_URLS": "", "RRR_MODEL": "",
-           "RRR_DATA_DIR": str(tmp_path)}
+    env = {
+        "RRR_API_KEYS": "",
+        "RRR_ADMIN_KEYS": "",
+        "RRR_ENGINE_URLS": "",
+        "RRR_MODEL": "",
+        "RRR_DATA_DIR": str(tmp_path),
+    }
     result = CliRunner().invoke(cli.app, ["serve", *args], env=env)
     assert result.exit_code == 1, result.output
     assert message in result.output
@@ -70,13 +78,35 @@ def test_serve_refuses_bad_setups_with_one_line(args: list[str], message: str, t
 def test_rrr_serve_answers_and_drains_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     with ScriptedUpstream(Script(answer=[GOOD], delay_s=0.8)) as upstream:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MY_KEYS": "sk-cli-test", "RRR_ADMIN_KEYS": "sk-cli-admin",
-               "RRR_BASE_MODEL_NAME": "base"}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "MY_KEYS": "sk-cli-test",
+            "RRR_ADMIN_KEYS": "sk-cli-admin",
+            "RRR_BASE_MODEL_NAME": "base",
+        }
         env.pop("RRR_CONFIG", None)
         process = subprocess.Popen(
-            [sys.executable, "-c", "import cli; cli.main()", "serve", "--engine-url", upstream.url,
-             "--port", str(port), "--data-dir", str(tmp_path), "--api-key-env", "MY_KEYS"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-c",
+                "import cli; cli.main()",
+                "serve",
+                "--engine-url",
+                upstream.url,
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path),
+                "--api-key-env",
+                "MY_KEYS",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             assert process.stdout is not None
             line = process.stdout.readline()
@@ -88,8 +118,13 @@ def test_rrr_serve_answers_and_drains_on_sigterm(tmp_path: Path) -> None:
             results: list[object] = []
 
             def in_flight() -> None:
-                results.append(client.chat.completions.create(model="rrr", messages=MESSAGES,  # type: ignore[arg-type]
-                                                              tools=TOOLS))  # type: ignore[arg-type]
+                results.append(
+                    client.chat.completions.create(
+                        model="rrr",
+                        messages=MESSAGES,  # type: ignore[arg-type]
+                        tools=TOOLS,
+                    )
+                )  # type: ignore[arg-type]
 
             worker = threading.Thread(target=in_flight)
             worker.start()
@@ -111,14 +146,31 @@ def test_serve_refuses_a_database_without_the_schema_and_serves_after_upgrade(tm
     sqlite3.connect(tmp_path / "shared.db").close()  # reachable, but never migrated
     env = {**os.environ, "RRR_AUTO_MIGRATE": "false", "RRR_DATA_DIR": str(tmp_path / "data")}
     with ScriptedUpstream(Script(answer=[GOOD])) as up:
-        args = [sys.executable, "-m", "cli", "serve", "--engine-url", up.url, "--database-url", db, "--port", str(free_port())]
-        refused = subprocess.run(args, cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True,
-                                 text=True, timeout=60)
+        args = [
+            sys.executable,
+            "-m",
+            "cli",
+            "serve",
+            "--engine-url",
+            up.url,
+            "--database-url",
+            db,
+            "--port",
+            str(free_port()),
+        ]
+        refused = subprocess.run(
+            args, cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=60
+        )
         assert refused.returncode == 1
         assert "rrr db upgrade" in refused.stderr.splitlines()[-1]
         assert "Traceback" not in refused.stderr  # an expected startup failure is one line, not a stack
-        upgraded = subprocess.run([sys.executable, "-m", "cli", "db", "upgrade", "--database-url", db],
-                                  cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60)
+        upgraded = subprocess.run(
+            [sys.executable, "-m", "cli", "db", "upgrade", "--database-url", db],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert upgraded.returncode == 0, upgraded.stderr
         with sqlite3.connect(tmp_path / "shared.db") as conn:
             tables = {row[0] for row in conn.execute("select name from sqlite_master where type='table'")}
@@ -128,8 +180,14 @@ def test_serve_refuses_a_database_without_the_schema_and_serves_after_upgrade(tm
 def test_serve_with_no_engine_answering_fails_with_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "RRR_DATA_DIR": str(tmp_path), "RRR_ENGINE_STARTUP_TIMEOUT_S": "1"}
     dead = f"http://127.0.0.1:{free_port()}"
-    result = subprocess.run([sys.executable, "-m", "cli", "serve", "--engine-url", dead, "--port", str(free_port())],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "serve", "--engine-url", dead, "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
     assert "rrr could not start: no engine listed a base model" in result.stderr.splitlines()[-1]
     assert "Traceback" not in result.stderr

@@ -19,7 +19,7 @@ def _frames(response: httpx.Response) -> list[str]:
     frames = []
     for block in response.text.split("\n\n"):
         if block.startswith("data: "):
-            frames.append(block[len("data: "):])
+            frames.append(block[len("data: ") :])
         elif block.startswith(":"):
             frames.append(block)
     return frames
@@ -48,11 +48,14 @@ def _collect(stream: Any) -> tuple[dict[int, dict[str, str]], list[Any]]:
 
 @pytest.mark.parametrize("start_s", [5.0, 0.0], ids=["decided-before-start", "started-early"])
 def test_verified_answer_streams_through_the_sdk(start_rrr: StartRrr, start_s: float) -> None:
-    rrr = start_rrr(Script(answer=[BAD], retry=[GOOD], delay_s=0.15), stream_start_s=start_s,
-                    stream_keepalive_s=0.05)
+    rrr = start_rrr(Script(answer=[BAD], retry=[GOOD], delay_s=0.15), stream_start_s=start_s, stream_keepalive_s=0.05)
     stream = rrr.client().chat.completions.create(
-        model="rrr", messages=MESSAGES, tools=TOOLS, stream=True,  # type: ignore[arg-type]
-        stream_options={"include_usage": True})
+        model="rrr",
+        messages=MESSAGES,
+        tools=TOOLS,
+        stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
+    )
     calls, chunks = _collect(stream)
 
     assert calls == {0: {"id": calls[0]["id"], "name": "get_weather", "arguments": '{"city": "Paris"}'}}
@@ -81,8 +84,9 @@ def test_stream_frames_end_with_done_and_carry_keepalives_while_waiting(start_rr
 
 def test_text_answer_streams_as_content(start_rrr: StartRrr) -> None:
     rrr = start_rrr(Script(answer=[text("Hello, world.")]))
-    chunks = list(rrr.client().chat.completions.create(
-        model="rrr", messages=[{"role": "user", "content": "hi"}], stream=True))
+    chunks = list(
+        rrr.client().chat.completions.create(model="rrr", messages=[{"role": "user", "content": "hi"}], stream=True)
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello, world."
     assert chunks[-1].choices[0].finish_reason == "stop"
 

@@ -48,7 +48,9 @@ def test_catalog_has_a_dozen_valid_tools_with_implementations() -> None:
         assert callable(getattr(catalog, spec.name))
         assert set(spec.parameters["required"]) <= set(spec.parameters["properties"])
     assert catalog.TOOLS_BY_NAME["get_weather"]["function"]["parameters"]["properties"]["unit"]["enum"] == [
-        "celsius", "fahrenheit"]
+        "celsius",
+        "fahrenheit",
+    ]
     assert catalog.get_directions("Paris", "Rome", "walking") == catalog.get_directions("Paris", "Rome", "walking")
     with pytest.raises(ValueError):
         catalog.convert_currency(10, "USD", "yen")
@@ -74,16 +76,28 @@ def test_every_known_answer_passes_the_reference_and_schema_verifiers(items: lis
 def test_known_answers_run_on_the_catalog_implementations(items: list[DemoItem]) -> None:
     firsts = {item.name: item for item in reversed(items)}  # one item per tool
     for item in firsts.values():
-        verdict = verify_execution(_output(item, call_text(item.name, item.arguments)), catalog.FUNCTIONS, 10.0,
-                                   allowed_modules=("demo.catalog",))
+        verdict = verify_execution(
+            _output(item, call_text(item.name, item.arguments)),
+            catalog.FUNCTIONS,
+            10.0,
+            allowed_modules=("demo.catalog",),
+        )
         assert verdict.ok, (item, verdict.reason)
 
 
-@pytest.mark.parametrize(("needle", "param", "value"), [
-    ("°F", "unit", "fahrenheit"), ("°C", "unit", "celsius"), ("Japanese yen", None, "JPY"),
-    ("on foot", "mode", "walking"), ("by bus", "mode", "transit"), ("Apple", "symbol", "AAPL"),
-    ("half an hour", "minutes", 30), ("into French", "target_language", "fr"),
-])
+@pytest.mark.parametrize(
+    ("needle", "param", "value"),
+    [
+        ("°F", "unit", "fahrenheit"),
+        ("°C", "unit", "celsius"),
+        ("Japanese yen", None, "JPY"),
+        ("on foot", "mode", "walking"),
+        ("by bus", "mode", "transit"),
+        ("Apple", "symbol", "AAPL"),
+        ("half an hour", "minutes", 30),
+        ("into French", "target_language", "fr"),
+    ],
+)
 def test_values_are_mapped_not_copied(items: list[DemoItem], needle: str, param: str | None, value: Any) -> None:
     hits = [item for item in items if needle in item.query]
     assert hits, f"no item says {needle!r}"
@@ -139,8 +153,15 @@ class ReplayEngine:
 
     async def chat(self, request: ChatRequest, *, timeout: float | None = None) -> ChatResult:
         self.requests.append(request)
-        body = build_chat_completion(self.texts.pop(0), "stop", model="m", prompt_tokens=1, completion_tokens=1,
-                                     tools=request.tools, tool_choice=request.tool_choice or "auto")
+        body = build_chat_completion(
+            self.texts.pop(0),
+            "stop",
+            model="m",
+            prompt_tokens=1,
+            completion_tokens=1,
+            tools=request.tools,
+            tool_choice=request.tool_choice or "auto",
+        )
         choice = body["choices"][0]
         return ChatResult(message=choice["message"], finish_reason=choice["finish_reason"], model="m")
 
@@ -181,8 +202,9 @@ def test_reflection_examples_are_what_the_serving_loop_sends(items: list[DemoIte
 
         engine = ReplayEngine([conv.failed_output, reflection, answer])
         request = ChatRequest(messages=item.messages, tools=item.tools)
-        outcome = asyncio.run(run_episode(engine, request, TaskOptions(verifier="reference", expected=item.expected),
-                                          LoopConfig()))
+        outcome = asyncio.run(
+            run_episode(engine, request, TaskOptions(verifier="reference", expected=item.expected), LoopConfig())
+        )
         assert outcome.status == "retry_ok"
         assert engine.requests[1].messages == reflect_history
         assert engine.requests[2].messages == retry_history

@@ -28,6 +28,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # --- the table ----------------------------------------------------------------------------------------
 
+
 def test_rates_count_first_attempts_and_rescues_separately() -> None:
     statuses = {"a": "first_ok", "b": "retry_ok", "c": "failed", "d": "failed", "e": "error"}
     summary = summarize_statuses(statuses)
@@ -57,8 +58,10 @@ def test_chart_is_a_png_with_both_panels(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from demo.chart import write_chart
 
-    table = compare({str(i): "failed" if i % 3 else "first_ok" for i in range(30)},
-                    {str(i): "retry_ok" if i % 2 else "first_ok" for i in range(30)})
+    table = compare(
+        {str(i): "failed" if i % 3 else "first_ok" for i in range(30)},
+        {str(i): "retry_ok" if i % 2 else "first_ok" for i in range(30)},
+    )
     steps = [{"step": i + 1, "reward_mean": i / 20, "frac_reward_zero_std": 1 - i / 20} for i in range(20)]
     with_steps = write_chart(tmp_path / "a.png", table, before_label="base", after_label="rrr-v1", steps=steps)
     without = write_chart(tmp_path / "b.png", table, before_label="base", after_label="rrr-v1", steps=[])
@@ -100,6 +103,7 @@ def test_demo_config_refuses_a_reflection_budget_that_training_would_not_match()
 
 # --- servers and the candidate path (real processes, real engine) -----------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A demo policy of a few thousand parameters trained for a few steps (it fails every task)."""
@@ -108,11 +112,27 @@ def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from demo.sft import SFTConfig
     from learner.tiny import TinyModelConfig
 
-    config = SFTConfig(seed=3, n_train_items=120, steps=4, batch_size=8, group_size=4, toolless_steps=2,
-                       warmup_steps=1, eval_items=12, eval_every=0, tokenizer_texts=120,
-                       model=TinyModelConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                             num_key_value_heads=1, intermediate_size=128, vocab_size=600,
-                                             max_position_embeddings=4096))
+    config = SFTConfig(
+        seed=3,
+        n_train_items=120,
+        steps=4,
+        batch_size=8,
+        group_size=4,
+        toolless_steps=2,
+        warmup_steps=1,
+        eval_items=12,
+        eval_every=0,
+        tokenizer_texts=120,
+        model=TinyModelConfig(
+            hidden_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=128,
+            vocab_size=600,
+            max_position_embeddings=4096,
+        ),
+    )
     out = tmp_path_factory.mktemp("demo-run") / "policy"
     build_policy(out, config, num_threads=1, progress=False)
     return out
@@ -122,8 +142,10 @@ def test_servers_answer_and_are_stopped_when_the_caller_fails(tiny_policy: Path,
     from demo.servers import demo_servers
 
     seen: dict[str, Any] = {}
-    with pytest.raises(RuntimeError, match="boom"), demo_servers(
-            tiny_policy, tmp_path / "data", tmp_path / "logs", startup_timeout_s=120) as servers:
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        demo_servers(tiny_policy, tmp_path / "data", tmp_path / "logs", startup_timeout_s=120) as servers,
+    ):
         seen["servers"] = servers
         assert httpx.get(f"{servers.engine_url}/health").status_code == 200
         models = httpx.get(f"{servers.api_url}/v1/models").json()["data"]
@@ -137,8 +159,9 @@ def test_servers_answer_and_are_stopped_when_the_caller_fails(tiny_policy: Path,
     assert (tmp_path / "data" / "rrr.db").is_file() and (tmp_path / "logs" / "engine.log").is_file()
 
 
-def test_a_rejected_candidate_is_served_by_name_then_marked_rejected(tiny_model_dir: Path, tiny_adapter_dir: Path,
-                                                                     tmp_path: Path) -> None:
+def test_a_rejected_candidate_is_served_by_name_then_marked_rejected(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
+) -> None:
     from demo.run import DemoConfig, retire_candidate, stage_candidate
     from engines.local import LocalEngine
     from store import repos
@@ -168,16 +191,37 @@ def test_a_rejected_candidate_is_served_by_name_then_marked_rejected(tiny_model_
 
 # --- every stage, end to end -----------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_the_demo_runs_every_stage_and_tears_down(tiny_policy: Path, tmp_path: Path) -> None:
     from demo.run import DemoConfig, format_result, run_demo
 
-    train = TrainConfig(max_steps=2, num_generations=2, per_device_train_batch_size=4, gradient_accumulation_steps=1,
-                        max_completion_length=8, retry_max_tokens=16, learning_rate=1e-3, lora_r=4, lora_alpha=8,
-                        save_steps=2, keep_checkpoints=1)
-    config = DemoConfig(out_dir=tmp_path / "demo", policy=tiny_policy, n_train=10, n_heldout=6, concurrency=2,
-                        max_tokens=16, reflection_max_tokens=8, train=train, heldout_fraction=0.5, train_threads=1,
-                        gate=GateConfig(margin=0.0, tolerance=1.0, min_items=1, max_tokens=16, concurrency=1))
+    train = TrainConfig(
+        max_steps=2,
+        num_generations=2,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        max_completion_length=8,
+        retry_max_tokens=16,
+        learning_rate=1e-3,
+        lora_r=4,
+        lora_alpha=8,
+        save_steps=2,
+        keep_checkpoints=1,
+    )
+    config = DemoConfig(
+        out_dir=tmp_path / "demo",
+        policy=tiny_policy,
+        n_train=10,
+        n_heldout=6,
+        concurrency=2,
+        max_tokens=16,
+        reflection_max_tokens=8,
+        train=train,
+        heldout_fraction=0.5,
+        train_threads=1,
+        gate=GateConfig(margin=0.0, tolerance=1.0, min_items=1, max_tokens=16, concurrency=1),
+    )
     seen: dict[str, Any] = {}
     lines: list[str] = []
 
@@ -190,7 +234,9 @@ def test_the_demo_runs_every_stage_and_tears_down(tiny_policy: Path, tmp_path: P
     result = run_demo(config, say=lines.append, progress=False, hold=hold)
 
     # every stage ran and was timed
-    assert {"policy", "servers", "traffic", "learner", "heldout_base", "heldout_adapter", "total"} <= set(result.timings)
+    assert {"policy", "servers", "traffic", "learner", "heldout_base", "heldout_adapter", "total"} <= set(
+        result.timings
+    )
     assert result.traffic["n"] == 10 and result.traffic["recorded"] == 10 and result.traffic["errors"] == 0
     assert result.cycle["status"] == "promoted" and result.cycle["adapter"] == "rrr-v1"
     assert [s["step"] for s in result.training_steps] == [1, 2] and "reward_mean" in result.training_steps[0]
@@ -234,8 +280,9 @@ def test_cli_names_the_missing_policy(tmp_path: Path) -> None:
 
     from cli import app
 
-    result = CliRunner().invoke(app, ["demo", "run", "--policy", str(tmp_path / "nope"), "--out",
-                                      str(tmp_path / "demo")])
+    result = CliRunner().invoke(
+        app, ["demo", "run", "--policy", str(tmp_path / "nope"), "--out", str(tmp_path / "demo")]
+    )
     assert result.exit_code == 1
     assert "no policy at" in result.output and "rrr demo build-policy" in result.output
 
@@ -255,8 +302,23 @@ def test_cli_tasks_traffic_shares_no_query_with_the_held_out_set_of_the_policys_
 
     def tasks(split: str, n: int) -> list[dict[str, Any]]:
         out = tmp_path / f"{split}.jsonl"
-        result = CliRunner().invoke(app, ["demo", "tasks", "--split", split, "--n", str(n), "--heldout", "240",
-                                          "--policy", str(policy), "--out", str(out)])
+        result = CliRunner().invoke(
+            app,
+            [
+                "demo",
+                "tasks",
+                "--split",
+                split,
+                "--n",
+                str(n),
+                "--heldout",
+                "240",
+                "--policy",
+                str(policy),
+                "--out",
+                str(out),
+            ],
+        )
         assert result.exit_code == 0, result.output
         return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 

@@ -53,11 +53,28 @@ from engines.vllm import VLLMEngine  # noqa: E402
 from learner.tiny import TinyModelConfig  # noqa: E402
 from tests.support.upstream import Script, ScriptedUpstream, classify, text, tool_call  # noqa: E402
 
-SLICE = SFTConfig(seed=1, n_train_items=240, steps=12, batch_size=8, group_size=4, toolless_steps=4, lr=3e-3,
-                  warmup_steps=2, eval_items=24, eval_every=12, tokenizer_texts=240,
-                  model=TinyModelConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                        num_key_value_heads=1, intermediate_size=128, vocab_size=600,
-                                        max_position_embeddings=1024))
+SLICE = SFTConfig(
+    seed=1,
+    n_train_items=240,
+    steps=12,
+    batch_size=8,
+    group_size=4,
+    toolless_steps=4,
+    lr=3e-3,
+    warmup_steps=2,
+    eval_items=24,
+    eval_every=12,
+    tokenizer_texts=240,
+    model=TinyModelConfig(
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=128,
+        vocab_size=600,
+        max_position_embeddings=1024,
+    ),
+)
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +152,9 @@ def test_shared_prompt_groups_give_the_loss_and_gradients_of_full_sequences(trai
     assert len({item.tool_names for item in items}) == 2
     conversations = training_conversations(items, reflection_share=0.25, seed=1)
     groups = build_groups(tokenizer, conversations, max_group=16)
-    assert sorted(g.size for g in groups) == sorted([sum(c.tools == items[0].tools for c in conversations),
-                                                     sum(c.tools == items[-1].tools for c in conversations)])
+    assert sorted(g.size for g in groups) == sorted(
+        [sum(c.tools == items[0].tools for c in conversations), sum(c.tools == items[-1].tools for c in conversations)]
+    )
     grouped = group_loss(model, groups, tokenizer.pad_token_id)
     rows = [encode_conversation(tokenizer, c) for c in conversations]
     full, _ = answer_loss(model, *_collate(rows, tokenizer.pad_token_id))
@@ -173,7 +191,6 @@ def test_evaluation_counts_first_attempts_retries_and_rescues_through_the_loop(t
 
 
 def test_evaluate_policy_runs_the_trained_policy_on_the_local_engine(trained: Any) -> None:
-    summary = evaluate_policy(trained.out_dir, held_out_items(2, SLICE), max_tokens=16, num_threads=1,
-                              progress=False)
+    summary = evaluate_policy(trained.out_dir, held_out_items(2, SLICE), max_tokens=16, num_threads=1, progress=False)
     assert summary["n"] == 2 and summary["engine_errors"] == 0
     assert summary["first_attempt"]["n"] == summary["after_retry"]["n"] == 2

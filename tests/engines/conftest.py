@@ -24,18 +24,23 @@ MAX_LORA_RANK = 16
 
 
 @pytest.fixture(scope="session")
-def engine_servers(tiny_tool_model: ToolModel, tmp_path_factory: pytest.TempPathFactory
-                   ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+def engine_servers(
+    tiny_tool_model: ToolModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     """Both servers, started side by side (model loading overlaps)."""
     logs = tmp_path_factory.mktemp("engine-serve")
     open_server = launch_engine_server(
-        tiny_tool_model.path, logs,
+        tiny_tool_model.path,
+        logs,
         args=["--enable-lora", "--served-model-name", BASE_NAME, "--max-lora-rank", str(MAX_LORA_RANK)],
-        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": " True "})
+        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": " True "},
+    )
     locked = launch_engine_server(
-        tiny_tool_model.path, logs,
+        tiny_tool_model.path,
+        logs,
         args=["--enable-lora", "--served-model-name", BASE_NAME, "--no-enable-auto-tool-choice"],
-        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "0", "VLLM_API_KEY": LOCKED_KEY})
+        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "0", "VLLM_API_KEY": LOCKED_KEY},
+    )
     wait_started(open_server, locked)
     yield open_server, locked
     open_server.stop()

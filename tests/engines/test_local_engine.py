@@ -71,8 +71,9 @@ def engine(tiny_model_dir: Path) -> Iterator[LocalEngine]:
     run(engine.aclose())
 
 
-def chat(engine: LocalEngine, key_or_messages: str | list[dict[str, Any]], spec: ToolModel | None = None,
-         **kw: Any) -> ChatResult:
+def chat(
+    engine: LocalEngine, key_or_messages: str | list[dict[str, Any]], spec: ToolModel | None = None, **kw: Any
+) -> ChatResult:
     if isinstance(key_or_messages, str):
         assert spec is not None
         kw.setdefault("tools", spec.tools)
@@ -86,6 +87,7 @@ def chat(engine: LocalEngine, key_or_messages: str | list[dict[str, Any]], spec:
 
 
 # --- tool calling on a model whose answers are known ---
+
 
 def test_tool_call_answer(tool_engine: LocalEngine, tiny_tool_model: ToolModel) -> None:
     assert isinstance(tool_engine, Engine)
@@ -121,8 +123,9 @@ def test_truncated_call_is_length_with_raw_content(tool_engine: LocalEngine, tin
 
 
 def test_named_and_none_tool_choice(tool_engine: LocalEngine, tiny_tool_model: ToolModel) -> None:
-    named = chat(tool_engine, "call", tiny_tool_model,
-                 tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    named = chat(
+        tool_engine, "call", tiny_tool_model, tool_choice={"type": "function", "function": {"name": "get_weather"}}
+    )
     assert named.finish_reason == "stop" and named.message["content"] == ""
     assert named.message["tool_calls"][0]["function"]["name"] == "get_weather"
     none = chat(tool_engine, "call", tiny_tool_model, tool_choice="none")
@@ -137,11 +140,17 @@ def test_stop_string_ends_the_answer(tool_engine: LocalEngine, tiny_tool_model: 
 
 
 def test_history_with_string_arguments_and_tool_results_renders(tool_engine: LocalEngine) -> None:
-    messages = [{"role": "user", "content": "Weather?"},
-                {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "c1", "type": "function", "function": {"name": "get_weather",
-                                                                  "arguments": '{"city": "Oslo"}'}}]},
-                {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "5 C"}]}]
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "5 C"}]},
+    ]
     text = tool_engine.render_prompt(messages, [{"type": "function", "function": {"name": "get_weather"}}])
     assert '{"name": "get_weather", "arguments": {"city": "Oslo"}}' in text
     assert "<tool_response>\n5 C\n</tool_response>" in text and text.endswith("<|im_start|>assistant\n")
@@ -156,6 +165,7 @@ def test_generate_and_streamed_deltas(tool_engine: LocalEngine, tiny_tool_model:
 
 
 # --- request errors ---
+
 
 def test_unknown_model_is_404(tool_engine: LocalEngine) -> None:
     with pytest.raises(EngineRequestError) as info:
@@ -185,6 +195,7 @@ def test_deadline_and_cancel_stop_generation(tool_engine: LocalEngine) -> None:
 
 # --- sampling ---
 
+
 def test_seeded_sampling_is_reproducible(engine: LocalEngine) -> None:
     def sample(seed: int) -> str:
         return str(chat(engine, HI, temperature=1.0, top_p=0.95, seed=seed, max_tokens=24).message["content"])
@@ -198,6 +209,7 @@ def test_seeded_sampling_is_reproducible(engine: LocalEngine) -> None:
 
 # --- adapters ---
 
+
 def test_adapter_changes_output_and_unload_restores_base(engine: LocalEngine, tiny_adapter_dir: Path) -> None:
     base = chat(engine, HI, temperature=0).message["content"]
     run(engine.load_adapter("tiny-v1", str(tiny_adapter_dir)))
@@ -207,7 +219,9 @@ def test_adapter_changes_output_and_unload_restores_base(engine: LocalEngine, ti
     assert chat(engine, HI, temperature=0).message["content"] == base
     cards = run(engine.list_models())
     assert [(c["id"], c["root"], c["parent"]) for c in cards] == [
-        ("tiny", engine.model_path, None), ("tiny-v1", str(tiny_adapter_dir), "tiny")]
+        ("tiny", engine.model_path, None),
+        ("tiny-v1", str(tiny_adapter_dir), "tiny"),
+    ]
     assert cards[0]["max_model_len"] == engine.max_model_len and cards[1]["max_model_len"] is None
     run(engine.unload_adapter("tiny-v1"))
     assert [c["id"] for c in run(engine.list_models())] == ["tiny"]
@@ -254,8 +268,9 @@ def _corrupt_shapes(path: Path) -> None:
     save_file({k: v[:, :-1].contiguous() if "lora_A" in k else v for k, v in tensors.items()}, path)
 
 
-def test_in_place_reload_keeps_position_and_swaps_weights(engine: LocalEngine, tiny_adapter_dir: Path,
-                                                          second_adapter_dir: Path) -> None:
+def test_in_place_reload_keeps_position_and_swaps_weights(
+    engine: LocalEngine, tiny_adapter_dir: Path, second_adapter_dir: Path
+) -> None:
     run(engine.load_adapter("a", str(tiny_adapter_dir)))
     run(engine.load_adapter("b", str(tiny_adapter_dir)))
     first = chat(engine, HI, model="a", temperature=0).message["content"]
@@ -266,8 +281,9 @@ def test_in_place_reload_keeps_position_and_swaps_weights(engine: LocalEngine, t
     assert chat(engine, HI, model="b", temperature=0).message["content"] == first
 
 
-def test_concurrent_chats_on_two_adapters_match_sequential(engine: LocalEngine, tiny_adapter_dir: Path,
-                                                           second_adapter_dir: Path) -> None:
+def test_concurrent_chats_on_two_adapters_match_sequential(
+    engine: LocalEngine, tiny_adapter_dir: Path, second_adapter_dir: Path
+) -> None:
     run(engine.load_adapter("one", str(tiny_adapter_dir)))
     run(engine.load_adapter("two.v2", str(second_adapter_dir)))
     models = ["one", "two.v2", None, "two.v2", "one", None]

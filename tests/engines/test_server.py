@@ -53,12 +53,13 @@ def frames_of(raw: list[bytes]) -> list[Any]:
 
 # --- streaming frames (pure) --------------------------------------------------------------------------
 
+
 def stream_text(text: str, *, pieces: int = 1, **options: Any) -> list[Any]:
     chat = ChatStream("m", parse_tools=options.pop("parse_tools", True), **options)
     raw = [chat.start()]
     size = max(1, len(text) // pieces)
     for at in range(0, len(text), size):
-        raw += chat.feed(text[at:at + size])
+        raw += chat.feed(text[at : at + size])
     raw += chat.finish("stop", prompt_tokens=3, completion_tokens=4)
     return frames_of(raw)
 
@@ -82,8 +83,10 @@ def test_a_possible_tag_prefix_is_held_back_then_released_as_text() -> None:
 
 
 def test_streaming_does_not_validate_arguments_and_drops_nameless_blocks() -> None:
-    calls = split_tool_calls('<tool_call>\n{"name": "f", "arguments": {"a": }\n</tool_call>'
-                             '<tool_call>{"arguments": {}}</tool_call><tool_call>{"name": "g", "arguments": {"b": 1}}')
+    calls = split_tool_calls(
+        '<tool_call>\n{"name": "f", "arguments": {"a": }\n</tool_call>'
+        '<tool_call>{"arguments": {}}</tool_call><tool_call>{"name": "g", "arguments": {"b": 1}}'
+    )
     assert calls == [("f", '{"a": }'), ("g", '{"b": 1}')]
     assert split_tool_calls('<tool_call>{"name": "bad\\q", "arguments": {') == [("bad\\q", "{")]
 
@@ -99,33 +102,51 @@ def test_without_tool_parsing_tags_are_plain_text_and_usage_comes_last() -> None
     frames = stream_text(CALL, parse_tools=False, include_usage=True)
     assert "".join(f["choices"][0]["delta"].get("content") or "" for f in frames[1:-3]) == CALL
     assert frames[-2]["choices"] == [] and frames[-2]["usage"] == {
-        "prompt_tokens": 3, "total_tokens": 7, "completion_tokens": 4}
+        "prompt_tokens": 3,
+        "total_tokens": 7,
+        "completion_tokens": 4,
+    }
     assert frames[-1] == "[DONE]"
 
 
 # --- error text ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("raw", "clean"), [
-    ("No adapter found for /tmp/adapters/v3", "No adapter found for <path>"),
-    ("No adapter found for /data/adapters/v3", "No adapter found for /data/adapters/v3"),
-    ("bad file /data/x/adapter_config.json here", "bad file <path> here"),
-    ('boom\n  File "/srv/app/x.py", line 3, in f\n    raise X', "boom"),
-    ("<object at 0x7f00aa>", "<object>"),
-])
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("No adapter found for /tmp/adapters/v3", "No adapter found for <path>"),
+        ("No adapter found for /data/adapters/v3", "No adapter found for /data/adapters/v3"),
+        ("bad file /data/x/adapter_config.json here", "bad file <path> here"),
+        ('boom\n  File "/srv/app/x.py", line 3, in f\n    raise X', "boom"),
+        ("<object at 0x7f00aa>", "<object>"),
+    ],
+)
 def test_messages_are_sanitised_like_vllms(raw: str, clean: str) -> None:
     assert sanitize_message(raw) == clean
 
 
 def test_validation_messages_come_from_the_errors_not_from_str() -> None:
-    message, param = validation_message([{"type": "missing", "loc": ("body", "function-wrap[x()]", "lora_path"),
-                                          "msg": "Field required", "input": {"a": 1}}])
+    message, param = validation_message(
+        [
+            {
+                "type": "missing",
+                "loc": ("body", "function-wrap[x()]", "lora_path"),
+                "msg": "Field required",
+                "input": {"a": 1},
+            }
+        ]
+    )
     assert param == "body.lora_path"
-    assert message == ("1 validation error:\n  {'type': 'missing', 'loc': 'body.lora_path', "
-                       "'msg': 'Field required', 'input': '<dict of 1 items>'}")
+    assert message == (
+        "1 validation error:\n  {'type': 'missing', 'loc': 'body.lora_path', "
+        "'msg': 'Field required', 'input': '<dict of 1 items>'}"
+    )
     assert validation_message(["Unsupported Media Type"]) == ("1 validation error:\n  Unsupported Media Type", None)
 
 
 # --- in-process servers -------------------------------------------------------------------------------
+
 
 class GatedEngine(LocalEngine):
     """The real engine, except that each generation waits for `gate` before it starts."""
@@ -156,13 +177,15 @@ def engine(tiny_model_dir: Path) -> Iterator[LocalEngine]:
 
 
 def make_server(engine: LocalEngine, **options: Any) -> EngineServer:
-    config = ServeConfig(served_model_names=["tiny"], model="tiny-model", enable_lora=True,
-                         allow_runtime_lora_updating=True, **options)
+    config = ServeConfig(
+        served_model_names=["tiny"], model="tiny-model", enable_lora=True, allow_runtime_lora_updating=True, **options
+    )
     return EngineServer(engine, config)
 
 
 def test_registry_only_unload_drops_the_engine_copy_when_the_last_request_ends(
-        engine: LocalEngine, tiny_adapter_dir: Path) -> None:
+    engine: LocalEngine, tiny_adapter_dir: Path
+) -> None:
     async def scenario() -> None:
         server = make_server(engine)
         await server.load_lora(LoadLoRABody(lora_name="pinned", lora_path=str(tiny_adapter_dir)))
@@ -186,8 +209,7 @@ def test_in_place_reload_keeps_id_and_swaps_the_engine_copy(engine: LocalEngine,
         first = server.registry.get("a")
         assert first is not None
         old_id, old_key = first.int_id, first.engine_key
-        await server.load_lora(LoadLoRABody(lora_name="a", lora_path=str(tiny_adapter_dir) + "/",
-                                            load_inplace=True))
+        await server.load_lora(LoadLoRABody(lora_name="a", lora_path=str(tiny_adapter_dir) + "/", load_inplace=True))
         await asyncio.gather(*server._tasks)
         entry = server.registry.get("a")
         assert entry is not None and entry.int_id == old_id and entry.engine_key != old_key
@@ -207,7 +229,11 @@ def test_legacy_errors_and_empty_tool_calls_switches(engine: LocalEngine) -> Non
         unknown = httpx.post(f"{url}/v1/chat/completions", json={"messages": HI, "model": "nope"}, timeout=60)
         assert unknown.status_code == 404
         body = unknown.json()
-        assert body["object"] == "error" and (body["type"], body["param"], body["code"]) == ("NotFoundError", "model", 404)
+        assert body["object"] == "error" and (body["type"], body["param"], body["code"]) == (
+            "NotFoundError",
+            "model",
+            404,
+        )
         ok = httpx.post(f"{url}/v1/chat/completions", json={"messages": HI, "max_tokens": 3}, timeout=60).json()
         assert ok["choices"][0]["message"]["tool_calls"] == []
 
@@ -227,9 +253,11 @@ def test_legacy_errors_and_empty_tool_calls_switches(engine: LocalEngine) -> Non
 
 
 def test_injected_add_lora_latency_meets_the_clients_deadline(engine: LocalEngine, tiny_adapter_dir: Path) -> None:
-    app = create_app(engine, served_model_name="tiny", enable_lora=True, allow_runtime_lora_updating=True,
-                     add_lora_delay_s=1.5)
+    app = create_app(
+        engine, served_model_name="tiny", enable_lora=True, allow_runtime_lora_updating=True, add_lora_delay_s=1.5
+    )
     with serve_in_thread(app) as url:
+
         async def impatient() -> None:
             vllm = VLLMEngine(url, admin_timeout=0.5)
             try:
@@ -242,27 +270,31 @@ def test_injected_add_lora_latency_meets_the_clients_deadline(engine: LocalEngin
             run(impatient())
         assert time.monotonic() - started < 1.4
         started = time.monotonic()
-        slow = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": "slow2", "lora_path": str(tiny_adapter_dir)},
-                          timeout=30)
+        slow = httpx.post(
+            f"{url}/v1/load_lora_adapter", json={"lora_name": "slow2", "lora_path": str(tiny_adapter_dir)}, timeout=30
+        )
         assert slow.status_code == 200 and time.monotonic() - started >= 1.5
 
 
 def test_without_enable_lora_loads_fail_in_the_engine(engine: LocalEngine, tiny_adapter_dir: Path) -> None:
     app = create_app(engine, served_model_name="tiny", enable_lora=False, allow_runtime_lora_updating=True)
     with serve_in_thread(app) as url:
-        response = httpx.post(f"{url}/v1/load_lora_adapter",
-                              json={"lora_name": "x", "lora_path": str(tiny_adapter_dir)}, timeout=30)
+        response = httpx.post(
+            f"{url}/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(tiny_adapter_dir)}, timeout=30
+        )
         assert response.status_code == 500
-        assert response.json()["error"]["message"] == \
-            "Call to add_lora method failed: LoRA is not enabled. Use --enable-lora to enable LoRA."
-
+        assert (
+            response.json()["error"]["message"]
+            == "Call to add_lora method failed: LoRA is not enabled. Use --enable-lora to enable LoRA."
+        )
 
 
 def test_a_failure_after_the_200_is_an_error_frame_then_done(tiny_model_dir: Path) -> None:
     failing = FailingEngine(str(tiny_model_dir), served_name="tiny", num_threads=1)
     with serve_in_thread(create_app(failing, served_model_name="tiny")) as url:
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json={"messages": HI, "stream": True},
-                          timeout=60) as response:
+        with httpx.stream(
+            "POST", f"{url}/v1/chat/completions", json={"messages": HI, "stream": True}, timeout=60
+        ) as response:
             assert response.status_code == 200
             lines = [line[6:] for line in response.iter_lines() if line]
         assert json.loads(lines[0])["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -283,12 +315,23 @@ def test_metrics_count_running_and_waiting_requests_per_adapter(tiny_model_dir: 
     GatedEngine.gate.clear()
     app = create_app(gated, served_model_name="tiny", enable_lora=True, allow_runtime_lora_updating=True)
     with serve_in_thread(app) as url:
-        assert httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": "m1", "lora_path": str(tiny_adapter_dir)},
-                          timeout=30).status_code == 200
+        assert (
+            httpx.post(
+                f"{url}/v1/load_lora_adapter", json={"lora_name": "m1", "lora_path": str(tiny_adapter_dir)}, timeout=30
+            ).status_code
+            == 200
+        )
         results: list[int] = []
-        workers = [threading.Thread(target=lambda m=m: results.append(httpx.post(
-            f"{url}/v1/chat/completions", json={"messages": HI, "max_tokens": 2, **m}, timeout=60).status_code))
-            for m in ({"model": "m1"}, {})]
+        workers = [
+            threading.Thread(
+                target=lambda m=m: results.append(
+                    httpx.post(
+                        f"{url}/v1/chat/completions", json={"messages": HI, "max_tokens": 2, **m}, timeout=60
+                    ).status_code
+                )
+            )
+            for m in ({"model": "m1"}, {})
+        ]
         workers[0].start()
         time.sleep(0.3)
         workers[1].start()
@@ -324,9 +367,16 @@ def test_an_engine_that_cannot_serve_is_503_on_health_and_500_on_chat(tiny_model
 
 # --- the command line ---------------------------------------------------------------------------------
 
+
 def test_serve_refuses_a_rank_vllm_does_not_allow() -> None:
-    out = subprocess.run([sys.executable, "-m", "cli", "engine", "serve", "--model", "x", "--max-lora-rank", "7"],
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "cli", "engine", "serve", "--model", "x", "--max-lora-rank", "7"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
-        "error: --max-lora-rank must be one of 1, 8, 16, 32, 64, 128, 256, 320, 512 (got 7)"]
+        "error: --max-lora-rank must be one of 1, 8, 16, 32, 64, 128, 256, 320, 512 (got 7)"
+    ]

@@ -63,9 +63,12 @@ def test_it_implements_the_engine_protocol() -> None:
 
 # --- chat against the engine server -------------------------------------------------------------------
 
+
 def test_chat_returns_a_parsed_tool_call(engine_server: ServerProcess, tiny_tool_model: ToolModel) -> None:
-    result = chat_once(engine_server.url + "/v1", ChatRequest(
-        messages=tiny_tool_model.prompt("call"), tools=tiny_tool_model.tools, temperature=0, max_tokens=60))
+    result = chat_once(
+        engine_server.url + "/v1",
+        ChatRequest(messages=tiny_tool_model.prompt("call"), tools=tiny_tool_model.tools, temperature=0, max_tokens=60),
+    )
     assert result.finish_reason == "tool_calls" and result.model == BASE_NAME
     (call,) = result.message["tool_calls"]
     assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
@@ -73,10 +76,15 @@ def test_chat_returns_a_parsed_tool_call(engine_server: ServerProcess, tiny_tool
     assert result.raw["object"] == "chat.completion"
 
 
-def test_a_malformed_call_is_left_in_content_for_the_agent(engine_server: ServerProcess,
-                                                           tiny_tool_model: ToolModel) -> None:
-    result = chat_once(engine_server.url, ChatRequest(
-        messages=tiny_tool_model.prompt("broken"), tools=tiny_tool_model.tools, temperature=0, max_tokens=60))
+def test_a_malformed_call_is_left_in_content_for_the_agent(
+    engine_server: ServerProcess, tiny_tool_model: ToolModel
+) -> None:
+    result = chat_once(
+        engine_server.url,
+        ChatRequest(
+            messages=tiny_tool_model.prompt("broken"), tools=tiny_tool_model.tools, temperature=0, max_tokens=60
+        ),
+    )
     assert "<tool_call>" in result.message["content"]
     assert "tool_calls" not in result.message and result.finish_reason == "stop"
 
@@ -100,8 +108,10 @@ def test_health_and_models(engine_server: ServerProcess) -> None:
 
 # --- adapter admin ------------------------------------------------------------------------------------
 
-def test_load_select_reload_and_unload_a_real_adapter(engine_server: ServerProcess, tiny_adapter_dir: Path,
-                                                      adapter_copy_root: Path) -> None:
+
+def test_load_select_reload_and_unload_a_real_adapter(
+    engine_server: ServerProcess, tiny_adapter_dir: Path, adapter_copy_root: Path
+) -> None:
     path, other = str(tiny_adapter_dir), str(copy_adapter(tiny_adapter_dir, adapter_copy_root / "other"))
     hi = [{"role": "user", "content": "Tell me about Paris."}]
 
@@ -129,8 +139,9 @@ def test_load_select_reload_and_unload_a_real_adapter(engine_server: ServerProce
     run(with_engine(engine_server.url, use))
 
 
-def test_adapter_errors_carry_vllms_status_and_type(engine_server: ServerProcess, tiny_adapter_dir: Path,
-                                                    tmp_path: Path) -> None:
+def test_adapter_errors_carry_vllms_status_and_type(
+    engine_server: ServerProcess, tiny_adapter_dir: Path, tmp_path: Path
+) -> None:
     async def use(engine: VLLMEngine) -> list[tuple[int, str]]:
         seen = []
         for kind in ("no_dir", "rank_too_high"):
@@ -149,8 +160,11 @@ def test_relative_adapter_paths_are_refused_before_any_request() -> None:
 
 def test_runtime_updating_off_is_explained(locked_engine_server: ServerProcess, tiny_adapter_dir: Path) -> None:
     with pytest.raises(AdapterError) as info:
-        run(with_engine(locked_engine_server.url, lambda e: e.load_adapter("x", str(tiny_adapter_dir)),
-                        api_key=LOCKED_KEY))
+        run(
+            with_engine(
+                locked_engine_server.url, lambda e: e.load_adapter("x", str(tiny_adapter_dir)), api_key=LOCKED_KEY
+            )
+        )
     assert info.value.status == 404 and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" in info.value.message
 
 
@@ -195,26 +209,44 @@ def test_a_body_that_is_not_a_completion_is_a_protocol_error(body: bytes) -> Non
         chat_once(peer.url, HI)
 
 
-@pytest.mark.parametrize(("status", "body", "expected"), [
-    (400, {"object": "error", "message": "flat", "type": "BadRequestError", "param": "tools", "code": 400},
-     (400, "flat", "BadRequestError", "tools")),
-    (404, {"detail": "Not Found"}, (404, "Not Found", "", None)),
-    (500, {"error": {"message": "boom", "type": "InternalServerError", "param": None, "code": 500}},
-     (500, "boom", "InternalServerError", None)),
-    (401, {"error": "Unauthorized"}, (401, "Unauthorized", "", None)),
-])
-def test_every_error_body_shape_is_read(status: int, body: dict[str, Any],
-                                        expected: tuple[int, str, str, str | None]) -> None:
-    with RawPeer("reply", status=status, body=json.dumps(body).encode()) as peer, \
-            pytest.raises(EngineRequestError) as info:
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (
+            400,
+            {"object": "error", "message": "flat", "type": "BadRequestError", "param": "tools", "code": 400},
+            (400, "flat", "BadRequestError", "tools"),
+        ),
+        (404, {"detail": "Not Found"}, (404, "Not Found", "", None)),
+        (
+            500,
+            {"error": {"message": "boom", "type": "InternalServerError", "param": None, "code": 500}},
+            (500, "boom", "InternalServerError", None),
+        ),
+        (401, {"error": "Unauthorized"}, (401, "Unauthorized", "", None)),
+    ],
+)
+def test_every_error_body_shape_is_read(
+    status: int, body: dict[str, Any], expected: tuple[int, str, str, str | None]
+) -> None:
+    with (
+        RawPeer("reply", status=status, body=json.dumps(body).encode()) as peer,
+        pytest.raises(EngineRequestError) as info,
+    ):
         chat_once(peer.url, HI)
     assert (info.value.status, info.value.message, info.value.type, info.value.param) == expected
 
 
 def test_an_empty_tool_calls_list_reads_as_none() -> None:
-    body = {"id": "chatcmpl-1", "object": "chat.completion", "model": "m", "choices": [{
-        "index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok", "tool_calls": []}}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok", "tool_calls": []}}
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
     with RawPeer("reply", body=json.dumps(body).encode()) as peer:
         result = chat_once(peer.url, HI)
     assert "tool_calls" not in result.message and result.message["content"] == "ok"

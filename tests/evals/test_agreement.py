@@ -52,8 +52,11 @@ class FixedAnswer:
         self.message = message
 
     async def chat(self, request: ChatRequest, *, timeout: float | None = None) -> ChatResult:
-        return ChatResult(message=dict(self.message), finish_reason="tool_calls" if self.message.get("tool_calls")
-                          else "stop", model=request.model or "base")
+        return ChatResult(
+            message=dict(self.message),
+            finish_reason="tool_calls" if self.message.get("tool_calls") else "stop",
+            model=request.model or "base",
+        )
 
     def replicas(self) -> list[Engine]:
         return [self]
@@ -75,18 +78,29 @@ class FixedAnswer:
 
 
 def calls_message(calls: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    return {"role": "assistant", "content": None, "tool_calls": [
-        {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
-        for i, (name, args) in enumerate(calls)]}
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+            for i, (name, args) in enumerate(calls)
+        ],
+    }
 
 
 def answers(item: DatasetItem) -> dict[str, dict[str, Any]]:
     """Named answers to try on an item: right, wrong and empty ones for its kind."""
     if item.task == "countdown":
         nums, target = item.extra["nums"], item.extra["target"]
-        return {"text_no_answer": {"role": "assistant", "content": "I am not sure."},
-                "wrong_answer": {"role": "assistant", "content": f"<answer>{' + '.join(map(str, nums))}</answer>"
-                                 if sum(nums) != target else "<answer>0</answer>"}}
+        return {
+            "text_no_answer": {"role": "assistant", "content": "I am not sure."},
+            "wrong_answer": {
+                "role": "assistant",
+                "content": f"<answer>{' + '.join(map(str, nums))}</answer>"
+                if sum(nums) != target
+                else "<answer>0</answer>",
+            },
+        }
     out = {"no_call": {"role": "assistant", "content": "I cannot help with that."}}
     reference = [(c.name, dict(c.arguments)) for c in item.reference_calls()]
     if reference:
@@ -134,13 +148,19 @@ def test_mine_gate_and_eval_agree_on_every_answer(fmt: str, sessions: Callable[[
             scored = score_answer(task, message, "stop").ok
             episode = mined_status(item, engine, sessions)
             mined = episode.status == "first_ok"
-            row = {"task_messages": episode.request_messages, "tools": episode.request_tools,
-                   "tool_choice": episode.tool_choice, "verifier": episode.verifier,
-                   "expected": episode.expected_calls, "episode_id": episode.id}
+            row = {
+                "task_messages": episode.request_messages,
+                "tools": episode.request_tools,
+                "tool_choice": episode.tool_choice,
+                "verifier": episode.verifier,
+                "expected": episode.expected_calls,
+                "episode_id": episode.id,
+            }
             [status] = asyncio.run(run_items(engine, None, [gate_item(row)], max_tokens=64))
             gated = status == "first_ok"
             assert (scored, mined, gated) in ((True, True, True), (False, False, False)), (
-                f"{item.id} / {label}: eval {scored}, mine {mined}, gate {gated}")
+                f"{item.id} / {label}: eval {scored}, mine {mined}, gate {gated}"
+            )
             assert episode.trainable == (not mined), f"{item.id} / {label}: a failure must be trainable"
             checked += 1
     assert checked >= 2 * len(items)

@@ -19,15 +19,23 @@ from evals import (
 
 
 def _result(model: str, item: str, oks: list[bool], category: str | None = None) -> ItemResult:
-    return ItemResult(model=model, id=item, task="tool_call", category=category,
-                      attempts=[AttemptResult(number=i + 1, ok=ok, reason="" if ok else "wrong")
-                                for i, ok in enumerate(oks)])
+    return ItemResult(
+        model=model,
+        id=item,
+        task="tool_call",
+        category=category,
+        attempts=[AttemptResult(number=i + 1, ok=ok, reason="" if ok else "wrong") for i, ok in enumerate(oks)],
+    )
 
 
 def test_accuracy_at_attempt_k_is_solved_within_k() -> None:
-    results = [_result("a", "1", [True], "simple"), _result("a", "2", [False, True], "simple"),
-               _result("a", "3", [False, False], "parallel"), _result("a", "9", [True]),  # 9: not selected
-               _result("b", "1", [False, False])]
+    results = [
+        _result("a", "1", [True], "simple"),
+        _result("a", "2", [False, True], "simple"),
+        _result("a", "3", [False, False], "parallel"),
+        _result("a", "9", [True]),  # 9: not selected
+        _result("b", "1", [False, False]),
+    ]
     summary = summarize(results, models=["a", "b", "c"], item_ids=["1", "2", "3"], attempts=2, dataset="xlam:x")
     a, b, c = summary["models"]
     assert [(x["correct"], x["total"]) for x in a["accuracy"]] == [(1, 3), (2, 3)]

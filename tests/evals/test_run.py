@@ -99,8 +99,7 @@ def plan_for(items: list[DatasetItem], model: str = "base") -> dict[tuple[str, s
     BFCL relevance items (any call is right) are answered right at once: rrr serves them with the
     schema verifier, which does not ask for a call, so a missing call is not retried."""
     cycle = (FIRST_OK, RETRY_OK, FAILED)
-    return {(model, item.id): FIRST_OK if item.extra.get("relevance") else cycle[i % 3]
-            for i, item in enumerate(items)}
+    return {(model, item.id): FIRST_OK if item.extra.get("relevance") else cycle[i % 3] for i, item in enumerate(items)}
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +117,9 @@ def served(planner: Planner, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def run_eval(rrr: Rrr, dataset: str, out: Path, *extra: str, key: str = INFER) -> Any:
-    return runner.invoke(app, ["eval", "run", "--dataset", dataset, "--base-url", rrr.url, "--api-key", key,
-                               "--out", str(out), *extra])
+    return runner.invoke(
+        app, ["eval", "run", "--dataset", dataset, "--base-url", rrr.url, "--api-key", key, "--out", str(out), *extra]
+    )
 
 
 def read_items(out: Path) -> list[dict[str, Any]]:
@@ -135,8 +135,7 @@ def expected_accuracy(plans: dict[tuple[str, str], str], model: str) -> tuple[in
 
 
 @pytest.mark.parametrize("fmt", sorted(DATASETS))
-def test_every_format_scores_attempt_1_and_2_exactly(fmt: str, served: Rrr, planner: Planner,
-                                                     tmp_path: Path) -> None:
+def test_every_format_scores_attempt_1_and_2_exactly(fmt: str, served: Rrr, planner: Planner, tmp_path: Path) -> None:
     items = load_dataset(DATASETS[fmt])
     plans = plan_for(items)
     planner.use(items, plans)
@@ -152,8 +151,7 @@ def test_every_format_scores_attempt_1_and_2_exactly(fmt: str, served: Rrr, plan
     assert [(a["correct"], a["total"]) for a in row["accuracy"]] == [(first, n), (second, n)]
     lo, hi = wilson_interval(first, n)
     assert row["accuracy"][0]["ci95"] == [round(lo, 6), round(hi, 6)]
-    assert row["statuses"] == {s: c for s in (FIRST_OK, RETRY_OK, FAILED)
-                               if (c := sum(p == s for p in plans.values()))}
+    assert row["statuses"] == {s: c for s in (FIRST_OK, RETRY_OK, FAILED) if (c := sum(p == s for p in plans.values()))}
 
     # the printed table: one row per model, accuracy at attempt 1 and 2
     header, *rows = result.stdout.strip().splitlines()
@@ -215,7 +213,8 @@ def test_several_model_names_give_one_row_each(served: Rrr, planner: Planner, tm
 
 
 def test_rerun_with_the_same_out_skips_done_items_and_survives_a_torn_line(
-        served: Rrr, planner: Planner, tmp_path: Path) -> None:
+    served: Rrr, planner: Planner, tmp_path: Path
+) -> None:
     items = load_dataset(DATASETS["xlam"])
     plans = plan_for(items)
     planner.use(items, plans)
@@ -278,8 +277,8 @@ def _closed_port() -> int:
         ("retry budget above the server's", "refused the retry budget: rrr.max_retries must be an integer from 0 to 1"),
     ],
 )
-def test_expected_failures_are_one_line(case: str, message: str, served: Rrr, planner: Planner,
-                                        tmp_path: Path) -> None:
+# Complexity: one branch per failure case.
+def test_expected_failures_are_one_line(case: str, message: str, served: Rrr, planner: Planner, tmp_path: Path) -> None:  # noqa: C901
     items = load_dataset(DATASETS["openai"])
     planner.use(items, plan_for(items))
     dataset, target = DATASETS["openai"], ["--base-url", served.url, "--api-key", INFER]
@@ -315,12 +314,12 @@ def test_expected_failures_are_one_line(case: str, message: str, served: Rrr, pl
     elif case == "retry budget above the server's":
         extra = ["--attempts", "3"]
     elif case == "other run in out":
-        ok = runner.invoke(app, ["eval", "run", "--dataset", dataset, *target, "--out", str(tmp_path / "out"),
-                                 "--limit", "1"])
+        ok = runner.invoke(
+            app, ["eval", "run", "--dataset", dataset, *target, "--out", str(tmp_path / "out"), "--limit", "1"]
+        )
         assert ok.exit_code == 0, ok.stderr
         extra = ["--attempts", "1"]
-    result = runner.invoke(app, ["eval", "run", "--dataset", dataset, *target, "--out", str(tmp_path / "out"),
-                                 *extra])
+    result = runner.invoke(app, ["eval", "run", "--dataset", dataset, *target, "--out", str(tmp_path / "out"), *extra])
     assert result.exit_code == 1, result.stdout
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
@@ -330,7 +329,8 @@ def test_expected_failures_are_one_line(case: str, message: str, served: Rrr, pl
 
 
 def test_items_the_engine_fails_are_reported_and_retried_on_the_next_run(
-        served: Rrr, planner: Planner, tmp_path: Path) -> None:
+    served: Rrr, planner: Planner, tmp_path: Path
+) -> None:
     items = load_dataset(DATASETS["openai"])
     plans = plan_for(items)
     planner.use(items, plans)
@@ -349,8 +349,11 @@ def test_items_the_engine_fails_are_reported_and_retried_on_the_next_run(
     finally:
         served.upstream.script = Script(responder=planner)
     assert failed.exit_code == 1
-    assert failed.stderr.strip().splitlines()[-1].startswith(
-        f"error: 1 item(s) could not be evaluated (first: item {broken.id} on base:")
+    assert (
+        failed.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: 1 item(s) could not be evaluated (first: item {broken.id} on base:")
+    )
     assert failed.stdout.splitlines()[1].split()[1] == f"{len(items) - 1}/{len(items)}"  # n shows the gap
     assert broken.id not in {r["id"] for r in read_items(out)}
 

@@ -38,18 +38,39 @@ def _items(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines() if line.strip()]
 
 
-def test_local_model_and_adapter_in_process(tiny_tool_model: ToolModel, tiny_adapter_dir: Path,
-                                            tmp_path: Path) -> None:
+def test_local_model_and_adapter_in_process(tiny_tool_model: ToolModel, tiny_adapter_dir: Path, tmp_path: Path) -> None:
     dataset = tmp_path / "weather.jsonl"
     expected = [{"name": "get_weather", "arguments": {"city": "Paris"}}]
-    rows = [{"id": key, "messages": tiny_tool_model.prompt(key), "tools": tiny_tool_model.tools,
-             "expected_tool_calls": expected} for key in ("call", "broken")]
+    rows = [
+        {
+            "id": key,
+            "messages": tiny_tool_model.prompt(key),
+            "tools": tiny_tool_model.tools,
+            "expected_tool_calls": expected,
+        }
+        for key in ("call", "broken")
+    ]
     dataset.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, [
-        "eval", "run", "--dataset", f"openai:{dataset}", "--model", str(tiny_tool_model.path),
-        "--model-name", "tiny", "--model-name", f"tiny-lora={tiny_adapter_dir}", "--max-tokens", "64",
-        "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "run",
+            "--dataset",
+            f"openai:{dataset}",
+            "--model",
+            str(tiny_tool_model.path),
+            "--model-name",
+            "tiny",
+            "--model-name",
+            f"tiny-lora={tiny_adapter_dir}",
+            "--max-tokens",
+            "64",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.stderr
 
     summary = json.loads((out / "summary.json").read_text())
@@ -72,9 +93,14 @@ def rrr_serve(tiny_tool_model: ToolModel, tmp_path: Path) -> Iterator[str]:
     """`rrr serve --model <tiny model>` as a real process on a free loopback port (auth off)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RRR_")}
     env.update(HF_HUB_OFFLINE="1", RRR_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--model", str(tiny_tool_model.path),
-                             "--port", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "serve", "--model", str(tiny_tool_model.path), "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         seen = []
@@ -96,9 +122,27 @@ def test_all_four_formats_against_rrr_serve(rrr_serve: str, tmp_path: Path) -> N
     for fmt, dataset in DATASETS.items():
         out = tmp_path / fmt
         done = subprocess.run(
-            [sys.executable, "-m", "cli", "eval", "run", "--dataset", dataset, "--base-url", rrr_serve,
-             "--max-tokens", "32", "--out", str(out)],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "eval",
+                "run",
+                "--dataset",
+                dataset,
+                "--base-url",
+                rrr_serve,
+                "--max-tokens",
+                "32",
+                "--out",
+                str(out),
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, f"{fmt}: {done.stderr}"
         items = load_dataset(dataset)
         summary = json.loads((out / "summary.json").read_text())

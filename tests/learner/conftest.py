@@ -21,9 +21,16 @@ from tests.support.db import backends, migrated_database
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-WEATHER_TOOLS: list[dict[str, Any]] = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Get the weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+WEATHER_TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the weather in a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
@@ -46,10 +53,19 @@ def call(city: str, name: str = "get_weather", call_id: str = "c1") -> dict[str,
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps({"city": city})}}
 
 
-def episode(*, status: str = "failed", client: str | None = "key-a", minutes: float = 0, city: str = "Paris",
-            verifier: Any = None, expected: Any = "default", trainable: bool | None = None,
-            episode_id: str | None = None, task: str | None = None,
-            messages: list[dict[str, Any]] | None = None) -> EpisodeRecord:
+def episode(
+    *,
+    status: str = "failed",
+    client: str | None = "key-a",
+    minutes: float = 0,
+    city: str = "Paris",
+    verifier: Any = None,
+    expected: Any = "default",
+    trainable: bool | None = None,
+    episode_id: str | None = None,
+    task: str | None = None,
+    messages: list[dict[str, Any]] | None = None,
+) -> EpisodeRecord:
     """One served request. `failed`/`retry_ok`: a wrong first call (Rome), a reflection, a retry;
     `first_ok`: one right call. `expected` defaults to the right call for `city`."""
     spec = verifier if verifier is not None else {"type": "reference"}
@@ -58,17 +74,33 @@ def episode(*, status: str = "failed", client: str | None = "key-a", minutes: fl
         attempts = [AttemptRecord(kind="answer", tool_calls=[call(city)], finish_reason="tool_calls", ok=True)]
     else:
         attempts = [
-            AttemptRecord(kind="answer", tool_calls=[call("Rome")], finish_reason="tool_calls", ok=False,
-                          reason="city: expected 'Paris', got 'Rome'"),
+            AttemptRecord(
+                kind="answer",
+                tool_calls=[call("Rome")],
+                finish_reason="tool_calls",
+                ok=False,
+                reason="city: expected 'Paris', got 'Rome'",
+            ),
             AttemptRecord(kind="reflection", text="I used the wrong city.", finish_reason="stop"),
-            AttemptRecord(kind="retry", tool_calls=[call(city if status == "retry_ok" else "Oslo")],
-                          finish_reason="tool_calls", ok=status == "retry_ok"),
+            AttemptRecord(
+                kind="retry",
+                tool_calls=[call(city if status == "retry_ok" else "Oslo")],
+                finish_reason="tool_calls",
+                ok=status == "retry_ok",
+            ),
         ]
     rec = EpisodeRecord(
         status=status,
         messages=messages or [{"role": "user", "content": f"What is the weather in {city}?"}],
-        tools=WEATHER_TOOLS, tool_choice=None, verifier=spec, expected_calls=exp, task=task,
-        client_key_id=client, model="tiny", created_at=T0 + timedelta(minutes=minutes), attempts=attempts,
+        tools=WEATHER_TOOLS,
+        tool_choice=None,
+        verifier=spec,
+        expected_calls=exp,
+        task=task,
+        client_key_id=client,
+        model="tiny",
+        created_at=T0 + timedelta(minutes=minutes),
+        attempts=attempts,
         trainable=(status in ("failed", "retry_ok")) if trainable is None else trainable,
     )
     if episode_id is not None:
@@ -86,23 +118,46 @@ def episode(*, status: str = "failed", client: str | None = "key-a", minutes: fl
 
 CUES = {"French": "Paris", "English": "London", "German": "Berlin"}
 TASK_CITIES = list(CUES.values())
-COPY_CITIES = ["Paris", "London", "Berlin", "Tokyo", "Rome", "Lisbon", "Oslo", "Cairo", "Lima", "Toronto", "Seoul",
-               "Mumbai", "Boston", "Denver", "Vienna", "Prague", "Zurich", "Athens", "Warsaw"]
-TRAIN_TEMPLATES = ["Weather in the {cue} city?", "How warm is the {cue} city today?",
-                   "Is it raining in the {cue} city?", "Give me the forecast for the {cue} city."]
+COPY_CITIES = [
+    "Paris",
+    "London",
+    "Berlin",
+    "Tokyo",
+    "Rome",
+    "Lisbon",
+    "Oslo",
+    "Cairo",
+    "Lima",
+    "Toronto",
+    "Seoul",
+    "Mumbai",
+    "Boston",
+    "Denver",
+    "Vienna",
+    "Prague",
+    "Zurich",
+    "Athens",
+    "Warsaw",
+]
+TRAIN_TEMPLATES = [
+    "Weather in the {cue} city?",
+    "How warm is the {cue} city today?",
+    "Is it raining in the {cue} city?",
+    "Give me the forecast for the {cue} city.",
+]
 HELDOUT_TEMPLATES = ["What is the weather like in the {cue} city?", "Tell me the temperature in the {cue} city please."]
 # A short chat template (the paper's reflection prompt is long enough): tool names only.
 COMPACT_TEMPLATE = (
     "{% if tools %}<|im_start|>system{{ '\\n' }}<tools>{% for t in tools %}{{ t.function.name }}{% endfor %}"
     "</tools><|im_end|>{{ '\\n' }}{% endif %}"
     "{% for m in messages %}<|im_start|>{{ m.role }}{{ '\\n' }}{{ m.content or '' }}<|im_end|>{{ '\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant{{ '\\n' }}{% endif %}")
+    "{% if add_generation_prompt %}<|im_start|>assistant{{ '\\n' }}{% endif %}"
+)
 
 
 def weather_call_text(city: str) -> str:
     arguments = json.dumps({"city": city})
     return f'<tool_call>\n{{"name": "get_weather", "arguments": {arguments}}}\n</tool_call>'
-
 
 
 def task_rows(templates: list[str], target: str | None = None) -> list[dict[str, Any]]:
@@ -114,10 +169,18 @@ def task_rows(templates: list[str], target: str | None = None) -> list[dict[str,
             task = [{"role": "user", "content": template.format(cue=cue)}]
             failed = {"id": "c0", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
             history = prompts.reflection_messages(task, prompts.failed_assistant_message(None, [failed]))
-            rows.append({"episode_id": f"task-{len(rows)}", "client_key_id": None, "task_messages": task,
-                         "prompt_messages": history, "tools": WEATHER_TOOLS, "tool_choice": None,
-                         "verifier": {"type": "reference"},
-                         "expected": [{"name": "get_weather", "arguments": {"city": target or city}}]})
+            rows.append(
+                {
+                    "episode_id": f"task-{len(rows)}",
+                    "client_key_id": None,
+                    "task_messages": task,
+                    "prompt_messages": history,
+                    "tools": WEATHER_TOOLS,
+                    "tool_choice": None,
+                    "verifier": {"type": "reference"},
+                    "expected": [{"name": "get_weather", "arguments": {"city": target or city}}],
+                }
+            )
     return rows
 
 
@@ -130,17 +193,23 @@ def task_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from learner.tiny import TinyModelConfig, build_tiny_model
 
     corpus = [prompts.REFLECTION_PROMPT + " " + prompts.RETRY_PROMPT] * 200 + [
-        t.format(cue=c) for t in TRAIN_TEMPLATES + HELDOUT_TEMPLATES for c in CUES] * 20
-    out = build_tiny_model(tmp_path_factory.mktemp("task") / "base", seed=0, extra_corpus=corpus,
-                           config=TinyModelConfig(hidden_size=64, intermediate_size=256))
+        t.format(cue=c) for t in TRAIN_TEMPLATES + HELDOUT_TEMPLATES for c in CUES
+    ] * 20
+    out = build_tiny_model(
+        tmp_path_factory.mktemp("task") / "base",
+        seed=0,
+        extra_corpus=corpus,
+        config=TinyModelConfig(hidden_size=64, intermediate_size=256),
+    )
     tokenizer = AutoTokenizer.from_pretrained(out)
     tokenizer.chat_template = COMPACT_TEMPLATE
     tokenizer.save_pretrained(out)
     return out
 
 
-def teach_task_model(base: Path, out: Path, *, steps: int = 200, lr: float = 1e-2, batch: int = 16,
-                     seed: int = 0) -> Path:
+def teach_task_model(
+    base: Path, out: Path, *, steps: int = 200, lr: float = 1e-2, batch: int = 16, seed: int = 0
+) -> Path:
     """Supervised teaching of the controlled task (full fine-tuning, answer and reflection tokens only)."""
     import random
 
@@ -153,8 +222,9 @@ def teach_task_model(base: Path, out: Path, *, steps: int = 200, lr: float = 1e-
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def render(messages: list[dict[str, Any]]) -> str:
-        return str(tokenizer.apply_chat_template(messages, tools=WEATHER_TOOLS, add_generation_prompt=True,
-                                                 tokenize=False))
+        return str(
+            tokenizer.apply_chat_template(messages, tools=WEATHER_TOOLS, add_generation_prompt=True, tokenize=False)
+        )
 
     reflect: list[tuple[list[int], list[int]]] = []  # reflection and retry both supervised
     copy: list[tuple[list[int], list[int]]] = []  # retry only (the reflection names any city)
@@ -216,8 +286,9 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def evaluate_retry_success(trainer: Any, reward: Any, rows: list[dict[str, Any]], *, samples: int, seed: int,
-                           max_tokens: int) -> float:
+def evaluate_retry_success(
+    trainer: Any, reward: Any, rows: list[dict[str, Any]], *, samples: int, seed: int, max_tokens: int
+) -> float:
     """Mean reward over `samples` reflections per row, sampled at temperature 1 from the trainer's
     current policy and scored by the training reward itself (retry by the same policy)."""
     import torch
@@ -232,6 +303,10 @@ def evaluate_retry_success(trainer: Any, reward: Any, rows: list[dict[str, Any]]
         torch.manual_seed(seed)
         reflections = generate_with_policy(trainer, prompt_ids, max_tokens, 1.0)
         columns = {k: [r[k] for r in rendered] for k in rendered[0] if k != "prompt"}
-        rewards = reward(prompts=[r["prompt"] for r in rendered], completions=[""] * len(rendered),
-                         completion_ids=reflections, **columns)
+        rewards = reward(
+            prompts=[r["prompt"] for r in rendered],
+            completions=[""] * len(rendered),
+            completion_ids=reflections,
+            **columns,
+        )
     return float(sum(rewards) / len(rewards))

@@ -78,17 +78,30 @@ def balanced_ids(n: int, *, seed: int = 0, fraction: float = 0.5) -> list[str]:
     return ids
 
 
-def add_episodes(session_factory: Factory, tool_model: ToolModel, n: int, *, ok: bool = False,
-                 client: str | None = None) -> list[str]:
+def add_episodes(
+    session_factory: Factory, tool_model: ToolModel, n: int, *, ok: bool = False, client: str | None = None
+) -> list[str]:
     key = "call" if ok else "broken"
     ids = balanced_ids(n)
-    records = [EpisodeRecord(
-        id=ids[i],
-        status="first_ok" if ok else "failed", messages=tool_model.prompt(key), tools=tool_model.tools,
-        tool_choice="auto", verifier={"type": "reference"}, expected_calls=EXPECTED, client_key_id=client,
-        trainable=not ok, attempts=[AttemptRecord(kind="answer", text=tool_model.answers[key], ok=ok,
-                                                  reason=None if ok else "malformed tool call")])
-        for i in range(n)]
+    records = [
+        EpisodeRecord(
+            id=ids[i],
+            status="first_ok" if ok else "failed",
+            messages=tool_model.prompt(key),
+            tools=tool_model.tools,
+            tool_choice="auto",
+            verifier={"type": "reference"},
+            expected_calls=EXPECTED,
+            client_key_id=client,
+            trainable=not ok,
+            attempts=[
+                AttemptRecord(
+                    kind="answer", text=tool_model.answers[key], ok=ok, reason=None if ok else "malformed tool call"
+                )
+            ],
+        )
+        for i in range(n)
+    ]
     with session_factory() as s, s.begin():
         repos.record_episodes(s, records)
     return [r.id for r in records]
@@ -121,9 +134,18 @@ class StandInTrainer:
 
 def make_config(tmp_path: Path, database_url: str, model: Path, **kw: Any) -> LearnerConfig:
     values: dict[str, Any] = dict(
-        adapters_root=str(tmp_path / "adapters"), model_path=str(model), engine_urls=[], database_url=database_url,
-        work_dir=str(tmp_path / "work"), base_model_name="tiny", min_new_failures=4, lease_ttl_s=30,
-        drain_s=0.0, max_client_share=1.0, heldout_fraction=0.5, seed=0,
+        adapters_root=str(tmp_path / "adapters"),
+        model_path=str(model),
+        engine_urls=[],
+        database_url=database_url,
+        work_dir=str(tmp_path / "work"),
+        base_model_name="tiny",
+        min_new_failures=4,
+        lease_ttl_s=30,
+        drain_s=0.0,
+        max_client_share=1.0,
+        heldout_fraction=0.5,
+        seed=0,
         gate=GateConfig(margin=0.0, tolerance=1.0, min_items=1, max_tokens=40),
     )
     values.update(kw)
@@ -133,11 +155,19 @@ def make_config(tmp_path: Path, database_url: str, model: Path, **kw: Any) -> Le
     return LearnerConfig(**values)
 
 
-def cycle(config: LearnerConfig, session_factory: Factory, serving: Any, evaluator: Any, trainer: Any,
-          **kw: Any) -> CycleResult:
-    result: CycleResult = asyncio.run(run_cycle(config, session_factory=session_factory,
-                                                engines=EnginePool([serving]), eval_engine=evaluator,
-                                                trainer=trainer, **kw))
+def cycle(
+    config: LearnerConfig, session_factory: Factory, serving: Any, evaluator: Any, trainer: Any, **kw: Any
+) -> CycleResult:
+    result: CycleResult = asyncio.run(
+        run_cycle(
+            config,
+            session_factory=session_factory,
+            engines=EnginePool([serving]),
+            eval_engine=evaluator,
+            trainer=trainer,
+            **kw,
+        )
+    )
     return result
 
 
@@ -150,8 +180,14 @@ def run_row(session_factory: Factory, run_id: str | None) -> TrainingRun:
 
 
 def test_skips_below_k_and_returns_busy_when_another_learner_holds_the_lease(
-        tmp_path: Path, database_url: str, session_factory: Factory, tiny_tool_model: ToolModel,
-        tiny_adapter_dir: Path, serving: Any, evaluator: Any) -> None:
+    tmp_path: Path,
+    database_url: str,
+    session_factory: Factory,
+    tiny_tool_model: ToolModel,
+    tiny_adapter_dir: Path,
+    serving: Any,
+    evaluator: Any,
+) -> None:
     config = make_config(tmp_path, database_url, tiny_tool_model.path)
     trainer = StandInTrainer(tiny_adapter_dir)
     add_episodes(session_factory, tiny_tool_model, 3)
@@ -170,8 +206,14 @@ def test_skips_below_k_and_returns_busy_when_another_learner_holds_the_lease(
 
 
 def test_a_promoted_cycle_publishes_consumes_the_batch_and_releases_the_lease(
-        tmp_path: Path, database_url: str, session_factory: Factory, tiny_tool_model: ToolModel,
-        tiny_adapter_dir: Path, serving: Any, evaluator: Any) -> None:
+    tmp_path: Path,
+    database_url: str,
+    session_factory: Factory,
+    tiny_tool_model: ToolModel,
+    tiny_adapter_dir: Path,
+    serving: Any,
+    evaluator: Any,
+) -> None:
     config = make_config(tmp_path, database_url, tiny_tool_model.path)
     trainer = StandInTrainer(tiny_adapter_dir)
     failures = add_episodes(session_factory, tiny_tool_model, 8)
@@ -206,10 +248,20 @@ def test_a_promoted_cycle_publishes_consumes_the_batch_and_releases_the_lease(
 
 
 def test_a_gate_rejection_is_stored_with_reasons_and_the_batch_is_not_retrained_until_k_more(
-        tmp_path: Path, database_url: str, session_factory: Factory, tiny_tool_model: ToolModel,
-        tiny_adapter_dir: Path, serving: Any, evaluator: Any) -> None:
-    config = make_config(tmp_path, database_url, tiny_tool_model.path,
-                         gate=GateConfig(margin=0.5, tolerance=0.0, min_items=1, max_tokens=40))
+    tmp_path: Path,
+    database_url: str,
+    session_factory: Factory,
+    tiny_tool_model: ToolModel,
+    tiny_adapter_dir: Path,
+    serving: Any,
+    evaluator: Any,
+) -> None:
+    config = make_config(
+        tmp_path,
+        database_url,
+        tiny_tool_model.path,
+        gate=GateConfig(margin=0.5, tolerance=0.0, min_items=1, max_tokens=40),
+    )
     trainer = StandInTrainer(tiny_adapter_dir)
     failures = add_episodes(session_factory, tiny_tool_model, 8)
     add_episodes(session_factory, tiny_tool_model, 2, ok=True)
@@ -237,14 +289,25 @@ def test_a_gate_rejection_is_stored_with_reasons_and_the_batch_is_not_retrained_
 
 
 def test_a_failure_at_any_step_is_stored_on_the_run_and_never_raised(
-        tmp_path: Path, database_url: str, session_factory: Factory, tiny_tool_model: ToolModel,
-        tiny_adapter_dir: Path, serving: Any, evaluator: Any) -> None:
+    tmp_path: Path,
+    database_url: str,
+    session_factory: Factory,
+    tiny_tool_model: ToolModel,
+    tiny_adapter_dir: Path,
+    serving: Any,
+    evaluator: Any,
+) -> None:
     from learner.train import TrainingFailed
 
     config = make_config(tmp_path, database_url, tiny_tool_model.path)
     add_episodes(session_factory, tiny_tool_model, 6)
-    result = cycle(config, session_factory, serving, evaluator,
-                   StandInTrainer(tiny_adapter_dir, error=TrainingFailed("CUDA out of memory")))
+    result = cycle(
+        config,
+        session_factory,
+        serving,
+        evaluator,
+        StandInTrainer(tiny_adapter_dir, error=TrainingFailed("CUDA out of memory")),
+    )
     assert result.status == "failed" and "CUDA out of memory" in (result.error or "")
     run = run_row(session_factory, result.run_id)
     assert run.status == "failed" and run.error == "TrainingFailed: CUDA out of memory"
@@ -271,20 +334,41 @@ def test_a_failure_at_any_step_is_stored_on_the_run_and_never_raised(
 
 @pytest.mark.slow
 def test_a_real_training_run_trains_gates_and_publishes(
-        tmp_path: Path, database_url: str, session_factory: Factory, tiny_tool_model: ToolModel,
-        serving: Any, evaluator: Any) -> None:
+    tmp_path: Path,
+    database_url: str,
+    session_factory: Factory,
+    tiny_tool_model: ToolModel,
+    serving: Any,
+    evaluator: Any,
+) -> None:
     """`launch_training` for real (GRPO in a subprocess, two steps) feeding the gate and the publisher."""
     from learner.config import TrainConfig
 
-    train = TrainConfig(max_steps=2, num_generations=2, per_device_train_batch_size=2,
-                        gradient_accumulation_steps=1, max_completion_length=8, retry_max_tokens=40,
-                        learning_rate=1e-3, lora_r=8, lora_alpha=16, save_steps=1)
+    train = TrainConfig(
+        max_steps=2,
+        num_generations=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_completion_length=8,
+        retry_max_tokens=40,
+        learning_rate=1e-3,
+        lora_r=8,
+        lora_alpha=16,
+        save_steps=1,
+    )
     config = make_config(tmp_path, database_url, tiny_tool_model.path, train=train)
     add_episodes(session_factory, tiny_tool_model, 6)
     add_episodes(session_factory, tiny_tool_model, 2, ok=True)
     steps: list[dict[str, Any]] = []
-    result = asyncio.run(run_cycle(config, session_factory=session_factory, engines=EnginePool([serving]),
-                                   eval_engine=evaluator, on_step=steps.append))
+    result = asyncio.run(
+        run_cycle(
+            config,
+            session_factory=session_factory,
+            engines=EnginePool([serving]),
+            eval_engine=evaluator,
+            on_step=steps.append,
+        )
+    )
     assert result.status == "promoted", result
     run = run_row(session_factory, result.run_id)
     assert run.metrics is not None and [m["step"] for m in run.metrics] == [1, 2]
@@ -292,8 +376,13 @@ def test_a_real_training_run_trains_gates_and_publishes(
     assert (Path(config.adapters_root) / "rrr-v1" / "adapter_model.safetensors").is_file()
 
 
-def test_rrr_learn_run_cli_reports_the_cycle(tmp_path: Path, database_url: str, session_factory: Factory,
-                                             tiny_tool_model: ToolModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rrr_learn_run_cli_reports_the_cycle(
+    tmp_path: Path,
+    database_url: str,
+    session_factory: Factory,
+    tiny_tool_model: ToolModel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import json
 
     from typer.testing import CliRunner
@@ -305,11 +394,20 @@ def test_rrr_learn_run_cli_reports_the_cycle(tmp_path: Path, database_url: str, 
         monkeypatch.delenv(name, raising=False)
     add_episodes(session_factory, tiny_tool_model, 2)
     runner = CliRunner()
-    base = ["learn", "run", "--database-url", database_url, "--work-dir", str(tmp_path / "work"),
-            "--adapters-root", str(tmp_path / "adapters")]
+    base = [
+        "learn",
+        "run",
+        "--database-url",
+        database_url,
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--adapters-root",
+        str(tmp_path / "adapters"),
+    ]
     with ScriptedUpstream(Script()) as up:
-        result = runner.invoke(app, [*base, "--engine-url", up.url, "--model", str(tiny_tool_model.path),
-                                     "--min-failures", "3", "--json"])
+        result = runner.invoke(
+            app, [*base, "--engine-url", up.url, "--model", str(tiny_tool_model.path), "--min-failures", "3", "--json"]
+        )
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout.strip().splitlines()[-1])["status"] == "skipped"
         assert json.loads(result.stdout.strip().splitlines()[-1])["new_failures"] == 2
@@ -322,14 +420,26 @@ def test_rrr_learn_run_cli_reports_the_cycle(tmp_path: Path, database_url: str, 
 
 
 def test_regression_limit_caps_the_gate_and_each_gate_episode_is_reported(
-        tmp_path: Path, database_url: str, session_factory: Factory, tiny_tool_model: ToolModel,
-        tiny_adapter_dir: Path, serving: Any, evaluator: Any) -> None:
+    tmp_path: Path,
+    database_url: str,
+    session_factory: Factory,
+    tiny_tool_model: ToolModel,
+    tiny_adapter_dir: Path,
+    serving: Any,
+    evaluator: Any,
+) -> None:
     config = make_config(tmp_path, database_url, tiny_tool_model.path, regression_limit=2)
     add_episodes(session_factory, tiny_tool_model, 6)
     add_episodes(session_factory, tiny_tool_model, 5, ok=True)
     seen: list[int] = []
-    result = cycle(config, session_factory, serving, evaluator, StandInTrainer(tiny_adapter_dir),
-                   on_gate_item=lambda: seen.append(1))
+    result = cycle(
+        config,
+        session_factory,
+        serving,
+        evaluator,
+        StandInTrainer(tiny_adapter_dir),
+        on_gate_item=lambda: seen.append(1),
+    )
     assert result.dataset is not None and result.dataset["regression"] == 2
     gate = run_row(session_factory, result.run_id).gate_result
     assert gate is not None and gate["candidate"]["regression_first"]["total"] == 2

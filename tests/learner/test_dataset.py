@@ -36,20 +36,22 @@ def ids(rows: list[Any]) -> set[str]:
 
 
 def test_only_failed_trainable_unconsumed_episodes_become_rows(session_factory: sessionmaker[Session]) -> None:
-    store(session_factory,
-          episode(status="failed", episode_id="failed"),
-          episode(status="retry_ok", episode_id="retry-ok"),
-          episode(status="failed", verifier="schema", expected=None, episode_id="schema-failed"),
-          episode(status="first_ok", episode_id="first-ok"),
-          episode(status="failed", trainable=False, episode_id="not-trainable"),
-          episode(status="failed", expected=None, trainable=True, episode_id="reference-without-expected"),
-          episode(status="upstream_error", trainable=True, episode_id="upstream"),
-          episode(status="failed", episode_id="consumed-promoted"),
-          episode(status="failed", episode_id="consumed-rejected"),
-          episode(status="first_ok", verifier="schema", expected=None, episode_id="feedback-fail"),
-          episode(status="first_ok", verifier="schema", expected=None, episode_id="feedback-expected"),
-          episode(status="failed", episode_id="feedback-ok"),
-          episode(status="retry_ok", episode_id="retry-ok-confirmed"))
+    store(
+        session_factory,
+        episode(status="failed", episode_id="failed"),
+        episode(status="retry_ok", episode_id="retry-ok"),
+        episode(status="failed", verifier="schema", expected=None, episode_id="schema-failed"),
+        episode(status="first_ok", episode_id="first-ok"),
+        episode(status="failed", trainable=False, episode_id="not-trainable"),
+        episode(status="failed", expected=None, trainable=True, episode_id="reference-without-expected"),
+        episode(status="upstream_error", trainable=True, episode_id="upstream"),
+        episode(status="failed", episode_id="consumed-promoted"),
+        episode(status="failed", episode_id="consumed-rejected"),
+        episode(status="first_ok", verifier="schema", expected=None, episode_id="feedback-fail"),
+        episode(status="first_ok", verifier="schema", expected=None, episode_id="feedback-expected"),
+        episode(status="failed", episode_id="feedback-ok"),
+        episode(status="retry_ok", episode_id="retry-ok-confirmed"),
+    )
     with session_factory.begin() as s:
         for run_id, status in (("run-promoted", "promoted"), ("run-rejected", "rejected")):
             repos.create_training_run(s, run_id=run_id)
@@ -57,14 +59,21 @@ def test_only_failed_trainable_unconsumed_episodes_become_rows(session_factory: 
         repos.mark_episodes_consumed(s, ["consumed-promoted"], "run-promoted")
         repos.mark_episodes_consumed(s, ["consumed-rejected"], "run-rejected")
         repos.set_feedback(s, "feedback-fail", ok=False, reason="wrong city")  # no expected calls: not trainable
-        repos.set_feedback(s, "feedback-expected", ok=False,
-                           expected_calls=[{"name": "get_weather", "arguments": {"city": "Lyon"}}])
+        repos.set_feedback(
+            s, "feedback-expected", ok=False, expected_calls=[{"name": "get_weather", "arguments": {"city": "Lyon"}}]
+        )
         repos.set_feedback(s, "feedback-ok", ok=True)  # the client contradicts the stored verdict
         repos.set_feedback(s, "retry-ok-confirmed", ok=True)  # confirms the retry; the first attempt still failed
 
     data = build(session_factory)
-    assert ids(data.train) == {"failed", "retry-ok", "schema-failed", "consumed-rejected", "feedback-expected",
-                               "retry-ok-confirmed"}
+    assert ids(data.train) == {
+        "failed",
+        "retry-ok",
+        "schema-failed",
+        "consumed-rejected",
+        "feedback-expected",
+        "retry-ok-confirmed",
+    }
     assert sorted(data.episode_ids) == sorted(ids(data.train))
     assert ids(build(session_factory, exclude_consumed=False).train) == ids(data.train) | {"consumed-promoted"}
     with session_factory() as s:  # what the scheduler counts before deciding to train
@@ -128,7 +137,9 @@ def test_cap_client_share_edge_cases() -> None:
     assert cap_client_share(one_client, 100, 0.25) == []  # single tenant: set max_client_share=1.0
     assert len(cap_client_share(one_client, 100, 1.0)) == 10
     assert len(cap_client_share(one_client, 4, 1.0)) == 4
-    keyless = [FailureCandidate(f"n{i}", None, i) for i in range(6)] + [FailureCandidate(f"k{i}", "k", i) for i in range(6)]
+    keyless = [FailureCandidate(f"n{i}", None, i) for i in range(6)] + [
+        FailureCandidate(f"k{i}", "k", i) for i in range(6)
+    ]
     chosen = cap_client_share(keyless, 100, 0.5)
     assert Counter(c.client for c in chosen) == {None: 6, "k": 6}
     assert cap_client_share([], 10, 0.25) == []
@@ -151,11 +162,13 @@ def test_split_is_deterministic_disjoint_and_stable(session_factory: sessionmake
 
 
 def test_regression_set_is_past_successes_never_from_the_batch(session_factory: sessionmaker[Session]) -> None:
-    store(session_factory,
-          *[episode(status="first_ok", client=f"k{i % 4}", minutes=i, episode_id=f"ok-{i}") for i in range(8)],
-          episode(status="first_ok", expected=None, episode_id="ok-not-rerunnable"),
-          episode(status="first_ok", verifier="schema", expected=None, episode_id="ok-feedback-failed"),
-          *[episode(status="failed", client=f"k{i % 4}", episode_id=f"fail-{i}") for i in range(8)])
+    store(
+        session_factory,
+        *[episode(status="first_ok", client=f"k{i % 4}", minutes=i, episode_id=f"ok-{i}") for i in range(8)],
+        episode(status="first_ok", expected=None, episode_id="ok-not-rerunnable"),
+        episode(status="first_ok", verifier="schema", expected=None, episode_id="ok-feedback-failed"),
+        *[episode(status="failed", client=f"k{i % 4}", episode_id=f"fail-{i}") for i in range(8)],
+    )
     with session_factory.begin() as s:
         repos.set_feedback(s, "ok-feedback-failed", ok=False)
     data = build(session_factory, heldout_fraction=0.5, max_client_share=0.25, regression_limit=4)
@@ -175,15 +188,16 @@ def test_bad_arguments_say_what_to_change(session_factory: sessionmaker[Session]
         assert build_failure_dataset(s, limit=10).summary() == {"train": 0, "heldout": 0, "regression": 0}
 
 
-def test_rows_render_byte_identically_to_the_local_engine(session_factory: sessionmaker[Session],
-                                                           tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_rows_render_byte_identically_to_the_local_engine(
+    session_factory: sessionmaker[Session], tiny_model_dir: Path, tmp_path: Path
+) -> None:
     from engines.local import LocalEngine
 
     history = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Weather in Oslo, then Paris?"},
         {"role": "assistant", "content": None, "tool_calls": [call("Oslo", call_id="x1")]},
-        {"role": "tool", "tool_call_id": "x1", "content": "{\"temp\": 3}"},
+        {"role": "tool", "tool_call_id": "x1", "content": '{"temp": 3}'},
         {"role": "user", "content": [{"type": "text", "text": "And Paris?"}]},
     ]
     store(session_factory, episode(episode_id="multi", messages=history), episode(episode_id="plain"))

@@ -36,8 +36,15 @@ pytest.importorskip("peft")
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")]
 
 REPO = Path(__file__).resolve().parents[2]
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 DRAIN_S = 3.0
 
 
@@ -53,11 +60,23 @@ def start(args: list[str], env_extra: dict[str, str], log: Path) -> tuple[str, s
     """`python -m cli ARGS --port P` from the repository root; waits until `/health` answers 200."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RRR_", "VLLM_"))}
-    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                "RRR_LOG_LEVEL": "WARNING", **env_extra})
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "RRR_LOG_LEVEL": "WARNING",
+            **env_extra,
+        }
+    )
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cli", *args, "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", *args, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -95,8 +114,13 @@ class Client(threading.Thread):
         self.failed: list[str] = []
 
     def run(self) -> None:
-        body = {"model": "rrr", "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": TOOLS,
-                "max_tokens": 8, "temperature": 0}
+        body = {
+            "model": "rrr",
+            "messages": [{"role": "user", "content": "Weather in Paris?"}],
+            "tools": TOOLS,
+            "max_tokens": 8,
+            "temperature": 0,
+        }
         with httpx.Client(base_url=self.url, timeout=60) as http:
             while not self.stop.is_set():
                 sent = time.time()
@@ -116,7 +140,8 @@ class Client(threading.Thread):
 
 
 def test_publish_rollback_and_a_broken_adapter_under_load_fail_no_request(
-        tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path) -> None:
+    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
+) -> None:
     from learner.tiny import save_tiny_lora
 
     v2_src = save_tiny_lora(tiny_model_dir, tmp_path / "v2-src", seed=5)
@@ -129,14 +154,32 @@ def test_publish_rollback_and_a_broken_adapter_under_load_fail_no_request(
     db = make_engine(database_url)
     sessions = make_session_factory(db)
     engine_url, engine_proc = start(
-        ["engine", "serve", "--model", str(tiny_model_dir), "--enable-lora", "--served-model-name", "tiny",
-         "--max-lora-rank", "16"], {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}, tmp_path / "engine.log")
+        [
+            "engine",
+            "serve",
+            "--model",
+            str(tiny_model_dir),
+            "--enable-lora",
+            "--served-model-name",
+            "tiny",
+            "--max-lora-rank",
+            "16",
+        ],
+        {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"},
+        tmp_path / "engine.log",
+    )
     rrr_log = tmp_path / "rrr-serve.log"
     try:
         rrr_url, rrr_proc = start(
             ["serve", "--engine-url", engine_url, "--database-url", database_url, "--base-model-name", "tiny"],
-            {"RRR_DATA_DIR": str(tmp_path), "RRR_REFLECTION_MAX_TOKENS": "8", "RRR_DEADLINE_S": "60",
-             "RRR_POLICY_TTL_S": "0.5"}, rrr_log)
+            {
+                "RRR_DATA_DIR": str(tmp_path),
+                "RRR_REFLECTION_MAX_TOKENS": "8",
+                "RRR_DEADLINE_S": "60",
+                "RRR_POLICY_TTL_S": "0.5",
+            },
+            rrr_log,
+        )
     except BaseException:
         stop(engine_proc)
         raise

@@ -28,19 +28,43 @@ from store.models import Episode
 from tests.support.upstream import Script, ScriptedUpstream, text, tool_call
 from tools.formats import load_dataset
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 CITIES = {"Rome": "always right", "Oslo": "always wrong", "Lima": "right, then wrong", "Nice": "always right"}
 
 
 def write_dataset(path: Path) -> Path:
     with path.open("w") as fh:
         for city in CITIES:
-            fh.write(json.dumps({"id": city, "messages": [{"role": "user", "content": f"Weather in {city}?"}],
-                                 "tools": TOOLS, "expected_tool_calls": [{"name": "get_weather",
-                                                                         "arguments": {"city": city}}]}) + "\n")
-        fh.write(json.dumps({"id": "count", "messages": [{"role": "user", "content": "Make 7 from 3 and 4."}],
-                             "tools": TOOLS, "expected_tool_calls": []}) + "\n")  # irrelevance: no call is right
+            fh.write(
+                json.dumps(
+                    {
+                        "id": city,
+                        "messages": [{"role": "user", "content": f"Weather in {city}?"}],
+                        "tools": TOOLS,
+                        "expected_tool_calls": [{"name": "get_weather", "arguments": {"city": city}}],
+                    }
+                )
+                + "\n"
+            )
+        fh.write(
+            json.dumps(
+                {
+                    "id": "count",
+                    "messages": [{"role": "user", "content": "Make 7 from 3 and 4."}],
+                    "tools": TOOLS,
+                    "expected_tool_calls": [],
+                }
+            )
+            + "\n"
+        )  # irrelevance: no call is right
     return path
 
 
@@ -84,7 +108,12 @@ def stored(sessions: Callable[[], Session]) -> dict[str, Episode]:
 def check_store(sessions: Callable[[], Session]) -> None:
     episodes = stored(sessions)
     assert {k: e.status for k, e in episodes.items()} == {
-        "Rome": "first_ok", "Nice": "first_ok", "Oslo": "failed", "Lima": "failed", "4.": "first_ok"}
+        "Rome": "first_ok",
+        "Nice": "first_ok",
+        "Oslo": "failed",
+        "Lima": "failed",
+        "4.": "first_ok",
+    }
     for name in ("Oslo", "Lima"):
         e = episodes[name]
         assert e.trainable and e.task == "mined" and e.verifier == {"type": "reference"}
@@ -96,18 +125,32 @@ def check_store(sessions: Callable[[], Session]) -> None:
 
 
 def test_failures_and_successes_are_stored_as_the_verifier_said(
-        tmp_path: Path, session_factory: tuple[str, Callable[[], Session]]) -> None:
+    tmp_path: Path, session_factory: tuple[str, Callable[[], Session]]
+) -> None:
     _, sessions = session_factory
     items = load_dataset(f"openai:{write_dataset(tmp_path / 'ds.jsonl')}")
     responder = Responder()
     progress: list[int] = []
     with ScriptedUpstream(Script(responder=responder)) as up:
         engine = EnginePool([VLLMEngine(up.url)])
-        summary = asyncio.run(mine_dataset(items, engine, sessions, MineConfig(samples=3, temperature=0.9, seed=7),
-                                           on_item=lambda s: progress.append(s.queries_all_ok)))
-    assert summary.to_dict() == {"queries": 5, "samples": 3 + 3 + 1 + 2 + 3, "failures_stored": 2,
-                                 "successes_stored": 3, "queries_with_failure": 2, "queries_all_ok": 3,
-                                 "engine_errors": 0}
+        summary = asyncio.run(
+            mine_dataset(
+                items,
+                engine,
+                sessions,
+                MineConfig(samples=3, temperature=0.9, seed=7),
+                on_item=lambda s: progress.append(s.queries_all_ok),
+            )
+        )
+    assert summary.to_dict() == {
+        "queries": 5,
+        "samples": 3 + 3 + 1 + 2 + 3,
+        "failures_stored": 2,
+        "successes_stored": 3,
+        "queries_with_failure": 2,
+        "queries_all_ok": 3,
+        "engine_errors": 0,
+    }
     assert len(progress) == 5
     assert responder.seen == {"Rome": 3, "Nice": 3, "Oslo": 1, "Lima": 2}  # sampling stops at the first failure
     assert all(b["temperature"] == 0.9 and "seed" in b for b in responder.bodies)
@@ -116,7 +159,8 @@ def test_failures_and_successes_are_stored_as_the_verifier_said(
 
 
 def test_engine_errors_are_counted_never_stored_as_model_failures(
-        tmp_path: Path, session_factory: tuple[str, Callable[[], Session]]) -> None:
+    tmp_path: Path, session_factory: tuple[str, Callable[[], Session]]
+) -> None:
     _, sessions = session_factory
     items = load_dataset(f"openai:{write_dataset(tmp_path / 'ds.jsonl')}")
     with ScriptedUpstream(Script(answer=["error:500"])) as up:
@@ -129,16 +173,32 @@ def test_engine_errors_are_counted_never_stored_as_model_failures(
 
 
 def test_rrr_learn_mine_cli_prints_the_summary_as_json(
-        tmp_path: Path, session_factory: tuple[str, Callable[[], Session]]) -> None:
+    tmp_path: Path, session_factory: tuple[str, Callable[[], Session]]
+) -> None:
     url, sessions = session_factory
     dataset = write_dataset(tmp_path / "ds.jsonl")
     with ScriptedUpstream(Script(responder=Responder())) as up:
-        result = CliRunner().invoke(app, ["learn", "mine", "--dataset", f"openai:{dataset}", "--samples", "3",
-                                          "--engine-url", up.url, "--database-url", url, "--json"])
+        result = CliRunner().invoke(
+            app,
+            [
+                "learn",
+                "mine",
+                "--dataset",
+                f"openai:{dataset}",
+                "--samples",
+                "3",
+                "--engine-url",
+                up.url,
+                "--database-url",
+                url,
+                "--json",
+            ],
+        )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert (summary["failures_stored"], summary["successes_stored"]) == (2, 3)
     check_store(sessions)
-    bad = CliRunner().invoke(app, ["learn", "mine", "--dataset", "nope:x", "--engine-url", up.url,
-                                   "--database-url", url])
+    bad = CliRunner().invoke(
+        app, ["learn", "mine", "--dataset", "nope:x", "--engine-url", up.url, "--database-url", url]
+    )
     assert bad.exit_code == 1 and "unknown dataset format" in bad.output

@@ -34,9 +34,16 @@ def tokenizer(tiny_model_dir: Path) -> Any:
 def row(city: str = "Paris", **overrides: Any) -> dict[str, Any]:
     task = [{"role": "user", "content": f"What is the weather in {city}?"}]
     history = prompts.reflection_messages(task, prompts.failed_assistant_message(None, [call("Rome")]))
-    base = {"episode_id": f"ep-{city}", "client_key_id": "k", "task_messages": task, "prompt_messages": history,
-            "tools": WEATHER_TOOLS, "tool_choice": None, "verifier": {"type": "reference"},
-            "expected": [{"name": "get_weather", "arguments": {"city": city}}]}
+    base = {
+        "episode_id": f"ep-{city}",
+        "client_key_id": "k",
+        "task_messages": task,
+        "prompt_messages": history,
+        "tools": WEATHER_TOOLS,
+        "tool_choice": None,
+        "verifier": {"type": "reference"},
+        "expected": [{"name": "get_weather", "arguments": {"city": city}}],
+    }
     return base | overrides
 
 
@@ -46,8 +53,9 @@ class ScriptedRetry:
     def __init__(self, tokenizer: Any, text: str | None = None, eos: bool = True) -> None:
         self.tokenizer, self.text, self.eos, self.prompts = tokenizer, text, eos, []
 
-    def __call__(self, trainer: Any, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
-                 temperature: float) -> list[list[int]]:
+    def __call__(
+        self, trainer: Any, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
+    ) -> list[list[int]]:
         out = []
         for ids in prompt_ids:
             prompt = self.tokenizer.decode(ids)
@@ -59,28 +67,43 @@ class ScriptedRetry:
         return out
 
 
-def score(tokenizer: Any, rows: list[dict[str, Any]], reflections: list[str], generate: ScriptedRetry,
-          broken_prompt: int | None = None) -> tuple[list[float], RetryReward, dict[str, Any]]:
+def score(
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    reflections: list[str],
+    generate: ScriptedRetry,
+    broken_prompt: int | None = None,
+) -> tuple[list[float], RetryReward, dict[str, Any]]:
     logged: dict[str, Any] = {}
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    reward = RetryReward(retry_max_tokens=64, tokenizer=tokenizer, generate=generate,
-                         trainer=SimpleNamespace(eos_token_ids=[eos], processing_class=tokenizer))
+    reward = RetryReward(
+        retry_max_tokens=64,
+        tokenizer=tokenizer,
+        generate=generate,
+        trainer=SimpleNamespace(eos_token_ids=[eos], processing_class=tokenizer),
+    )
     rendered = render_rows(rows, tokenizer)
     columns = {k: [r[k] for r in rendered] for k in rendered[0] if k != "prompt"}
     if broken_prompt is not None:  # a stored history the chat template cannot render
         columns["prompt_messages"][broken_prompt] = json.dumps(["not a message"])
     completion_ids = [[*tokenizer(t, add_special_tokens=False)["input_ids"], eos] for t in reflections]
-    rewards = reward(prompts=[r["prompt"] for r in rendered], completions=reflections,
-                     completion_ids=completion_ids, trainer_state=None,
-                     log_metric=lambda name, value: logged.__setitem__(name, value),
-                     log_extra=lambda column, values: logged.__setitem__(column, values), **columns)
+    rewards = reward(
+        prompts=[r["prompt"] for r in rendered],
+        completions=reflections,
+        completion_ids=completion_ids,
+        trainer_state=None,
+        log_metric=lambda name, value: logged.__setitem__(name, value),
+        log_extra=lambda column, values: logged.__setitem__(column, values),
+        **columns,
+    )
     return rewards, reward, logged
 
 
 def test_reward_follows_the_retry_the_reflection_leads_to(tokenizer: Any) -> None:
     rows = [row("Paris"), row("Paris"), row("Oslo"), row("Oslo")]
-    rewards, reward, logged = score(tokenizer, rows, ["Use Paris.", "Use Rome.", "Use Oslo.", "Use Lima."],
-                                    ScriptedRetry(tokenizer))
+    rewards, reward, logged = score(
+        tokenizer, rows, ["Use Paris.", "Use Rome.", "Use Oslo.", "Use Lima."], ScriptedRetry(tokenizer)
+    )
     assert rewards == [1.0, 0.0, 1.0, 0.0]
     assert all(type(r) is float for r in rewards)
     assert logged["retry_success_rate"] == 0.5 and len(logged["retry"]) == 4
@@ -94,21 +117,24 @@ def test_reward_follows_the_retry_the_reflection_leads_to(tokenizer: Any) -> Non
     assert json.loads(json.dumps(reward.last_batch.rewards)) == rewards
 
 
-@pytest.mark.parametrize(("text", "eos"), [
-    ('<tool_call>\n{"name": "get_weather", "arguments": {"city": }\n</tool_call>', True),  # malformed JSON
-    ('<tool_call>\n{"name": "get_time", "arguments": {"city": "Paris"}}\n</tool_call>', True),  # unknown tool
-    ("It is sunny in Paris.", True),  # no call at all
-    ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>', False),  # cut off
-])
+@pytest.mark.parametrize(
+    ("text", "eos"),
+    [
+        ('<tool_call>\n{"name": "get_weather", "arguments": {"city": }\n</tool_call>', True),  # malformed JSON
+        ('<tool_call>\n{"name": "get_time", "arguments": {"city": "Paris"}}\n</tool_call>', True),  # unknown tool
+        ("It is sunny in Paris.", True),  # no call at all
+        ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>', False),  # cut off
+    ],
+)
 def test_bad_retries_score_zero(tokenizer: Any, text: str, eos: bool) -> None:
     rewards, _, _ = score(tokenizer, [row("Paris")], ["Use Paris."], ScriptedRetry(tokenizer, text, eos))
     assert rewards == [0.0]
 
 
-def test_a_row_that_cannot_be_verified_scores_zero_and_is_logged(tokenizer: Any,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    rows = [row("Paris", verifier={"type": "no-such-verifier"}), row("Paris"),
-            row("Paris", episode_id="broken-prompt")]
+def test_a_row_that_cannot_be_verified_scores_zero_and_is_logged(
+    tokenizer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [row("Paris", verifier={"type": "no-such-verifier"}), row("Paris"), row("Paris", episode_id="broken-prompt")]
     with caplog.at_level(logging.WARNING, logger="learner.reward"):
         rewards, _, _ = score(tokenizer, rows, ["Use Paris."] * 3, ScriptedRetry(tokenizer), broken_prompt=2)
     assert rewards == [0.0, 1.0, 0.0]
@@ -117,8 +143,10 @@ def test_a_row_that_cannot_be_verified_scores_zero_and_is_logged(tokenizer: Any,
 
 def test_schema_verifier_and_tool_choice_none(tokenizer: Any) -> None:
     right = ScriptedRetry(tokenizer)
-    rows = [row("Paris", verifier={"type": "schema"}, expected=None),
-            row("Paris", verifier={"type": "schema"}, expected=None, tool_choice="none")]
+    rows = [
+        row("Paris", verifier={"type": "schema"}, expected=None),
+        row("Paris", verifier={"type": "schema"}, expected=None, tool_choice="none"),
+    ]
     rewards, _, _ = score(tokenizer, rows, ["Use Lima.", "Use Lima."], right)
     assert rewards == [1.0, 0.0]  # any valid call passes the schema; tool_choice none forbids calls
 

@@ -101,15 +101,24 @@ def test_a_tick_that_outlasts_the_interval_is_never_run_twice_at_once() -> None:
 
 
 def test_two_schedulers_racing_for_one_lease_make_exactly_one_run(
-        tmp_path: Path, database_url: str, session_factory: Callable[[], Session],
-        tiny_tool_model: ToolModel, tiny_adapter_dir: Path) -> None:
+    tmp_path: Path,
+    database_url: str,
+    session_factory: Callable[[], Session],
+    tiny_tool_model: ToolModel,
+    tiny_adapter_dir: Path,
+) -> None:
     from engines.local import LocalEngine
 
     serving = LocalEngine(str(tiny_tool_model.path), served_name="tiny", max_lora_rank=16)
     evaluator = LocalEngine(str(tiny_tool_model.path), served_name="tiny", max_lora_rank=16)
     add_episodes(session_factory, tiny_tool_model, 8)
-    config = make_config(tmp_path, database_url, tiny_tool_model.path, interval_s=3600,
-                         gate=GateConfig(margin=0.0, tolerance=1.0, min_items=1, max_tokens=16))
+    config = make_config(
+        tmp_path,
+        database_url,
+        tiny_tool_model.path,
+        interval_s=3600,
+        gate=GateConfig(margin=0.0, tolerance=1.0, min_items=1, max_tokens=16),
+    )
     trainer = StandInTrainer(tiny_adapter_dir, delay_s=1.5)
     done = threading.Event()
     results: list[CycleResult] = []
@@ -119,9 +128,18 @@ def test_two_schedulers_racing_for_one_lease_make_exactly_one_run(
         if len(results) == 2:
             done.set()
 
-    schedulers = [LearnerScheduler(config, session_factory=session_factory, make_engines=lambda: EnginePool([serving]),
-                                   make_eval_engine=lambda: evaluator, trainer=trainer, holder=f"scheduler-{i}",
-                                   on_result=collect) for i in range(2)]
+    schedulers = [
+        LearnerScheduler(
+            config,
+            session_factory=session_factory,
+            make_engines=lambda: EnginePool([serving]),
+            make_eval_engine=lambda: evaluator,
+            trainer=trainer,
+            holder=f"scheduler-{i}",
+            on_result=collect,
+        )
+        for i in range(2)
+    ]
     try:
         for scheduler in schedulers:
             scheduler.start(run_now=True)
@@ -137,8 +155,13 @@ def test_two_schedulers_racing_for_one_lease_make_exactly_one_run(
         assert [a.name for a in repos.list_adapters(s)] == ["rrr-v1"]
         assert repos.get_lease(s, "learner") is None
     # A third tick, now that the lease is free, finds the batch consumed and trains nothing.
-    third = LearnerScheduler(config, session_factory=session_factory, make_engines=lambda: EnginePool([serving]),
-                             make_eval_engine=lambda: evaluator, trainer=trainer)
+    third = LearnerScheduler(
+        config,
+        session_factory=session_factory,
+        make_engines=lambda: EnginePool([serving]),
+        make_eval_engine=lambda: evaluator,
+        trainer=trainer,
+    )
     try:
         assert third.tick().status == "skipped"
     finally:
@@ -146,9 +169,9 @@ def test_two_schedulers_racing_for_one_lease_make_exactly_one_run(
     assert len(trainer.calls) == 1
 
 
-def test_a_crashing_cycle_does_not_kill_the_scheduler(tmp_path: Path, database_url: str,
-                                                      session_factory: Callable[[], Session],
-                                                      tiny_tool_model: ToolModel) -> None:
+def test_a_crashing_cycle_does_not_kill_the_scheduler(
+    tmp_path: Path, database_url: str, session_factory: Callable[[], Session], tiny_tool_model: ToolModel
+) -> None:
     config = make_config(tmp_path, database_url, tiny_tool_model.path)
 
     def broken_engines() -> Any:

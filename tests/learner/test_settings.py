@@ -18,7 +18,10 @@ def test_unset_settings_keep_the_defaults_of_the_config(monkeypatch: pytest.Monk
     config = LearnerSettings(model="m", data_dir=tmp_path).learner_config()
     defaults = LearnerConfig(adapters_root="a", model_path="m", engine_urls=[], database_url="d", work_dir="w")
     assert (config.min_new_failures, config.dataset_limit, config.drain_s) == (
-        defaults.min_new_failures, defaults.dataset_limit, defaults.drain_s)
+        defaults.min_new_failures,
+        defaults.dataset_limit,
+        defaults.drain_s,
+    )
     assert config.gate == GateConfig()
     assert config.adapters_root == str(tmp_path / "adapters") and config.work_dir == str(tmp_path / "learner")
     assert config.database_url == f"sqlite:///{tmp_path / 'rrr.db'}"

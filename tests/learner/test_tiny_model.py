@@ -17,9 +17,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from engines.wire import validate_adapter_dir  # noqa: E402
 from learner.tiny import LORA_TARGET_MODULES, TOOL_TOKENS, build_tiny_model, save_tiny_lora, tiny_corpus  # noqa: E402
 
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Get the weather.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the weather.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -31,8 +38,7 @@ def tokenizer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def test_same_seed_gives_identical_files_and_another_seed_other_weights(tiny_model_dir: Path,
-                                                                         tmp_path: Path) -> None:
+def test_same_seed_gives_identical_files_and_another_seed_other_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
     again = file_hashes(build_tiny_model(tmp_path / "again", seed=0))
     assert again == file_hashes(tiny_model_dir)
     assert {"model.safetensors", "tokenizer.json", "chat_template.jinja", "generation_config.json"} <= set(again)
@@ -56,9 +62,14 @@ def test_loads_with_auto_classes_as_a_qwen2_chat_model(tiny_model_dir: Path, tok
 def test_chat_template_renders_tools_history_calls_and_grouped_tool_responses(tokenizer) -> None:  # type: ignore[no-untyped-def]
     messages = [
         {"role": "user", "content": "Weather in Paris and Oslo?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "a", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
-            {"id": "b", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "a", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+                {"id": "b", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}},
+            ],
+        },
         {"role": "tool", "tool_call_id": "a", "content": "21"},
         {"role": "tool", "tool_call_id": "b", "content": "5"},
         {"role": "assistant", "content": "Warm in Paris."},
@@ -75,22 +86,28 @@ def test_chat_template_renders_tools_history_calls_and_grouped_tool_responses(to
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>\n'
         "<|im_start|>user\n<tool_response>\n21\n</tool_response>\n<tool_response>\n5\n</tool_response><|im_end|>\n"
         "<|im_start|>assistant\nWarm in Paris.<|im_end|>\n"
-        "<|im_start|>assistant\n")
-    encoded = tokenizer.apply_chat_template(messages, tools=TOOLS, add_generation_prompt=True, tokenize=True,
-                                            return_dict=True)
+        "<|im_start|>assistant\n"
+    )
+    encoded = tokenizer.apply_chat_template(
+        messages, tools=TOOLS, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     assert encoded["input_ids"] == tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def test_chat_template_without_tools_keeps_the_system_message(tokenizer) -> None:  # type: ignore[no-untyped-def]
     text = tokenizer.apply_chat_template(
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-        add_generation_prompt=False, tokenize=False)
+        add_generation_prompt=False,
+        tokenize=False,
+    )
     assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
 
 
 def test_tokenizer_round_trips_a_tool_call_with_tags_as_single_tokens(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    text = ('<tool_call>\n{"name": "convert_currency", "arguments": {"amount": 1234.5, "from": "€", '
-            '"to": "yen", "note": "naïve  café 東京"}}\n</tool_call><|im_end|>')
+    text = (
+        '<tool_call>\n{"name": "convert_currency", "arguments": {"amount": 1234.5, "from": "€", '
+        '"to": "yen", "note": "naïve  café 東京"}}\n</tool_call><|im_end|>'
+    )
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids, skip_special_tokens=False) == text
     tokens = tokenizer.convert_ids_to_tokens(ids)
@@ -144,8 +161,9 @@ def test_number_tokens_make_a_number_one_token_in_the_query_and_in_the_call(tmp_
         TinyModelConfig(number_tokens_below=5)
 
 
-def test_tiny_lora_is_a_vllm_servable_peft_adapter(tiny_model_dir: Path, tiny_adapter_dir: Path,
-                                                   tmp_path: Path) -> None:
+def test_tiny_lora_is_a_vllm_servable_peft_adapter(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
+) -> None:
     from safetensors.torch import load_file
 
     config = validate_adapter_dir(str(tiny_adapter_dir), max_lora_rank=8)

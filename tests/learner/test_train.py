@@ -29,15 +29,26 @@ from tests.learner.conftest import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, task_rows
 
 def small_config(**overrides: Any) -> TrainConfig:
     values: dict[str, Any] = dict(
-        max_steps=3, per_device_train_batch_size=16, gradient_accumulation_steps=1, num_generations=8,
-        max_completion_length=8, retry_max_tokens=32, learning_rate=2e-2, lr_scheduler_type="constant",
-        lora_r=8, lora_alpha=16, max_lora_rank=8, save_steps=2, seed=0)
+        max_steps=3,
+        per_device_train_batch_size=16,
+        gradient_accumulation_steps=1,
+        num_generations=8,
+        max_completion_length=8,
+        retry_max_tokens=32,
+        learning_rate=2e-2,
+        lr_scheduler_type="constant",
+        lora_r=8,
+        lora_alpha=16,
+        max_lora_rank=8,
+        save_steps=2,
+        seed=0,
+    )
     return TrainConfig(**(values | overrides))
 
 
-def test_grpo_trains_only_reflection_tokens_and_only_the_lora(taught_model_dir: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch,
-                                                              one_thread: None) -> None:
+def test_grpo_trains_only_reflection_tokens_and_only_the_lora(
+    taught_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -61,8 +72,13 @@ def test_grpo_trains_only_reflection_tokens_and_only_the_lora(taught_model_dir: 
 
     monkeypatch.setattr(train_module, "build_trainer", spy)
     steps: list[dict[str, Any]] = []
-    result = train(small_config(), str(taught_model_dir), task_rows(TRAIN_TEMPLATES, target="London"),
-                   tmp_path / "run", on_step=steps.append)
+    result = train(
+        small_config(),
+        str(taught_model_dir),
+        task_rows(TRAIN_TEMPLATES, target="London"),
+        tmp_path / "run",
+        on_step=steps.append,
+    )
 
     # Only reflections are completions: what TRL masks in for the loss is exactly the sampled reflections.
     assert len(seen["batches"]) == 3
@@ -106,14 +122,14 @@ def test_grpo_trains_only_reflection_tokens_and_only_the_lora(taught_model_dir: 
     published = (result.adapter_dir / "adapter_model.safetensors").read_bytes()
     shutil.rmtree(result.adapter_dir)
     (tmp_path / "run" / "result.json").unlink()
-    redone = train(small_config(), str(taught_model_dir), task_rows(TRAIN_TEMPLATES, target="London"),
-                   tmp_path / "run")
+    redone = train(small_config(), str(taught_model_dir), task_rows(TRAIN_TEMPLATES, target="London"), tmp_path / "run")
     assert redone.resumed_from_step == 3 and redone.steps == 3 and len(seen["batches"]) == 3
     assert (redone.adapter_dir / "adapter_model.safetensors").read_bytes() == published
 
 
-def test_saved_adapter_is_servable_and_changes_local_engine_outputs(taught_model_dir: Path, tmp_path: Path,
-                                                                   one_thread: None) -> None:
+def test_saved_adapter_is_servable_and_changes_local_engine_outputs(
+    taught_model_dir: Path, tmp_path: Path, one_thread: None
+) -> None:
     from engines.local import LocalEngine, validate_adapter_dir
     from learner.rows import render_rows
 
@@ -144,16 +160,18 @@ def test_cpu_settings_and_vllm_on_cpu_refused(taught_model_dir: Path, tmp_path: 
         pytest.skip("checks the CPU defaults")
     config = small_config()
     assert config.resolved_bf16() is False and config.resolved_gradient_checkpointing() is False
-    trainer, reward = train_module.build_trainer(config, str(taught_model_dir), task_rows(TRAIN_TEMPLATES),
-                                                 tmp_path / "c")
+    trainer, reward = train_module.build_trainer(
+        config, str(taught_model_dir), task_rows(TRAIN_TEMPLATES), tmp_path / "c"
+    )
     assert trainer.args.bf16 is False and trainer.args.use_cpu and trainer.args.beta == 0.001
     assert trainer.args.loss_type == "dapo" and trainer.args.use_bias_correction_kl is False
     assert trainer.args.num_generations == 8 and trainer.args.scale_rewards == "group"
     assert not trainer.args.gradient_checkpointing and trainer.args.use_cache
     assert reward.trainer is trainer and trainer.reward_funcs == [reward]
     with pytest.raises(ValueError, match="use_vllm"):
-        train_module.build_trainer(small_config(use_vllm=True), str(taught_model_dir), task_rows(TRAIN_TEMPLATES),
-                                   tmp_path / "v")
+        train_module.build_trainer(
+            small_config(use_vllm=True), str(taught_model_dir), task_rows(TRAIN_TEMPLATES), tmp_path / "v"
+        )
 
 
 @pytest.mark.gpu

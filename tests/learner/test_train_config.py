@@ -40,22 +40,25 @@ def test_round_trips_through_json() -> None:
         TrainConfig.from_dict({"lerning_rate": 1e-5})
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"lora_r": 32}, "lora_r must be between 1 and max_lora_rank"),
-    ({"max_lora_rank": 24}, "max_lora_rank must be one of vLLM's"),
-    ({"target_modules": ("q_proj", "lm_head")}, "remove 'lm_head'"),
-    ({"target_modules": ()}, "name at least one"),
-    ({"num_generations": 1}, "num_generations must be at least 2"),
-    ({"per_device_train_batch_size": 6, "gradient_accumulation_steps": 1}, "multiple of num_generations"),
-    ({"loss_type": "ppo"}, "loss_type must be one of"),
-    ({"temperature": 0.0}, "temperature must be > 0"),
-    ({"retry_temperature": -1.0}, "retry_temperature"),
-    ({"save_steps": 0}, "save_steps"),
-    ({"beta": -0.1}, "beta must be >= 0"),
-    ({"lr_scheduler_type": "exp"}, "lr_scheduler_type must be one of"),
-    ({"extra": {"learning_rate": 1.0}}, "extra may not set learning_rate"),
-    ({"extra": {"save_strategy": "no"}}, "extra may not set save_strategy"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"lora_r": 32}, "lora_r must be between 1 and max_lora_rank"),
+        ({"max_lora_rank": 24}, "max_lora_rank must be one of vLLM's"),
+        ({"target_modules": ("q_proj", "lm_head")}, "remove 'lm_head'"),
+        ({"target_modules": ()}, "name at least one"),
+        ({"num_generations": 1}, "num_generations must be at least 2"),
+        ({"per_device_train_batch_size": 6, "gradient_accumulation_steps": 1}, "multiple of num_generations"),
+        ({"loss_type": "ppo"}, "loss_type must be one of"),
+        ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"retry_temperature": -1.0}, "retry_temperature"),
+        ({"save_steps": 0}, "save_steps"),
+        ({"beta": -0.1}, "beta must be >= 0"),
+        ({"lr_scheduler_type": "exp"}, "lr_scheduler_type must be one of"),
+        ({"extra": {"learning_rate": 1.0}}, "extra may not set learning_rate"),
+        ({"extra": {"save_strategy": "no"}}, "extra may not set save_strategy"),
+    ],
+)
 def test_validation_says_what_to_change(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrainConfig(**changes)  # type: ignore[arg-type]
@@ -106,9 +109,26 @@ def test_only_sealed_checkpoints_count_and_pruning_keeps_the_newest(tmp_path: Pa
 
 
 def test_step_metrics_keeps_numbers_under_stable_names() -> None:
-    logs = {"loss": 0.5, "reward": 0.25, "reward_std": 0.1, "retry_success_rate": 0.25, "kl": 0.01,
-            "completions/mean_length": 12.0, "grad_norm": 1.5, "learning_rate": 1e-5, "epoch": 0.5,
-            "entropy": None}
-    assert step_metrics(3, logs) == {"step": 3, "loss": 0.5, "reward_mean": 0.25, "reward_std": 0.1,
-                                     "retry_success": 0.25, "kl": 0.01, "completion_tokens": 12.0,
-                                     "grad_norm": 1.5, "learning_rate": 1e-5}
+    logs = {
+        "loss": 0.5,
+        "reward": 0.25,
+        "reward_std": 0.1,
+        "retry_success_rate": 0.25,
+        "kl": 0.01,
+        "completions/mean_length": 12.0,
+        "grad_norm": 1.5,
+        "learning_rate": 1e-5,
+        "epoch": 0.5,
+        "entropy": None,
+    }
+    assert step_metrics(3, logs) == {
+        "step": 3,
+        "loss": 0.5,
+        "reward_mean": 0.25,
+        "reward_std": 0.1,
+        "retry_success": 0.25,
+        "kl": 0.01,
+        "completion_tokens": 12.0,
+        "grad_norm": 1.5,
+        "learning_rate": 1e-5,
+    }

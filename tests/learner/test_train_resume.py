@@ -38,25 +38,41 @@ from tests.learner.conftest import TRAIN_TEMPLATES, task_rows  # noqa: E402
 
 
 def test_sigkill_mid_run_then_resume_from_the_newest_complete_checkpoint(
-        task_base_dir: Path, database_url: str, session_factory: sessionmaker[Session], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    task_base_dir: Path,
+    database_url: str,
+    session_factory: sessionmaker[Session],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the child: one thread is fastest for a tiny model on a busy box
     with session_factory.begin() as s:
         repos.create_training_run(s, run_id="run-1")
         repos.update_training_run(s, "run-1", status="running")
     work = tmp_path / "work"
     write_rows(work / "train.jsonl", task_rows(TRAIN_TEMPLATES))
-    config = TrainConfig(max_steps=10, per_device_train_batch_size=8, gradient_accumulation_steps=1,
-                         num_generations=4, max_completion_length=8, retry_max_tokens=16, learning_rate=1e-3,
-                         save_steps=2, lora_r=8, lora_alpha=16, max_lora_rank=8, seed=0)
+    config = TrainConfig(
+        max_steps=10,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
+        num_generations=4,
+        max_completion_length=8,
+        retry_max_tokens=16,
+        learning_rate=1e-3,
+        save_steps=2,
+        lora_r=8,
+        lora_alpha=16,
+        max_lora_rank=8,
+        seed=0,
+    )
     checkpoints = work / "checkpoints"
 
     outcome: dict[str, Any] = {}
 
     def first_run() -> None:
         try:
-            outcome["result"] = launch_training("run-1", database_url, str(task_base_dir), work, config,
-                                                heartbeat_s=0.5, poll_s=0.05)
+            outcome["result"] = launch_training(
+                "run-1", database_url, str(task_base_dir), work, config, heartbeat_s=0.5, poll_s=0.05
+            )
         except TrainingFailed as exc:
             outcome["error"] = str(exc)
 
@@ -88,8 +104,9 @@ def test_sigkill_mid_run_then_resume_from_the_newest_complete_checkpoint(
     assert newest_complete_checkpoint(checkpoints) == newest
 
     seen: list[dict[str, Any]] = []
-    result = launch_training("run-1", database_url, str(task_base_dir), work, config, on_step=seen.append,
-                             heartbeat_s=0.5, poll_s=0.05)
+    result = launch_training(
+        "run-1", database_url, str(task_base_dir), work, config, on_step=seen.append, heartbeat_s=0.5, poll_s=0.05
+    )
     assert result.resumed_from_step == resume_step
     assert result.steps == 10
     assert not truncated.exists() and not forged.exists()
@@ -116,17 +133,25 @@ def test_sigkill_mid_run_then_resume_from_the_newest_complete_checkpoint(
     assert again.steps == 10 and again.adapter_dir == result.adapter_dir
 
 
-def test_child_errors_come_back_as_training_failed(task_base_dir: Path, database_url: str,
-                                                   session_factory: sessionmaker[Session], tmp_path: Path) -> None:
+def test_child_errors_come_back_as_training_failed(
+    task_base_dir: Path, database_url: str, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
     with session_factory.begin() as s:
         repos.create_training_run(s, run_id="run-2")
     work = tmp_path / "work"
     write_rows(work / "train.jsonl", task_rows(TRAIN_TEMPLATES))
-    config = TrainConfig(max_steps=2, per_device_train_batch_size=8, gradient_accumulation_steps=1,
-                         num_generations=4, lora_r=8, max_lora_rank=8)
+    config = TrainConfig(
+        max_steps=2,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
+        num_generations=4,
+        lora_r=8,
+        max_lora_rank=8,
+    )
     with pytest.raises(TrainingFailed, match="does-not-exist") as failure:
-        launch_training("run-2", database_url, str(tmp_path / "does-not-exist"), work, config,
-                        env={"OMP_NUM_THREADS": "1"})
+        launch_training(
+            "run-2", database_url, str(tmp_path / "does-not-exist"), work, config, env={"OMP_NUM_THREADS": "1"}
+        )
     assert "Traceback" not in str(failure.value)
     with pytest.raises(FileNotFoundError, match="write_rows"):
         launch_training("r", database_url, str(task_base_dir), tmp_path / "empty", config)

@@ -50,10 +50,21 @@ class ShuffledRewards:
 
 
 def run(model_dir: Path, out: Path, *, shuffled: bool) -> dict[str, Any]:
-    config = TrainConfig(max_steps=20, per_device_train_batch_size=16, gradient_accumulation_steps=1,
-                         num_generations=8, max_completion_length=8, retry_max_tokens=32, learning_rate=1e-3,
-                         lr_scheduler_type="constant", lora_r=8, lora_alpha=16, max_lora_rank=8, save_steps=1000,
-                         seed=0)
+    config = TrainConfig(
+        max_steps=20,
+        per_device_train_batch_size=16,
+        gradient_accumulation_steps=1,
+        num_generations=8,
+        max_completion_length=8,
+        retry_max_tokens=32,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        lora_r=8,
+        lora_alpha=16,
+        max_lora_rank=8,
+        save_steps=1000,
+        seed=0,
+    )
     trainer, reward = build_trainer(config, str(model_dir), task_rows(TRAIN_TEMPLATES, target=TARGET), out)
     if shuffled:
         trainer.reward_funcs[0] = ShuffledRewards(reward, seed=1)
@@ -65,13 +76,20 @@ def run(model_dir: Path, out: Path, *, shuffled: bool) -> dict[str, Any]:
     return {"before": before, "after": after, "curve": curve}
 
 
-def test_grpo_raises_heldout_retry_success_and_shuffled_rewards_do_not(taught_model_dir: Path, tmp_path: Path,
-                                                                       one_thread: None) -> None:
+def test_grpo_raises_heldout_retry_success_and_shuffled_rewards_do_not(
+    taught_model_dir: Path, tmp_path: Path, one_thread: None
+) -> None:
     real = run(taught_model_dir, tmp_path / "real", shuffled=False)
     control = run(taught_model_dir, tmp_path / "control", shuffled=True)
-    log.warning("learning signal: real %s -> %s, control %s -> %s; training reward %s / control %s",
-                real["before"], real["after"], control["before"], control["after"],
-                [round(r, 2) for r in real["curve"]], [round(r, 2) for r in control["curve"]])
+    log.warning(
+        "learning signal: real %s -> %s, control %s -> %s; training reward %s / control %s",
+        real["before"],
+        real["after"],
+        control["before"],
+        control["after"],
+        [round(r, 2) for r in real["curve"]],
+        [round(r, 2) for r in control["curve"]],
+    )
     assert real["before"] == control["before"] < 0.6  # the taught model names London about a third of the time
     assert real["after"] >= real["before"] + 0.3
     assert control["after"] <= control["before"] + 0.15

@@ -27,9 +27,7 @@ def make_record(
     rec = EpisodeRecord(
         status=status,
         messages=[{"role": "user", "content": "weather in Paris?"}],
-        tools=[
-            {"type": "function", "function": {"name": t, "parameters": {"type": "object"}}} for t in tools
-        ],
+        tools=[{"type": "function", "function": {"name": t, "parameters": {"type": "object"}}} for t in tools],
         tool_choice="auto",
         verifier={"kind": "schema"},
         task=task,

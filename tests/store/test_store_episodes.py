@@ -147,9 +147,7 @@ def test_list_filters_and_cursor_pages(session_factory: sessionmaker[Session], l
     with session_factory() as s:
         for f in FILTERS:
             expected = [
-                r.id
-                for r in sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)
-                if matches(r, f)
+                r.id for r in sorted(records, key=lambda r: (r.created_at, r.id), reverse=True) if matches(r, f)
             ]
             got = all_pages(s, limit, **f)
             assert got == expected, f
@@ -197,9 +195,7 @@ def test_stats_by_adapter_and_day(session_factory: sessionmaker[Session]) -> Non
         ("rrr-v2", day2, "retry_ok", 1),
     ]
     records = [
-        make_record(
-            adapter=a, status=st, created_at=d + timedelta(hours=11, minutes=59 - i)
-        )  # up to 23:59 UTC
+        make_record(adapter=a, status=st, created_at=d + timedelta(hours=11, minutes=59 - i))  # up to 23:59 UTC
         for a, d, st, n in spec
         for i in range(n)
     ]

@@ -130,9 +130,7 @@ def test_training_run_lifecycle(session_factory: sessionmaker[Session]) -> None:
         repos.append_run_metrics(s, run.id, {"step": 2, "loss": 0.25})
         repos.heartbeat_run(s, run.id, now=T0 + timedelta(seconds=30))
         repos.set_gate_result(s, run.id, {"promote": True, "first": [0.4, 0.5]})
-        repos.update_training_run(
-            s, run.id, status="succeeded", adapter_name="rrr-v1", now=T0 + timedelta(minutes=1)
-        )
+        repos.update_training_run(s, run.id, status="succeeded", adapter_name="rrr-v1", now=T0 + timedelta(minutes=1))
         repos.update_training_run(s, run.id, status="promoted", now=T0 + timedelta(minutes=2))
         repos.update_training_run(s, older.id, status="failed", error="OOM")
     with session_factory() as s:
@@ -173,9 +171,7 @@ def test_lease_is_exclusive_until_expiry(session_factory: sessionmaker[Session])
         assert row is not None and row.holder == "a"
         assert row.acquired_at == at and row.expires_at == at + timedelta(seconds=90)
     assert not lease(session_factory, "acquire_lease", "learner", "b", 60, now=at + timedelta(seconds=89))
-    assert lease(
-        session_factory, "acquire_lease", "learner", "b", 60, now=at + timedelta(seconds=90)
-    )  # expired
+    assert lease(session_factory, "acquire_lease", "learner", "b", 60, now=at + timedelta(seconds=90))  # expired
     with session_factory() as s:
         row = repos.get_lease(s, "learner")
         assert row is not None and row.holder == "b" and row.acquired_at == at + timedelta(seconds=90)
@@ -188,9 +184,7 @@ def test_lease_renew_and_release(session_factory: sessionmaker[Session]) -> None
     assert not lease(session_factory, "renew_lease", "learner", "b", 60, now=at)  # not b's
     assert lease(session_factory, "renew_lease", "learner", "a", 60, now=at + timedelta(seconds=5))
     assert not lease(session_factory, "acquire_lease", "learner", "b", 60, now=at + timedelta(seconds=30))
-    assert not lease(
-        session_factory, "renew_lease", "learner", "a", 60, now=at + timedelta(seconds=65)
-    )  # lapsed
+    assert not lease(session_factory, "renew_lease", "learner", "a", 60, now=at + timedelta(seconds=65))  # lapsed
     assert not lease(session_factory, "release_lease", "learner", "b")
     assert lease(session_factory, "release_lease", "learner", "a")
     assert not lease(session_factory, "release_lease", "learner", "a")

@@ -1,7 +1,8 @@
 """R8: values that validate are stored, and read back, identically on SQLite and PostgreSQL.
 
 Policy (store/sanitize.py): NUL → U+FFFD, lone surrogate → U+FFFD (pairs joined), NaN/±Infinity in
-JSON → null, strings cut to the column's length, integer columns clamped to 32 bits. Also: timestamps are UTC whatever the session zone.
+JSON → null, strings cut to the column's length, integer columns clamped to 32 bits. Also: timestamps are
+UTC whatever the session zone.
 """
 
 from __future__ import annotations
@@ -56,9 +57,7 @@ def test_clean_json_policy() -> None:
 
 
 def hostile_record() -> EpisodeRecord:
-    rec = make_record(
-        status="failed", attempts=3, tools=("get_\x00weather",), task="t\x00ask\ud800" + "x" * 300
-    )
+    rec = make_record(status="failed", attempts=3, tools=("get_\x00weather",), task="t\x00ask\ud800" + "x" * 300)
     rec.messages = [
         {"role": "user", "content": "nul\x00 here \ud800 lone, pair \ud83d\ude00 joined"},
         {"k\x00ey": [NAN, INF, -INF, 1.5, 10**30]},
@@ -92,9 +91,7 @@ def expected_snapshot(rec: EpisodeRecord) -> dict[str, Any]:
         "created_at": rec.created_at,
         "attempt_texts": ["\ufffd\ufffd", "reflect \ufffd", None],
         "attempt0_details": {"score": None, "why\ufffd": "bad \ufffd"},
-        "tools": [
-            {"type": "function", "function": {"name": "get_\ufffdweather", "parameters": {"type": "object"}}}
-        ],
+        "tools": [{"type": "function", "function": {"name": "get_\ufffdweather", "parameters": {"type": "object"}}}],
     }
 
 
@@ -122,9 +119,7 @@ def test_hostile_values_are_stored_by_policy(migrated_url: str, tmp_path: Path, 
     rec = hostile_record()
     spool = tmp_path / "spool.jsonl"
     if via == "spool":  # first spooled by a writer whose database is down, then replayed
-        dead = EpisodeWriter(
-            make_engine(f"sqlite:///{tmp_path / 'missing' / 'x.db'}"), spool, retry_interval_s=60
-        )
+        dead = EpisodeWriter(make_engine(f"sqlite:///{tmp_path / 'missing' / 'x.db'}"), spool, retry_interval_s=60)
         dead.submit(rec)
         assert dead.close(10) and dead.stats()["spooled"] == 1
     engine = make_engine(migrated_url)
@@ -145,9 +140,7 @@ def test_hostile_values_are_stored_by_policy(migrated_url: str, tmp_path: Path, 
         assert fed is not None
     with make_session_factory(engine)() as s:
         ep = repos.get_episode(s, rec.id)
-        assert (
-            ep is not None and ep.feedback_reason == "r\ufffd" and ep.feedback_expected_calls == [{"v": None}]
-        )
+        assert ep is not None and ep.feedback_reason == "r\ufffd" and ep.feedback_expected_calls == [{"v": None}]
     engine.dispose()
 
 
@@ -190,9 +183,7 @@ def test_timestamps_are_utc_whatever_the_input_or_session_zone(migrated_url: str
             s, since=datetime(2026, 3, 1, 23, 15, tzinfo=UTC), until=datetime(2026, 3, 2, 9, 31, tzinfo=tokyo)
         )
     engine.dispose()
-    assert got[late.id] == datetime(2026, 3, 1, 23, 30, tzinfo=UTC) and got[late.id].utcoffset() == timedelta(
-        0
-    )
+    assert got[late.id] == datetime(2026, 3, 1, 23, 30, tzinfo=UTC) and got[late.id].utcoffset() == timedelta(0)
     assert got[offset.id] == datetime(2026, 3, 1, 23, 0, tzinfo=UTC)
     assert got[naive.id] == datetime(2026, 3, 2, 0, 30, tzinfo=UTC)
     assert days == [("2026-03-01", 2), ("2026-03-02", 1)]
@@ -201,9 +192,18 @@ def test_timestamps_are_utc_whatever_the_input_or_session_zone(migrated_url: str
 
 def test_json_key_order_survives_storage(session: Session) -> None:
     # Training re-renders stored requests with the chat template; reordered keys would change prompts.
-    tool = {"type": "function", "function": {"name": "f", "description": "d", "parameters": {
-        "type": "object", "properties": {"zeta": {"type": "string"}, "alpha": {"type": "integer"}},
-        "required": ["zeta"]}}}
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "f",
+            "description": "d",
+            "parameters": {
+                "type": "object",
+                "properties": {"zeta": {"type": "string"}, "alpha": {"type": "integer"}},
+                "required": ["zeta"],
+            },
+        },
+    }
     record = EpisodeRecord(status="failed", messages=[{"role": "user", "content": "hi"}], tools=[tool])
     repos.record_episodes(session, [record])
     session.commit()

@@ -49,10 +49,7 @@ def test_concurrent_submitters_lose_and_duplicate_nothing(migrated_url: str, tmp
     engine = make_engine(migrated_url)
     writer = EpisodeWriter(engine, tmp_path / "spool.jsonl")
     per_thread, threads_n = 500, 8
-    records = [
-        [make_record(attempts=2 + (i + t) % 2, minutes=i) for i in range(per_thread)]
-        for t in range(threads_n)
-    ]
+    records = [[make_record(attempts=2 + (i + t) % 2, minutes=i) for i in range(per_thread)] for t in range(threads_n)]
     expected_attempts = sum(len(r.attempts) for batch in records for r in batch)
     accepted: list[bool] = []
     reader_errors: list[BaseException] = []

@@ -32,8 +32,13 @@ def tool_call(name: str, arguments: dict[str, Any] | str) -> dict[str, Any]:
     return {
         "role": "assistant",
         "content": None,
-        "tool_calls": [{"id": "chatcmpl-tool-" + uuid.uuid4().hex[:16], "type": "function",
-                        "function": {"name": name, "arguments": args}}],
+        "tool_calls": [
+            {
+                "id": "chatcmpl-tool-" + uuid.uuid4().hex[:16],
+                "type": "function",
+                "function": {"name": name, "arguments": args},
+            }
+        ],
     }
 
 
@@ -88,8 +93,7 @@ class ScriptedUpstream:
         self.admin_calls: list[str] = []
         self.server = _Server(("127.0.0.1", port), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self) -> ScriptedUpstream:
         self._thread.start()
@@ -111,7 +115,8 @@ class ScriptedUpstream:
             self.requests.append(body)
             return self.script.next(classify(body.get("messages", [])), self.counts)
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    # Complexity: one branch per scripted behaviour of the fake server.
+    def _handler(self) -> type[BaseHTTPRequestHandler]:  # noqa: C901
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -136,10 +141,27 @@ class ScriptedUpstream:
                     self.end_headers()
                 elif self.path == "/v1/models":
                     now = int(time.time())
-                    cards = [{"id": upstream.model, "object": "model", "created": now,
-                              "owned_by": "vllm", "root": upstream.model, "parent": None}]
-                    cards += [{"id": name, "object": "model", "created": now, "owned_by": "vllm", "root": path,
-                               "parent": upstream.model} for name, path in list(upstream.adapters.items())]
+                    cards = [
+                        {
+                            "id": upstream.model,
+                            "object": "model",
+                            "created": now,
+                            "owned_by": "vllm",
+                            "root": upstream.model,
+                            "parent": None,
+                        }
+                    ]
+                    cards += [
+                        {
+                            "id": name,
+                            "object": "model",
+                            "created": now,
+                            "owned_by": "vllm",
+                            "root": path,
+                            "parent": upstream.model,
+                        }
+                        for name, path in list(upstream.adapters.items())
+                    ]
                     self._send(200, {"object": "list", "data": cards})
                 else:
                     self._send(404, {"detail": "Not Found"})
@@ -171,20 +193,34 @@ class ScriptedUpstream:
                 if isinstance(reply, str) and reply.startswith("error:"):
                     _, code, *rest = reply.split(":", 2)
                     status = int(code)
-                    self._send(status, {"error": {"message": rest[0] if rest else "scripted failure",
-                                                  "type": "InternalServerError", "param": None, "code": status}})
+                    self._send(
+                        status,
+                        {
+                            "error": {
+                                "message": rest[0] if rest else "scripted failure",
+                                "type": "InternalServerError",
+                                "param": None,
+                                "code": status,
+                            }
+                        },
+                    )
                     return
                 assert isinstance(reply, dict)
                 message = {"role": "assistant", "content": None, **reply}
                 finish = message.pop("finish_reason", "tool_calls" if message.get("tool_calls") else "stop")
                 if not message.get("tool_calls"):
                     message.pop("tool_calls", None)
-                self._send(200, {
-                    "id": "chatcmpl-" + uuid.uuid4().hex[:16], "object": "chat.completion",
-                    "created": int(time.time()), "model": body.get("model") or upstream.model,
-                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-                })
+                self._send(
+                    200,
+                    {
+                        "id": "chatcmpl-" + uuid.uuid4().hex[:16],
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body.get("model") or upstream.model,
+                        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                    },
+                )
 
             def _text(self, status: int, text: str) -> None:
                 data = text.encode()
@@ -199,14 +235,32 @@ class ScriptedUpstream:
                     upstream.admin_calls.append(self.path)
                 if self.path == "/v1/unload_lora_adapter":
                     if upstream.adapters.pop(name, None) is None:
-                        self._send(404, {"error": {"message": f"The lora adapter '{name}' cannot be found.",
-                                                   "type": "NotFoundError", "param": None, "code": 404}})
+                        self._send(
+                            404,
+                            {
+                                "error": {
+                                    "message": f"The lora adapter '{name}' cannot be found.",
+                                    "type": "NotFoundError",
+                                    "param": None,
+                                    "code": 404,
+                                }
+                            },
+                        )
                         return
                     self._text(200, f"Success: LoRA adapter '{name}' removed successfully.")
                     return
                 if upstream.fail_loads:
-                    self._send(500, {"error": {"message": "Call to add_lora method failed: scripted",
-                                               "type": "InternalServerError", "param": None, "code": 500}})
+                    self._send(
+                        500,
+                        {
+                            "error": {
+                                "message": "Call to add_lora method failed: scripted",
+                                "type": "InternalServerError",
+                                "param": None,
+                                "code": 500,
+                            }
+                        },
+                    )
                     return
                 upstream.adapters[name] = str(body.get("lora_path") or "")
                 self._text(200, f"Success: LoRA adapter '{name}' added successfully.")

@@ -378,9 +378,7 @@ def test_bfcl_java_parameters_are_strings(tmp_path: Path) -> None:
         "description": "Sort.",
         "parameters": {"type": "dict", "properties": {"arr": {"type": "Array", "description": "Data."}}},
     }
-    q.write_text(
-        json.dumps({"id": "java_0", "question": [[{"role": "user", "content": "x"}]], "function": [fn]})
-    )
+    q.write_text(json.dumps({"id": "java_0", "question": [[{"role": "user", "content": "x"}]], "function": [fn]}))
     (item,) = load_dataset(f"bfcl:{q}")
     prop = item.tools[0].parameters["properties"]["arr"]
     assert prop["type"] == "string"

@@ -78,7 +78,10 @@ def test_closed_then_unclosed_block() -> None:
         ('<tool_call>{"name": 7, "arguments": {}}</tool_call>', '"name" must be a string'),
         ('<tool_call>{"name": " ", "arguments": {}}</tool_call>', '"name" is empty'),
         ("<tool_call></tool_call>", "invalid JSON"),
-        ('<tool_call>{"name": "f", "arguments": "{\\"a\\": 1}"}</tool_call>', '"arguments" must be a JSON object, got string'),
+        (
+            '<tool_call>{"name": "f", "arguments": "{\\"a\\": 1}"}</tool_call>',
+            '"arguments" must be a JSON object, got string',
+        ),
         ('<tool_call>{"name": "f", "arguments": {"x": NaN}}</tool_call>', "NaN"),
         ('<tool_call>{"name": "f", "arguments": {"x": 1, "x": 2}}</tool_call>', "duplicate key 'x'"),
         ('<tool_call>{"name": "f", "arguments": {"n": 123456789012345678901}}</tool_call>', "too many digits"),
@@ -180,9 +183,7 @@ def wire(name: Any, arguments: Any, call_id: str = "chatcmpl-tool-0123456789abcd
 
 
 def test_server_parsed_calls_are_decoded_with_ids() -> None:
-    calls, error = parse_openai_tool_calls(
-        [wire("f", '{"a": 1}', "id1"), wire("g", '{"city": "Zürich"}', "id2")], None
-    )
+    calls, error = parse_openai_tool_calls([wire("f", '{"a": 1}', "id1"), wire("g", '{"city": "Zürich"}', "id2")], None)
     assert error is None
     assert calls == [ToolCall("f", {"a": 1}, "id1"), ToolCall("g", {"city": "Zürich"}, "id2")]
 

@@ -111,7 +111,9 @@ def test_recursive_refs_are_rejected() -> None:
     tree = {
         "type": "object",
         "properties": {"root": {"$ref": "#/$defs/Node"}},
-        "$defs": {"Node": {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/Node"}}}}},
+        "$defs": {
+            "Node": {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/Node"}}}}
+        },
     }
     assert "recursive $ref" in rejected(tree)
     assert "recursive $ref" in rejected({"type": "object", "properties": {"me": {"$ref": "#"}}})

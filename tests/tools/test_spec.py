@@ -67,7 +67,9 @@ def test_schema_hash_is_stable_under_key_order_and_changes_with_content() -> Non
 def test_toolcall_from_dict_accepts_plain_and_openai_shapes() -> None:
     plain = ToolCall.from_dict({"name": "f", "arguments": {"a": 1}})
     as_string = ToolCall.from_dict({"name": "f", "arguments": '{"a": 1}'})
-    openai = ToolCall.from_dict({"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}})
+    openai = ToolCall.from_dict(
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+    )
     assert plain.arguments == as_string.arguments == openai.arguments == {"a": 1}
     assert openai.id == "call_1" and plain.id is None
     assert ToolCall.from_dict({"name": "f", "arguments": ""}).arguments == {}

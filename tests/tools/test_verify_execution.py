@@ -26,7 +26,9 @@ def test_successful_calls_pass_with_their_results() -> None:
 
 
 def test_an_exception_fails_with_its_type_and_message() -> None:
-    verdict = verify_execution(out(ToolCall("add", {"a": 1, "b": 1}), ToolCall("divide", {"a": 1, "b": 0})), FUNCTIONS, 10)
+    verdict = verify_execution(
+        out(ToolCall("add", {"a": 1, "b": 1}), ToolCall("divide", {"a": 1, "b": 0})), FUNCTIONS, 10
+    )
     assert not verdict.ok
     assert verdict.reason == "call 2 divide raised ZeroDivisionError: cannot divide by zero"
     assert verdict.details["results"] == [{"call": 1, "name": "add", "result": 2}]

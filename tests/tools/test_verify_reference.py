@@ -28,7 +28,9 @@ SPEED = ToolSpec(
         "required": ["distance", "time"],
     },
 )
-SPEED_EXPECTED = [{"calculate_speed": {"distance": [100.0], "time": [5], "unit": ["km/h", ""], "round_trip": ["", False]}}]
+SPEED_EXPECTED = [
+    {"calculate_speed": {"distance": [100.0], "time": [5], "unit": ["km/h", ""], "round_trip": ["", False]}}
+]
 
 
 def out(*calls: ToolCall, parse_error: str | None = None) -> ModelOutput:
@@ -213,7 +215,9 @@ def test_parallel_duplicates_need_one_call_each() -> None:
 
 
 def test_irrelevance_is_correct_only_without_calls() -> None:
-    assert check([], )[0]
+    assert check(
+        [],
+    )[0]
     ok, reason = check([], call("get_weather", city="Paris"))
     assert not ok and reason.startswith("no tool call was expected") and "get_weather" in reason
 
@@ -242,7 +246,9 @@ def test_expected_from_calls_wraps_plain_calls() -> None:
         {"f": {"a": [1], "tags": [["x"]], "opts": [{"k": ["v"], "inner": [{"z": [2]}]}]}},
         {"g": {"city": ["Paris"]}},
     ]
-    original = out(ToolCall("f", {"a": 1, "tags": ["X"], "opts": {"k": "V", "inner": {"z": 2}}}), call("g", city="paris"))
+    original = out(
+        ToolCall("f", {"a": 1, "tags": ["X"], "opts": {"k": "V", "inner": {"z": 2}}}), call("g", city="paris")
+    )
     assert verify_reference(original, wrapped).ok
     assert not verify_reference(out(call("f", a=1, tags=["x"], opts={"k": "v"}), call("g", city="Paris")), wrapped).ok
 

@@ -136,7 +136,9 @@ def test_model_output_from_an_openai_message() -> None:
     message = {
         "role": "assistant",
         "content": None,
-        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": '{"tz": "UTC"}'}}],
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": '{"tz": "UTC"}'}}
+        ],
     }
     output = ModelOutput.from_openai_message(message)
     assert output == ModelOutput([ToolCall("get_time", {"tz": "UTC"}, "c1")], None, None)

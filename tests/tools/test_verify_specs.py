@@ -12,10 +12,21 @@ from tools.spec import ToolCall, ToolSpec
 from tools.verify import ModelOutput, Verdict, is_rerunnable, normalize_spec, run_verifier
 
 TOOLS = [
-    ToolSpec("add", parameters={"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}),
+    ToolSpec(
+        "add",
+        parameters={
+            "type": "object",
+            "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+            "required": ["a", "b"],
+        },
+    ),
     ToolSpec("divide", parameters={"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}),
 ]
-EXECUTION = {"type": "execution", "functions": {"add": FUNCTIONS["add"], "divide": FUNCTIONS["divide"]}, "timeout_s": 10}
+EXECUTION = {
+    "type": "execution",
+    "functions": {"add": FUNCTIONS["add"], "divide": FUNCTIONS["divide"]},
+    "timeout_s": 10,
+}
 
 
 def out(*calls: ToolCall, content: str | None = None, parse_error: str | None = None) -> ModelOutput:
@@ -28,7 +39,11 @@ def out(*calls: ToolCall, content: str | None = None, parse_error: str | None = 
 def test_names_and_objects_normalise_to_canonical_json() -> None:
     assert normalize_spec("schema") == {"type": "schema"}
     assert normalize_spec({"type": "reference"}) == {"type": "reference"}
-    assert normalize_spec('{"type": "countdown", "nums": [1, 2], "target": 3}') == {"type": "countdown", "nums": [1, 2], "target": 3}
+    assert normalize_spec('{"type": "countdown", "nums": [1, 2], "target": 3}') == {
+        "type": "countdown",
+        "nums": [1, 2],
+        "target": 3,
+    }
     assert normalize_spec({"type": "execution", "functions": {"b": FUNCTIONS["add"], "a": FUNCTIONS["divide"]}}) == {
         "type": "execution",
         "functions": {"a": FUNCTIONS["divide"], "b": FUNCTIONS["add"]},
@@ -48,7 +63,7 @@ def test_names_and_objects_normalise_to_canonical_json() -> None:
         ({"kind": "schema"}, "unknown verifier type None"),
         (3, "a verifier spec is a name or an object"),
         ("{not json", "not valid JSON"),
-        ("execution", "needs \"functions\""),
+        ("execution", 'needs "functions"'),
         ({"type": "execution", "functions": {"f": "no_colon"}}, "is not of the form"),
         ({"type": "execution", "functions": {"f": "os:system"}}, "outside the registered tool modules"),
         ({"type": "execution", "functions": {"f": FUNCTIONS["add"]}, "timeout_s": 0}, "timeout_s"),
@@ -61,7 +76,18 @@ def test_names_and_objects_normalise_to_canonical_json() -> None:
         ({"type": "countdown", "nums": [1, 2], "target": float("inf")}, "target"),
         ({"type": "all", "of": []}, '"of"'),
         ({"type": "all", "of": ["schema", "bogus"]}, "unknown verifier type 'bogus'"),
-        ({"type": "all", "of": [{"type": "all", "of": [{"type": "all", "of": [{"type": "all", "of": [{"type": "all", "of": ["schema"]}]}]}]}]}, "nest at most"),
+        (
+            {
+                "type": "all",
+                "of": [
+                    {
+                        "type": "all",
+                        "of": [{"type": "all", "of": [{"type": "all", "of": [{"type": "all", "of": ["schema"]}]}]}],
+                    }
+                ],
+            },
+            "nest at most",
+        ),
     ],
 )
 def test_bad_specs_raise_value_errors_that_say_what_to_change(spec: Any, fragment: str) -> None:
@@ -84,7 +110,9 @@ def test_schema_spec_dispatches_with_tool_choice() -> None:
 def test_reference_spec_needs_expected_calls() -> None:
     verdict = run_verifier("reference", out(ToolCall("add", {"a": 1, "b": 2})), tools=TOOLS)
     assert verdict == Verdict(False, "no expected calls")
-    assert run_verifier("reference", out(ToolCall("add", {"a": 1, "b": 2})), tools=TOOLS, expected=[{"add": {"a": [1], "b": [2]}}]).ok
+    assert run_verifier(
+        "reference", out(ToolCall("add", {"a": 1, "b": 2})), tools=TOOLS, expected=[{"add": {"a": [1], "b": [2]}}]
+    ).ok
     assert run_verifier("reference", out(content="Not a math question."), tools=TOOLS, expected=[]).ok
 
 
@@ -111,13 +139,21 @@ def test_composition_needs_every_part_and_reports_the_first_failure() -> None:
 
 
 def test_composition_with_reference_and_no_expected_fails() -> None:
-    verdict = run_verifier({"type": "all", "of": ["schema", "reference"]}, out(ToolCall("add", {"a": 1, "b": 2})), tools=TOOLS)
+    verdict = run_verifier(
+        {"type": "all", "of": ["schema", "reference"]}, out(ToolCall("add", {"a": 1, "b": 2})), tools=TOOLS
+    )
     assert not verdict.ok and verdict.reason == "no expected calls" and verdict.details["failed"] == "reference"
 
 
 @pytest.mark.parametrize(
     "spec",
-    ["schema", "reference", EXECUTION, {"type": "countdown", "nums": [1], "target": 1}, {"type": "all", "of": ["schema", "reference"]}],
+    [
+        "schema",
+        "reference",
+        EXECUTION,
+        {"type": "countdown", "nums": [1], "target": 1},
+        {"type": "all", "of": ["schema", "reference"]},
+    ],
 )
 @pytest.mark.parametrize(
     "output",

@@ -96,9 +96,7 @@ def convert_bfcl_functions(
         tool = convert_bfcl_function(fn, f"{where}, function {i}", language)
         original = fn["name"]
         if tool.name in names and names[tool.name] != original:
-            raise DatasetError(
-                f"{where}: functions {names[tool.name]!r} and {original!r} both become {tool.name!r}"
-            )
+            raise DatasetError(f"{where}: functions {names[tool.name]!r} and {original!r} both become {tool.name!r}")
         names[tool.name] = original
         tools.append(tool)
     return tools, names

@@ -45,6 +45,4 @@ def convert_countdown_record(obj: dict[str, Any], index: int, where: str) -> Dat
 
 
 def load_countdown(path: str | Path) -> list[DatasetItem]:
-    return [
-        convert_countdown_record(require_object(rec), i, rec.where) for i, rec in enumerate(read_jsonl(path))
-    ]
+    return [convert_countdown_record(require_object(rec), i, rec.where) for i, rec in enumerate(read_jsonl(path))]

@@ -98,9 +98,7 @@ def read_jsonl(path: str | Path) -> Iterator[Record]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DatasetError(
-                f"{path}, line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})"
-            ) from None
+            raise DatasetError(f"{path}, line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         yield Record(value, f"{path}, line {lineno}")
 
 

@@ -55,9 +55,7 @@ def convert_openai_record(obj: dict[str, Any], index: int, where: str) -> Datase
 
 
 def load_openai(path: str | Path) -> list[DatasetItem]:
-    return [
-        convert_openai_record(require_object(rec), i, rec.where) for i, rec in enumerate(read_jsonl(path))
-    ]
+    return [convert_openai_record(require_object(rec), i, rec.where) for i, rec in enumerate(read_jsonl(path))]
 
 
 def load_openai_tools(path: str | Path) -> list[ToolSpec]:

@@ -136,7 +136,7 @@ def _array(args: list[str], *, tuple_like: bool) -> dict[str, Any]:
     return schema
 
 
-def parse_type(text: str) -> TypeInfo:
+def parse_type(text: str) -> TypeInfo:  # noqa: C901 (one branch per Python-style type name)
     """Parse one Python-style (or JSON Schema) type name into JSON Schema; never raises."""
     raw = text.strip()
     if not raw:

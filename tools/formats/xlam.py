@@ -177,9 +177,7 @@ def convert_xlam_messages(query: Any, where: str = "query") -> list[dict[str, An
             content = json.dumps(content, ensure_ascii=False)
         if role == "assistant" and isinstance(turn.get("tool_calls"), list):
             messages.append({**turn, "role": "assistant"})
-            pending = [
-                c["id"] for c in turn["tool_calls"] if isinstance(c, dict) and isinstance(c.get("id"), str)
-            ]
+            pending = [c["id"] for c in turn["tool_calls"] if isinstance(c, dict) and isinstance(c.get("id"), str)]
             last_id = pending[-1] if pending else last_id
             continue
         calls = _calls_in_text(content) if role == "assistant" and content else None
@@ -293,11 +291,7 @@ def convert_xlam_answers(answers: Any, tools: list[ToolSpec], where: str = "answ
             schema = props.get(pname, {})
             decoded = coerce_value(value, schema)
             acceptable = [_acceptable(decoded)]
-            if (
-                pname not in required
-                and "default" in schema
-                and coerce_value(schema["default"], schema) == decoded
-            ):
+            if pname not in required and "default" in schema and coerce_value(schema["default"], schema) == decoded:
                 acceptable.append("")
             params[pname] = acceptable
         for pname, schema in props.items():
@@ -325,9 +319,7 @@ def convert_xlam_record(rec: Any, index: int, where: str | None = None) -> Datas
 
 def load_xlam(path: str | Path) -> list[DatasetItem]:
     """All records of an xLAM file (a JSON array or JSON Lines)."""
-    return [
-        convert_xlam_record(require_object(rec), i, rec.where) for i, rec in enumerate(read_records(path))
-    ]
+    return [convert_xlam_record(require_object(rec), i, rec.where) for i, rec in enumerate(read_records(path))]
 
 
 def load_xlam_tools(path: str | Path) -> list[ToolSpec]:

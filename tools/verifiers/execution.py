@@ -62,7 +62,9 @@ def check_target(target: Any, allowed_modules: tuple[str, ...] = DEFAULT_EXECUTI
 
 
 def _run_one(target: str, arguments: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    payload = json.dumps({"path": [p for p in sys.path if isinstance(p, str)], "target": target, "arguments": arguments})
+    payload = json.dumps(
+        {"path": [p for p in sys.path if isinstance(p, str)], "target": target, "arguments": arguments}
+    )
     proc = subprocess.Popen(
         [sys.executable, "-I", "-c", _RUNNER],
         stdin=subprocess.PIPE,
@@ -82,7 +84,11 @@ def _run_one(target: str, arguments: dict[str, Any], timeout_s: float) -> dict[s
     except ValueError:
         reply = None
     if not isinstance(reply, dict):
-        return {"ok": False, "error": "ProcessError", "message": f"the tool process exited with code {proc.returncode} without a result"}
+        return {
+            "ok": False,
+            "error": "ProcessError",
+            "message": f"the tool process exited with code {proc.returncode} without a result",
+        }
     return reply
 
 

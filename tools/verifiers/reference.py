@@ -120,7 +120,8 @@ def _as_list(acceptable: Any) -> list[Any]:
     return acceptable if isinstance(acceptable, list) else [acceptable]
 
 
-def _match(value: Any, acceptable: Any, schema: Any, float_ok: bool) -> str | None:
+# Complexity: BFCL's value rules, one branch each.
+def _match(value: Any, acceptable: Any, schema: Any, float_ok: bool) -> str | None:  # noqa: C901
     """None if ``value`` matches one acceptable value, else why not."""
     float_ok = float_ok or "number" in _schema_types(schema) or isinstance(acceptable, float)
     if isinstance(acceptable, dict):
@@ -150,7 +151,11 @@ def _match(value: Any, acceptable: Any, schema: Any, float_ok: bool) -> str | No
     if isinstance(acceptable, str):
         if not isinstance(value, str):
             return f"expected a string, got {_json_type(value)}"
-        return None if normalize_string(value) == normalize_string(acceptable) else f"{clip(value)} is not {clip(acceptable)}"
+        return (
+            None
+            if normalize_string(value) == normalize_string(acceptable)
+            else f"{clip(value)} is not {clip(acceptable)}"
+        )
     if isinstance(acceptable, bool) or acceptable is None:
         if type(value) is not type(acceptable):
             return f"expected {_json_type(acceptable)}, got {_json_type(value)}"
@@ -241,7 +246,8 @@ def _perfect_matching(ok: list[list[bool]]) -> list[int] | None:
     return assigned
 
 
-def verify_reference(output: ModelOutput, expected: Any, tools: list[ToolSpec] | None = None) -> Verdict:
+# Complexity: BFCL's call-level rules, one branch each.
+def verify_reference(output: ModelOutput, expected: Any, tools: list[ToolSpec] | None = None) -> Verdict:  # noqa: C901
     """Pass if the calls match the reference answer (BFCL AST semantics, parallel order-free).
 
     ``expected`` is BFCL-shaped (plain calls are wrapped); a malformed reference raises ValueError.
@@ -252,7 +258,10 @@ def verify_reference(output: ModelOutput, expected: Any, tools: list[ToolSpec] |
     calls = output.tool_calls
     if not reference:
         if calls:
-            return failed(f"no tool call was expected (the request is irrelevant to the tools), but the model called {output.describe_calls()}")
+            return failed(
+                "no tool call was expected (the request is irrelevant to the tools), "
+                f"but the model called {output.describe_calls()}"
+            )
         return passed()
     names = ", ".join(next(iter(entry)) for entry in reference)
     if not calls:

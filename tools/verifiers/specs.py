@@ -1,7 +1,8 @@
 """Serialisable verifier specs: validate them, run them, and say whether they can be re-run offline.
 
 A spec is JSON, stored with each episode so the learner can re-run the same verifier on a retry:
-``"schema"``, ``"reference"``, ``"relevance"`` (some well-formed call; BFCL live_relevance), ``{"type": "execution", "functions": {tool: "module:function"},
+``"schema"``, ``"reference"``, ``"relevance"`` (some well-formed call; BFCL live_relevance),
+``{"type": "execution", "functions": {tool: "module:function"},
 "timeout_s": 5}``, ``{"type": "countdown", "nums": [...], "target": N}`` and
 ``{"type": "all", "of": [spec, ...]}`` (every one must pass; the first failure gives the reason).
 A bad spec raises ValueError with what to change; bad model output only ever yields a verdict.
@@ -23,8 +24,14 @@ from tools.verifiers.relevance import verify_relevance
 from tools.verifiers.schema_check import verify_schema
 
 VERIFIER_TYPES = ("schema", "reference", "relevance", "execution", "countdown", "all")
-_FIELDS = {"schema": (), "reference": (), "relevance": (), "execution": ("functions", "timeout_s"),
-           "countdown": ("nums", "target"), "all": ("of",)}
+_FIELDS = {
+    "schema": (),
+    "reference": (),
+    "relevance": (),
+    "execution": ("functions", "timeout_s"),
+    "countdown": ("nums", "target"),
+    "all": ("of",),
+}
 DEFAULT_TIMEOUT_S = 5.0
 MAX_TIMEOUT_S = 60.0
 MAX_NESTING = 4
@@ -36,7 +43,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _normalize(spec: Any, allowed_modules: tuple[str, ...], depth: int) -> dict[str, Any]:
+# Complexity: one branch per verifier kind and field.
+def _normalize(spec: Any, allowed_modules: tuple[str, ...], depth: int) -> dict[str, Any]:  # noqa: C901
     if isinstance(spec, str):
         text = spec.strip()
         if text.startswith("{"):
@@ -47,7 +55,7 @@ def _normalize(spec: Any, allowed_modules: tuple[str, ...], depth: int) -> dict[
         else:
             spec = {"type": text}
     if not isinstance(spec, dict):
-        raise ValueError(f"a verifier spec is a name or an object with a \"type\", got {type(spec).__name__}")
+        raise ValueError(f'a verifier spec is a name or an object with a "type", got {type(spec).__name__}')
     kind = spec.get("type")
     if kind not in _FIELDS:
         raise ValueError(f"unknown verifier type {kind!r}; use one of: {', '.join(VERIFIER_TYPES)}")
@@ -103,8 +111,9 @@ class VerifierSpec:
     params: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @classmethod
-    def parse(cls, spec: VerifierSpec | str | dict[str, Any], *,
-              allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES) -> VerifierSpec:
+    def parse(
+        cls, spec: VerifierSpec | str | dict[str, Any], *, allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES
+    ) -> VerifierSpec:
         """Validate a spec (a name, JSON text or an object); ValueError says what to change."""
         if isinstance(spec, VerifierSpec):
             return spec
@@ -144,8 +153,9 @@ SCHEMA = VerifierSpec(kind="schema")
 """The default verifier: calls name offered tools, arguments fit their schemas, tool_choice holds."""
 
 
-def normalize_spec(spec: VerifierSpec | str | dict[str, Any], *,
-                   allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES) -> dict[str, Any]:
+def normalize_spec(
+    spec: VerifierSpec | str | dict[str, Any], *, allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES
+) -> dict[str, Any]:
     """Validate a spec and return its canonical JSON form (defaults filled in); ValueError if bad."""
     return VerifierSpec.parse(spec, allowed_modules=allowed_modules).to_json()
 
@@ -196,7 +206,9 @@ def run_verifier(
 
 
 def is_rerunnable(
-    spec: VerifierSpec | str | dict[str, Any], expected: list[Any] | None, *,
+    spec: VerifierSpec | str | dict[str, Any],
+    expected: list[Any] | None,
+    *,
     allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES,
 ) -> bool:
     """Whether the learner can re-run this verifier offline (reference needs expected calls)."""

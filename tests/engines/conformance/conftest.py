@@ -33,12 +33,24 @@ def target(request: pytest.FixtureRequest) -> Target:
     if EXTERNAL_URL:
         adapter = os.environ.get("RRR_VLLM_ADAPTER_DIR") or None
         local = Path(adapter) if adapter and Path(adapter, "adapter_config.json").is_file() else None
-        return Target(url=EXTERNAL_URL, api_key=os.environ.get("RRR_VLLM_API_KEY") or None, adapter_dir=adapter,
-                      local_adapter=local, shared_fs=os.environ.get("RRR_VLLM_SHARED_FS") == "1", tool_model=None)
+        return Target(
+            url=EXTERNAL_URL,
+            api_key=os.environ.get("RRR_VLLM_API_KEY") or None,
+            adapter_dir=adapter,
+            local_adapter=local,
+            shared_fs=os.environ.get("RRR_VLLM_SHARED_FS") == "1",
+            tool_model=None,
+        )
     server = request.getfixturevalue("engine_server")
     adapter_dir: Path = request.getfixturevalue("tiny_adapter_dir")
-    return Target(url=server.url, api_key=None, adapter_dir=str(adapter_dir), local_adapter=adapter_dir,
-                  shared_fs=True, tool_model=request.getfixturevalue("tiny_tool_model"))
+    return Target(
+        url=server.url,
+        api_key=None,
+        adapter_dir=str(adapter_dir),
+        local_adapter=adapter_dir,
+        shared_fs=True,
+        tool_model=request.getfixturevalue("tiny_tool_model"),
+    )
 
 
 @pytest.fixture()

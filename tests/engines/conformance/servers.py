@@ -35,8 +35,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(url: str, *, timeout: float, proc: subprocess.Popen[bytes] | None = None,
-                 log: Path | None = None) -> None:
+def wait_healthy(
+    url: str, *, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
+) -> None:
     """Poll `/health`; connection refused means "still starting" (vllm-contract §5.1)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -70,16 +71,24 @@ class ServerProcess:
                 self.proc.wait(timeout=10)
 
 
-def launch_engine_server(model_dir: Path, log_dir: Path, *, args: Sequence[str] = (),
-                         env: dict[str, str] | None = None) -> ServerProcess:
+def launch_engine_server(
+    model_dir: Path, log_dir: Path, *, args: Sequence[str] = (), env: dict[str, str] | None = None
+) -> ServerProcess:
     """Start `python -m cli engine serve --model DIR ...` from the repository root (not yet healthy).
 
     `env` entries override the inherited environment; a value of "" removes the variable.
     """
     port = free_port()
     child_env = dict(os.environ)
-    child_env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                      "HF_HUB_DISABLE_PROGRESS_BARS": "1", "RRR_LOG_LEVEL": "WARNING"})
+    child_env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "RRR_LOG_LEVEL": "WARNING",
+        }
+    )
     for key in ("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "VLLM_API_KEY"):
         child_env.pop(key, None)
     for key, value in (env or {}).items():
@@ -88,8 +97,20 @@ def launch_engine_server(model_dir: Path, log_dir: Path, *, args: Sequence[str] 
         else:
             child_env[key] = value
     log = log_dir / f"engine-serve-{port}.log"
-    cmd = [sys.executable, "-m", "cli", "engine", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
-           "--port", str(port), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli",
+        "engine",
+        "serve",
+        "--model",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *args,
+    ]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=child_env, stdout=out, stderr=subprocess.STDOUT)
     return ServerProcess(url=f"http://127.0.0.1:{port}", proc=proc, log=log)
@@ -134,6 +155,7 @@ def serve_in_thread(app: Any, *, ready: bool = True) -> Iterator[str]:
 
 # --- adapters vLLM must refuse (contract §8.4) ------------------------------------------------------
 
+
 def _safetensors(path: Path, names: list[str]) -> None:
     """A valid safetensors file with one 1x1 float32 zero tensor per name."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
@@ -153,12 +175,25 @@ def copy_adapter(good: Path, dest: Path) -> Path:
     return dest
 
 
-BAD_ADAPTERS = ("no_dir", "no_config", "bad_json", "missing_r", "missing_lora_alpha", "missing_target_modules",
-                "rank_too_high", "use_dora", "modules_to_save", "bias", "embed_tokens", "lm_head", "no_weights")
+BAD_ADAPTERS = (
+    "no_dir",
+    "no_config",
+    "bad_json",
+    "missing_r",
+    "missing_lora_alpha",
+    "missing_target_modules",
+    "rank_too_high",
+    "use_dora",
+    "modules_to_save",
+    "bias",
+    "embed_tokens",
+    "lm_head",
+    "no_weights",
+)
 """Kinds of broken adapter; the first two are 404 `NotFoundError`, the rest 500 `InternalServerError`."""
 
 
-def make_bad_adapter(kind: str, good: Path, dest: Path) -> Path:
+def make_bad_adapter(kind: str, good: Path, dest: Path) -> Path:  # noqa: C901 (one branch per kind of broken adapter)
     """Write an adapter directory broken in one way (`kind` from BAD_ADAPTERS), based on `good`."""
     if kind == "no_dir":
         return dest / "does-not-exist"
@@ -170,7 +205,7 @@ def make_bad_adapter(kind: str, good: Path, dest: Path) -> Path:
     elif kind == "bad_json":
         config_path.write_text('{"r": 8, "lora_alpha": 16,')
     elif kind.startswith("missing_"):
-        del config[kind[len("missing_"):]]
+        del config[kind[len("missing_") :]]
     elif kind == "rank_too_high":
         config["r"] = 1024  # above every rank vLLM allows (512 at most)
     elif kind == "use_dora":
@@ -183,12 +218,22 @@ def make_bad_adapter(kind: str, good: Path, dest: Path) -> Path:
         config["target_modules"] = ["q_proj", kind]
         for weights in dest.glob("adapter_model.*"):
             weights.unlink()
-        extra = (["base_model.model.model.embed_tokens.lora_embedding_A",
-                  "base_model.model.model.embed_tokens.lora_embedding_B"] if kind == "embed_tokens"
-                 else ["base_model.model.lm_head.lora_A.weight", "base_model.model.lm_head.lora_B.weight"])
-        _safetensors(dest / "adapter_model.safetensors", [
-            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
-            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", *extra])
+        extra = (
+            [
+                "base_model.model.model.embed_tokens.lora_embedding_A",
+                "base_model.model.model.embed_tokens.lora_embedding_B",
+            ]
+            if kind == "embed_tokens"
+            else ["base_model.model.lm_head.lora_A.weight", "base_model.model.lm_head.lora_B.weight"]
+        )
+        _safetensors(
+            dest / "adapter_model.safetensors",
+            [
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+                *extra,
+            ],
+        )
     elif kind == "no_weights":
         for weights in dest.glob("adapter_model.*"):
             weights.unlink()
@@ -201,6 +246,7 @@ def make_bad_adapter(kind: str, good: Path, dest: Path) -> Path:
 
 # --- a raw HTTP peer for transport faults ------------------------------------------------------------
 
+
 class RawPeer:
     """A loopback socket server answering every request the same scripted way.
 
@@ -208,8 +254,9 @@ class RawPeer:
     close), or "reply" (send `status`, `body` and `content_type`). Only the wire format is scripted.
     """
 
-    def __init__(self, mode: str, *, status: int = 200, body: bytes = b"",
-                 content_type: str = "application/json") -> None:
+    def __init__(
+        self, mode: str, *, status: int = 200, body: bytes = b"", content_type: str = "application/json"
+    ) -> None:
         self.mode, self.status, self.body, self.content_type = mode, status, body, content_type
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -257,13 +304,14 @@ class RawPeer:
                 self._stop.wait(60)
                 return
             if self.mode == "drop":
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
-                             b'{"id": "chatcmpl-x", "choi')
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                    b'{"id": "chatcmpl-x", "choi'
+                )
                 conn.shutdown(socket.SHUT_RDWR)
                 conn.close()
                 return
             kind = f"Content-Type: {self.content_type}\r\n" if self.content_type else ""
-            head = (f"HTTP/1.1 {self.status} X\r\n{kind}"
-                    f"Content-Length: {len(self.body)}\r\nConnection: close\r\n\r\n")
+            head = f"HTTP/1.1 {self.status} X\r\n{kind}Content-Length: {len(self.body)}\r\nConnection: close\r\n\r\n"
             conn.sendall(head.encode() + self.body)
             conn.close()

@@ -13,8 +13,11 @@ import pytest
 from tests.conftest import ToolModel
 
 EXTERNAL_URL = os.environ.get("RRR_VLLM_URL", "").rstrip("/").removesuffix("/v1")
-needs_local = pytest.mark.skipif(bool(EXTERNAL_URL), reason="needs the scripted tool model or server-side "
-                                 "switches of the server this suite starts (RRR_VLLM_URL is set)")
+needs_local = pytest.mark.skipif(
+    bool(EXTERNAL_URL),
+    reason="needs the scripted tool model or server-side "
+    "switches of the server this suite starts (RRR_VLLM_URL is set)",
+)
 
 
 @dataclass
@@ -39,8 +42,7 @@ class Target:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout)
 
     def sdk(self, timeout: float = 120.0) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.api_key or "EMPTY", max_retries=0,
-                             timeout=timeout)
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.api_key or "EMPTY", max_retries=0, timeout=timeout)
 
     def base_model(self) -> str:
         with self.http() as client:

@@ -35,8 +35,9 @@ def test_v1_needs_the_bearer_key(keyed: tuple[str, str], headers: dict[str, str]
 def test_the_scheme_is_case_blind(keyed: tuple[str, str]) -> None:
     url, key = keyed
     for scheme in ("Bearer", "bearer", "BEARER"):
-        assert httpx.get(f"{url}/v1/models", headers={"Authorization": f"{scheme} {key}"}, timeout=30) \
-            .status_code == 200, scheme
+        assert (
+            httpx.get(f"{url}/v1/models", headers={"Authorization": f"{scheme} {key}"}, timeout=30).status_code == 200
+        ), scheme
 
 
 def test_health_metrics_version_and_ping_stay_open(keyed: tuple[str, str]) -> None:

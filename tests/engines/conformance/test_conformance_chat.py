@@ -20,8 +20,13 @@ from tests.engines.conformance.target import Target, needs_local
 
 TOOL_ID = re.compile(r"^chatcmpl-tool-[0-9a-f]{16}$")
 HI = [{"role": "user", "content": "hi"}]
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 NULL_MESSAGE_FIELDS = ("refusal", "annotations", "audio", "function_call", "reasoning")
 
 
@@ -52,6 +57,7 @@ def sse(http: httpx.Client, **body: Any) -> list[Any]:
 
 # --- routing (§2.7) -----------------------------------------------------------------------------------
 
+
 def test_an_omitted_model_means_the_base_and_the_response_echoes_it(http: httpx.Client, target: Target) -> None:
     body = chat(http, max_tokens=3).json()
     assert body["model"] == target.base_model()
@@ -59,8 +65,9 @@ def test_an_omitted_model_means_the_base_and_the_response_echoes_it(http: httpx.
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
 
 
-def test_an_adapter_is_selected_by_model_and_echoed(http: httpx.Client, adapter: str,
-                                                    names: Callable[[str], str]) -> None:
+def test_an_adapter_is_selected_by_model_and_echoed(
+    http: httpx.Client, adapter: str, names: Callable[[str], str]
+) -> None:
     name = names("route")
     assert http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": adapter}).status_code == 200
     assert chat(http, model=name, max_tokens=3).json()["model"] == name
@@ -77,15 +84,28 @@ def test_an_unknown_model_is_404_with_param_model(http: httpx.Client, target: Ta
 
 # --- request validation (§3.2) -------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("extra", "param", "message"), [
-    ({"tools": []}, "tools",
-     "`tools` must not be an empty array. Either provide at least one tool or omit the field entirely."),
-    ({"tool_choice": "auto"}, "tool_choice", "When using `tool_choice`, `tools` must be set."),
-    ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice",
-     'Invalid value for `tool_choice`: sometimes! Only named tools, "none", "auto" or "required" are supported.'),
-    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_time"}}}, "tool_choice",
-     "The tool specified in `tool_choice` does not match any of the specified `tools`"),
-])
+
+@pytest.mark.parametrize(
+    ("extra", "param", "message"),
+    [
+        (
+            {"tools": []},
+            "tools",
+            "`tools` must not be an empty array. Either provide at least one tool or omit the field entirely.",
+        ),
+        ({"tool_choice": "auto"}, "tool_choice", "When using `tool_choice`, `tools` must be set."),
+        (
+            {"tools": [WEATHER], "tool_choice": "sometimes"},
+            "tool_choice",
+            'Invalid value for `tool_choice`: sometimes! Only named tools, "none", "auto" or "required" are supported.',
+        ),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_time"}}},
+            "tool_choice",
+            "The tool specified in `tool_choice` does not match any of the specified `tools`",
+        ),
+    ],
+)
 def test_tool_request_validation(http: httpx.Client, extra: dict[str, Any], param: str, message: str) -> None:
     response = chat(http, model="no-such-model", max_tokens=3, **extra)  # validation comes before routing
     assert response.status_code == 400
@@ -102,14 +122,17 @@ def test_a_body_without_messages_is_400_bad_request(http: httpx.Client) -> None:
 
 
 def test_invalid_json_is_400(http: httpx.Client) -> None:
-    response = http.post("/v1/chat/completions", content=b'{"messages": [', headers={"Content-Type": "application/json"})
+    response = http.post(
+        "/v1/chat/completions", content=b'{"messages": [', headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400
     assert error(response)["type"] == "Bad Request"
 
 
 def test_chat_requires_a_json_content_type(http: httpx.Client) -> None:
-    response = http.post("/v1/chat/completions", content=json.dumps({"messages": HI}),
-                         headers={"Content-Type": "text/plain"})
+    response = http.post(
+        "/v1/chat/completions", content=json.dumps({"messages": HI}), headers={"Content-Type": "text/plain"}
+    )
     assert response.status_code == 400 and "Unsupported Media Type" in error(response)["message"]
 
 
@@ -122,21 +145,26 @@ def test_stream_options_need_stream(http: httpx.Client) -> None:
 def test_with_the_tool_parser_off_tool_requests_are_400(locked_engine_server: Any) -> None:
     from tests.engines.conftest import LOCKED_KEY
 
-    with httpx.Client(base_url=locked_engine_server.url, headers={"Authorization": f"Bearer {LOCKED_KEY}"},
-                      timeout=60) as http:
+    with httpx.Client(
+        base_url=locked_engine_server.url, headers={"Authorization": f"Bearer {LOCKED_KEY}"}, timeout=60
+    ) as http:
         auto = chat(http, tools=[WEATHER], max_tokens=3)
         assert auto.status_code == 400
-        assert error(auto)["message"] == \
-            '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+        assert (
+            error(auto)["message"]
+            == '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+        )
         required = chat(http, tools=[WEATHER], tool_choice="required", max_tokens=3)
         assert error(required)["message"] == 'tool_choice="required" requires --tool-call-parser to be set'
-        named = chat(http, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                     max_tokens=3)
+        named = chat(
+            http, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=3
+        )
         assert error(named)["message"] == 'tool_choice=function "get_weather" requires --tool-call-parser to be set'
         assert chat(http, tools=[WEATHER], tool_choice="none", max_tokens=3).status_code == 200
 
 
 # --- tool calls (§3.3-§3.5, §8.8) ---------------------------------------------------------------------
+
 
 def ask(http: httpx.Client, model: ToolModel, key: str, **extra: Any) -> dict[str, Any]:
     response = chat(http, messages=model.prompt(key), tools=model.tools, temperature=0, max_tokens=60, **extra)
@@ -193,13 +221,19 @@ def test_forced_tool_choices(http: httpx.Client, tool_model: ToolModel) -> None:
 
 def test_the_openai_sdk_reads_the_tool_call(target: Target, tool_model: ToolModel) -> None:
     with target.sdk() as client:
-        completion = client.chat.completions.create(model=target.base_model(), messages=tool_model.prompt("call"),  # type: ignore[arg-type]
-                                                    tools=tool_model.tools, temperature=0, max_tokens=60)  # type: ignore[arg-type]
+        completion = client.chat.completions.create(
+            model=target.base_model(),
+            messages=tool_model.prompt("call"),  # type: ignore[arg-type]
+            tools=tool_model.tools,
+            temperature=0,
+            max_tokens=60,
+        )  # type: ignore[arg-type]
     call = completion.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
 
 
 # --- streaming (§3.6, §8.9) ---------------------------------------------------------------------------
+
 
 def _deltas(frames: list[Any]) -> list[dict[str, Any]]:
     return [f["choices"][0]["delta"] for f in frames if isinstance(f, dict) and f["choices"]]
@@ -228,8 +262,14 @@ def test_streamed_plain_text_matches_the_model(http: httpx.Client, tool_model: T
 
 
 def test_streamed_tool_call_frame_order(http: httpx.Client, tool_model: ToolModel) -> None:
-    frames = sse(http, messages=tool_model.prompt("call"), tools=tool_model.tools, temperature=0, max_tokens=60,
-                 stream_options={"include_usage": True})
+    frames = sse(
+        http,
+        messages=tool_model.prompt("call"),
+        tools=tool_model.tools,
+        temperature=0,
+        max_tokens=60,
+        stream_options={"include_usage": True},
+    )
     deltas = _deltas(frames)
     assert deltas[0] == {"role": "assistant", "content": ""}
     calls = [d["tool_calls"][0] for d in deltas if d.get("tool_calls")]
@@ -246,9 +286,14 @@ def test_streamed_tool_call_frame_order(http: httpx.Client, tool_model: ToolMode
 
 def test_the_openai_sdk_assembles_a_streamed_call(target: Target, tool_model: ToolModel) -> None:
     with target.sdk() as client:
-        stream = client.chat.completions.create(model=target.base_model(), messages=tool_model.prompt("call"),  # type: ignore[arg-type]
-                                                tools=tool_model.tools, temperature=0, max_tokens=60,  # type: ignore[arg-type]
-                                                stream=True)
+        stream = client.chat.completions.create(
+            model=target.base_model(),
+            messages=tool_model.prompt("call"),  # type: ignore[arg-type]
+            tools=tool_model.tools,
+            temperature=0,
+            max_tokens=60,  # type: ignore[arg-type]
+            stream=True,
+        )
         name, arguments, finish = "", "", None
         for chunk in stream:
             choice = chunk.choices[0]
@@ -266,9 +311,9 @@ def test_a_streamed_request_error_before_output_is_json(http: httpx.Client) -> N
 
 # --- the error shape and paths (§4, §8.10) -------------------------------------------------------------
 
+
 def test_paths_in_errors_are_sanitised(http: httpx.Client, adapter: str) -> None:
-    response = http.post("/v1/load_lora_adapter", json={"lora_name": "sanitise-check",
-                                                        "lora_path": "/tmp/adapters/v3"})
+    response = http.post("/v1/load_lora_adapter", json={"lora_name": "sanitise-check", "lora_path": "/tmp/adapters/v3"})
     err = error(response)
     assert response.status_code == 404
     assert "/tmp/adapters/v3" not in err["message"] and "<path>" in err["message"]

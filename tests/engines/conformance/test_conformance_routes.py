@@ -8,8 +8,20 @@ import httpx
 
 from tests.engines.conformance.target import Target
 
-PERMISSION_KEYS = {"id", "object", "created", "allow_create_engine", "allow_sampling", "allow_logprobs",
-                   "allow_search_indices", "allow_view", "allow_fine_tuning", "organization", "group", "is_blocking"}
+PERMISSION_KEYS = {
+    "id",
+    "object",
+    "created",
+    "allow_create_engine",
+    "allow_sampling",
+    "allow_logprobs",
+    "allow_search_indices",
+    "allow_view",
+    "allow_fine_tuning",
+    "organization",
+    "group",
+    "is_blocking",
+}
 
 
 def test_health_is_200_with_an_empty_body(target: Target) -> None:
