@@ -255,4 +255,6 @@ def test_an_empty_tool_calls_list_reads_as_none() -> None:
 
 def test_load_accepts_a_plain_text_200_without_content_type() -> None:
     with RawPeer("reply", body=b"Success: LoRA adapter 'x' added successfully.", content_type="") as peer:
-        run(with_engine(peer.url, lambda e: e.load_adapter("x", "/abs/x")))
+        assert run(with_engine(peer.url, lambda e: e.load_adapter("x", "/abs/x"))) is None  # no error raised
+    [head] = peer.requests
+    assert head.startswith(b"POST /v1/load_lora_adapter ")

@@ -11,7 +11,6 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,10 +24,31 @@ from tests.learner.conftest import WEATHER_TOOLS, call, weather_call_text
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
+def grpo_trainer(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real GRPOTrainer on the tiny model (its tokenizer and eos ids are what the reward reads)."""
+    from learner.config import TrainConfig
+    from learner.train import build_trainer
 
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = TrainConfig(
+        max_steps=1,
+        num_generations=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_completion_length=8,
+        retry_max_tokens=8,
+        lora_r=2,
+        lora_alpha=4,
+        save_steps=1000,
+    )
+    trainer, _ = build_trainer(
+        config, str(tiny_model_dir), [row("Paris"), row("Oslo")], tmp_path_factory.mktemp("grpo")
+    )
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(grpo_trainer: Any) -> Any:
+    return grpo_trainer.processing_class
 
 
 def row(city: str = "Paris", **overrides: Any) -> dict[str, Any]:
@@ -68,6 +88,7 @@ class ScriptedRetry:
 
 
 def score(
+    trainer: Any,
     tokenizer: Any,
     rows: list[dict[str, Any]],
     reflections: list[str],
@@ -76,12 +97,7 @@ def score(
 ) -> tuple[list[float], RetryReward, dict[str, Any]]:
     logged: dict[str, Any] = {}
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    reward = RetryReward(
-        retry_max_tokens=64,
-        tokenizer=tokenizer,
-        generate=generate,
-        trainer=SimpleNamespace(eos_token_ids=[eos], processing_class=tokenizer),
-    )
+    reward = RetryReward(retry_max_tokens=64, tokenizer=tokenizer, generate=generate, trainer=trainer)
     rendered = render_rows(rows, tokenizer)
     columns = {k: [r[k] for r in rendered] for k in rendered[0] if k != "prompt"}
     if broken_prompt is not None:  # a stored history the chat template cannot render
@@ -99,10 +115,10 @@ def score(
     return rewards, reward, logged
 
 
-def test_reward_follows_the_retry_the_reflection_leads_to(tokenizer: Any) -> None:
+def test_reward_follows_the_retry_the_reflection_leads_to(grpo_trainer: Any, tokenizer: Any) -> None:
     rows = [row("Paris"), row("Paris"), row("Oslo"), row("Oslo")]
     rewards, reward, logged = score(
-        tokenizer, rows, ["Use Paris.", "Use Rome.", "Use Oslo.", "Use Lima."], ScriptedRetry(tokenizer)
+        grpo_trainer, tokenizer, rows, ["Use Paris.", "Use Rome.", "Use Oslo.", "Use Lima."], ScriptedRetry(tokenizer)
     )
     assert rewards == [1.0, 0.0, 1.0, 0.0]
     assert all(type(r) is float for r in rewards)
@@ -126,28 +142,30 @@ def test_reward_follows_the_retry_the_reflection_leads_to(tokenizer: Any) -> Non
         ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>', False),  # cut off
     ],
 )
-def test_bad_retries_score_zero(tokenizer: Any, text: str, eos: bool) -> None:
-    rewards, _, _ = score(tokenizer, [row("Paris")], ["Use Paris."], ScriptedRetry(tokenizer, text, eos))
+def test_bad_retries_score_zero(grpo_trainer: Any, tokenizer: Any, text: str, eos: bool) -> None:
+    rewards, _, _ = score(grpo_trainer, tokenizer, [row("Paris")], ["Use Paris."], ScriptedRetry(tokenizer, text, eos))
     assert rewards == [0.0]
 
 
 def test_a_row_that_cannot_be_verified_scores_zero_and_is_logged(
-    tokenizer: Any, caplog: pytest.LogCaptureFixture
+    grpo_trainer: Any, tokenizer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     rows = [row("Paris", verifier={"type": "no-such-verifier"}), row("Paris"), row("Paris", episode_id="broken-prompt")]
     with caplog.at_level(logging.WARNING, logger="learner.reward"):
-        rewards, _, _ = score(tokenizer, rows, ["Use Paris."] * 3, ScriptedRetry(tokenizer), broken_prompt=2)
+        rewards, _, _ = score(
+            grpo_trainer, tokenizer, rows, ["Use Paris."] * 3, ScriptedRetry(tokenizer), broken_prompt=2
+        )
     assert rewards == [0.0, 1.0, 0.0]
     assert "ep-Paris" in caplog.text and "broken-prompt" in caplog.text
 
 
-def test_schema_verifier_and_tool_choice_none(tokenizer: Any) -> None:
+def test_schema_verifier_and_tool_choice_none(grpo_trainer: Any, tokenizer: Any) -> None:
     right = ScriptedRetry(tokenizer)
     rows = [
         row("Paris", verifier={"type": "schema"}, expected=None),
         row("Paris", verifier={"type": "schema"}, expected=None, tool_choice="none"),
     ]
-    rewards, _, _ = score(tokenizer, rows, ["Use Lima.", "Use Lima."], right)
+    rewards, _, _ = score(grpo_trainer, tokenizer, rows, ["Use Lima.", "Use Lima."], right)
     assert rewards == [1.0, 0.0]  # any valid call passes the schema; tool_choice none forbids calls
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import exc, text
+from sqlalchemy import exc, inspect, text
 
 from store.db import MIGRATIONS_DIR, make_engine, normalize_url, upgrade
 
@@ -44,8 +44,22 @@ def test_foreign_keys_enforced(migrated_url: str) -> None:
 
 
 def test_upgrade_twice_is_a_no_op(migrated_url: str) -> None:
+    def state() -> tuple[str, dict[str, list[str]]]:
+        engine = make_engine(migrated_url)
+        try:
+            with engine.connect() as conn:
+                revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+                inspector = inspect(conn)
+                return revision, {
+                    t: sorted(c["name"] for c in inspector.get_columns(t)) for t in inspector.get_table_names()
+                }
+        finally:
+            engine.dispose()
+
+    before = state()
     upgrade(migrated_url)
     upgrade(migrated_url, "head")
+    assert state() == before and before[0] == "0001"
 
 
 def test_migrations_ship_inside_the_package() -> None:

@@ -266,6 +266,8 @@ class RawPeer:
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
         self._stop = threading.Event()
         self._conns: list[socket.socket] = []
+        self.requests: list[bytes] = []
+        """The head (request line and headers) of every request received."""
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     def __enter__(self) -> RawPeer:
@@ -300,6 +302,7 @@ class RawPeer:
                 if not chunk:
                     return
                 data += chunk
+            self.requests.append(data.split(b"\r\n\r\n", 1)[0])
             if self.mode == "hang":
                 self._stop.wait(60)
                 return

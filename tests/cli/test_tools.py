@@ -13,8 +13,8 @@ from cli import app
 from tools.schema import validate_tool_specs
 from tools.spec import ToolSpec
 
-FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
-SHARED = Path(os.environ.get("RRR_SHARED_DIR") or Path(__file__).resolve().parents[1] / ".." / "shared")
+FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+SHARED = Path(os.environ.get("RRR_SHARED_DIR") or Path(__file__).resolve().parents[2] / ".." / "shared")
 APIBANK = SHARED / "data" / "apibank"
 
 runner = CliRunner()

@@ -17,7 +17,7 @@ from cli import app
 from tools.formats import DatasetItem, load_dataset
 from tools.spec import ToolCall
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 DATASETS = {
     "xlam": f"xlam:{FIXTURES / 'xlam_sample.json'}",
@@ -234,7 +234,7 @@ def test_real_entry_point_in_a_subprocess(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
 
 
-SHARED = Path(os.environ.get("RRR_SHARED_DIR") or Path(__file__).resolve().parents[1] / ".." / "shared")
+SHARED = Path(os.environ.get("RRR_SHARED_DIR") or Path(__file__).resolve().parents[2] / ".." / "shared")
 APIBANK_L2 = SHARED / "data" / "apibank" / "apibank_l2.json"
 # Records of apibank_l2.json whose answer calls a tool the record does not offer (a data defect).
 APIBANK_L2_DEFECTS = {"26", "66", "81", "104", "105", "117"}
