@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -32,104 +32,103 @@ _DB_OPT = typer.Option(
     None, "--database-url", help="SQLAlchemy URL; default $RRR_DATABASE_URL or SQLite under $RRR_DATA_DIR."
 )
 # The learner's flags override `learner.settings.LearnerSettings` (RRR_* variables, the RRR_CONFIG file); a flag
-# left out keeps the setting, and an unset setting keeps the default of `learner.config` (shown by --help there).
+# left out keeps the setting, and an unset setting keeps the default of `learner.config`, which --help reads there.
+
+
+def _default(cls: type, name: str) -> object:
+    from dataclasses import MISSING, fields
+
+    field = next(f for f in fields(cls) if f.name == name)
+    return field.default if field.default is not MISSING else field.default_factory()  # type: ignore[operator]
+
+
+def _opt(flag: str, env: str, text: str, default: tuple[type, str] | None = None) -> Any:
+    """A learner flag: its help, the config default it falls back to, and the variable it overrides."""
+    shown = f" Default {_default(*default)}." if default is not None else ""
+    return typer.Option(None, flag, help=f"{text}{shown} Env: {env}.")
+
+
+def _learner_defaults() -> tuple[type, type]:
+    from learner.config import GateConfig, LearnerConfig
+
+    return LearnerConfig, GateConfig
+
+
+_L, _G = _learner_defaults()
 _ENGINES_OPT = typer.Option(
     [],
     "--engine-url",
-    help="Serving engine URL (vLLM or `rrr engine serve`); repeat or comma-separate replicas. [env: RRR_ENGINE_URLS]",
+    help="Serving engine URL (vLLM or `rrr engine serve`); repeat or comma-separate replicas. Env: RRR_ENGINE_URLS.",
 )
-_ROOT_OPT = typer.Option(
-    None,
+_ROOT_OPT = _opt(
     "--adapters-root",
-    help=(
-        "Folder of published adapters (default: adapters/ under $RRR_DATA_DIR); the engines must see the same "
-        "path. [env: RRR_ADAPTERS_ROOT]"
-    ),
+    "RRR_ADAPTERS_ROOT",
+    "Folder of published adapters (default: adapters/ under $RRR_DATA_DIR); the engines must see it too.",
 )
-_MODEL_OPT = typer.Option(
-    None,
-    "--model",
-    help="Base model folder the engines serve (training and the gate's local engine use it). [env: RRR_MODEL]",
+_MODEL_OPT = _opt(
+    "--model", "RRR_MODEL", "Base model folder the engines serve (training and the gate's local engine use it)."
 )
-_BASE_OPT = typer.Option(
-    None,
-    "--base-model-name",
-    help="The engines' served base name (default: asked from the engines). [env: RRR_BASE_MODEL_NAME]",
+_BASE_OPT = _opt(
+    "--base-model-name", "RRR_BASE_MODEL_NAME", "The engines' served base name (default: asked from the engines)."
 )
-_WORK_OPT = typer.Option(
-    None,
-    "--work-dir",
-    help="Training outputs and checkpoints (default: learner/ under $RRR_DATA_DIR). [env: RRR_LEARNER_WORK_DIR]",
+_WORK_OPT = _opt(
+    "--work-dir", "RRR_LEARNER_WORK_DIR", "Training outputs and checkpoints (default: learner/ under $RRR_DATA_DIR)."
 )
-_K_OPT = typer.Option(
-    None,
+_K_OPT = _opt(
     "--min-failures",
-    help=(
-        "K: train only when at least this many new trainable failures exist (default 32). [env: RRR_LEARN_MIN_FAILURES]"
-    ),
+    "RRR_LEARN_MIN_FAILURES",
+    "K: train only when at least this many new trainable failures exist.",
+    (_L, "min_new_failures"),
 )
-_MARGIN_OPT = typer.Option(
-    None,
+_MARGIN_OPT = _opt(
     "--gate-margin",
-    help="Held-out retry success must improve by at least this (default 0.02 = 2 points). [env: RRR_GATE_MARGIN]",
+    "RRR_GATE_MARGIN",
+    "Held-out retry success must improve by at least this (0.02 = 2 points).",
+    (_G, "margin"),
 )
-_TOL_OPT = typer.Option(
-    None,
+_TOL_OPT = _opt(
     "--gate-tolerance",
-    help="Regression first-attempt success may drop by at most this (default 0.01). [env: RRR_GATE_TOLERANCE]",
+    "RRR_GATE_TOLERANCE",
+    "Regression first-attempt success may drop by at most this.",
+    (_G, "tolerance"),
 )
-_MIN_ITEMS_OPT = typer.Option(
-    None,
-    "--gate-min-items",
-    help="Fewer held-out items than this: no promotion (default 20). [env: RRR_GATE_MIN_ITEMS]",
+_MIN_ITEMS_OPT = _opt(
+    "--gate-min-items", "RRR_GATE_MIN_ITEMS", "Fewer held-out items than this: no promotion.", (_G, "min_items")
 )
-_HELDOUT_OPT = typer.Option(
-    None,
+_HELDOUT_OPT = _opt(
     "--heldout-fraction",
-    help="Share of the batch's failures held out for the gate (default 0.2). [env: RRR_HELDOUT_FRACTION]",
+    "RRR_HELDOUT_FRACTION",
+    "Share of the batch's failures held out for the gate.",
+    (_L, "heldout_fraction"),
 )
-_REGRESSION_OPT = typer.Option(
-    None,
+_REGRESSION_OPT = _opt(
     "--regression-limit",
-    help="Past successes the gate re-checks for forgetting (default: the dataset limit). [env: RRR_REGRESSION_LIMIT]",
+    "RRR_REGRESSION_LIMIT",
+    "Past successes the gate re-checks for forgetting (default: the dataset limit).",
 )
-_DRAIN_OPT = typer.Option(
-    None,
+_DRAIN_OPT = _opt(
     "--drain-s",
-    help=(
-        "Seconds a replaced adapter stays loaded; cover the API deadline + policy TTL (default 120). [env: "
-        "RRR_ADAPTER_DRAIN_S]"
-    ),
+    "RRR_ADAPTER_DRAIN_S",
+    "Seconds a replaced adapter stays loaded; cover the API deadline + policy TTL.",
+    (_L, "drain_s"),
 )
-_RANK_OPT = typer.Option(
-    None, "--max-lora-rank", help="The engines' --max-lora-rank (default 16). [env: RRR_MAX_LORA_RANK]"
-)
-_SHARE_OPT = typer.Option(
-    None,
+_RANK_OPT = _opt("--max-lora-rank", "RRR_MAX_LORA_RANK", "The engines' --max-lora-rank.", (_L, "max_lora_rank"))
+_SHARE_OPT = _opt(
     "--max-client-share",
-    help=(
-        "Largest share of a batch from one client key; 1.0 for single-tenant or mined data (default 0.25). [env: "
-        "RRR_MAX_CLIENT_SHARE]"
-    ),
+    "RRR_MAX_CLIENT_SHARE",
+    "Largest share of a batch from one client key; 1.0 for single-tenant or mined data.",
+    (_L, "max_client_share"),
 )
-_LIMIT_OPT = typer.Option(
-    None, "--dataset-limit", help="Failures per training batch at most (default 512). [env: RRR_DATASET_LIMIT]"
+_LIMIT_OPT = _opt("--dataset-limit", "RRR_DATASET_LIMIT", "Failures per training batch at most.", (_L, "dataset_limit"))
+_TRAIN_OPT = _opt(
+    "--train-config", "RRR_TRAIN_CONFIG", "JSON file of TrainConfig fields (default: the paper's defaults)."
 )
-_TRAIN_OPT = typer.Option(
-    None,
-    "--train-config",
-    help="JSON file of TrainConfig fields (default: the paper's defaults). [env: RRR_TRAIN_CONFIG]",
-)
-_INTERVAL_OPT = typer.Option(
-    None, "--interval", help="Seconds between scheduled cycles (default 3600). [env: RRR_LEARN_INTERVAL_S]"
-)
-_LAUNCHER_OPT = typer.Option(
-    None,
+_INTERVAL_OPT = _opt("--interval", "RRR_LEARN_INTERVAL_S", "Seconds between scheduled cycles.", (_L, "interval_s"))
+_LAUNCHER_OPT = _opt(
     "--train-launcher",
-    help=(
-        "Command that starts the training process in place of `python`, e.g. 'accelerate launch --num_processes 4' "
-        "for multi-GPU training. [env: RRR_TRAIN_LAUNCHER]"
-    ),
+    "RRR_TRAIN_LAUNCHER",
+    "Command that starts the training process in place of `python`, e.g. "
+    "'accelerate launch --num_processes 4' for multi-GPU training.",
 )
 
 _FLAG_SETTINGS = {

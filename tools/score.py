@@ -10,7 +10,7 @@ Predictions file: JSON Lines of ``{"id", "tool_calls": [{"name", "arguments"}], 
 that is not a JSON object with an id is an error naming the line; a call whose arguments do not
 decode is the model's failure and is scored wrong, not an error.
 
-This module does not run models (``learner.evaluate`` does) and does not print.
+This module does not run models (``evals`` does) and does not print.
 """
 
 from __future__ import annotations
