@@ -1,1 +1,1 @@
-"""rrr agent package (see DESIGN.md)."""
+"""rrr agent package (see docs/design.md)."""

@@ -1,4 +1,4 @@
-"""The reflect/retry loop of one client request (DESIGN "The request path", steps 2-6).
+"""The reflect/retry loop of one client request (docs/design.md, "The request path", steps 2-6).
 
 Called by the API for every chat completion and by the evaluation harness. It calls the engine,
 verifies each answer, and on failure asks for a self-reflection and retries with the reflection in

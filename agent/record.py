@@ -1,4 +1,4 @@
-"""Turn a loop outcome into the store's episode record (DESIGN "The request path", step 7).
+"""Turn a loop outcome into the store's episode record (docs/design.md, "The request path", step 7).
 
 Called by the API after every request (and by evaluation tools that log episodes). Pure data
 conversion: it does not write (the episode writer does) and does not judge (the loop did).

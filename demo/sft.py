@@ -357,8 +357,8 @@ def teacher_forced_accuracy(model: Any, tokenizer: Any, items: Sequence[DemoItem
 def _lr_at(step: int, config: SFTConfig) -> float:
     """Warm-up, constant, then a cosine decay over the last ``decay_fraction`` of the steps.
 
-    The copying skill arrives in a jump after a few hundred steps at full rate (see
-    shared/demo-notes.md); decaying early only delays it, decaying at the end polishes it.
+    The copying skill arrives in a jump after a few hundred steps at full rate (seen in every
+    recorded build of the demo policy); decaying early only delays it, decaying at the end polishes it.
     """
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps

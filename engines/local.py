@@ -4,7 +4,7 @@ Who calls it: the agent on machines without vLLM (the embedded default), `rrr en
 wraps it in the vLLM-compatible HTTP server and uses `render_prompt`/`encode`/`generate` for
 streaming), and tests. Prompts are rendered with the tokenizer's own chat template; output is run
 through the hermes parser (`tools.parse.parse_hermes`) and turned into the exact non-streaming
-response of vLLM 0.33 (shared/vllm-contract.md §3.3-§3.5), adapters are validated as vLLM does
+response of vLLM 0.33 (docs/vllm.md §3.3-§3.5), adapters are validated as vLLM does
 (§7, §8.4) and routed per request by `model` (§2.7).
 
 What it deliberately does not do: batching (one generation at a time, under a lock; concurrent

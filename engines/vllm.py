@@ -4,7 +4,7 @@ Callers: the agent loop (chat) and the learner's publisher (adapter admin), thro
 Chat goes through the real `openai.AsyncOpenAI` client with explicit timeouts and no hidden retries
 (the agent loop is the only retry). This is also the one module that speaks vLLM's admin endpoints
 (`/v1/load_lora_adapter`, `/v1/unload_lora_adapter`, `/v1/models`, `/health`), following
-`shared/vllm-contract.md` §2 and §5. Every transport failure becomes one of the exceptions in `base`:
+docs/vllm.md §2 and §5. Every transport failure becomes one of the exceptions in `base`:
 
 * connection refused or no connection within `connect_timeout` -> `EngineUnavailable` (fast);
 * no answer before the deadline -> `EngineTimeout`;

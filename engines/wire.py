@@ -1,7 +1,7 @@
 """vLLM's wire behaviour that needs no model: adapter validation, tool-request checks, responses.
 
 Used by the local engine and the vLLM-compatible server (engines/server/) so both answer
-exactly as vLLM 0.33 does (shared/vllm-contract.md §2.2, §3.2-§3.5, §7, §8.4). Pure functions and
+exactly as vLLM 0.33 does (docs/vllm.md §2.2, §3.2-§3.5, §7, §8.4). Pure functions and
 constants only: no torch, no model, no I/O besides reading an adapter folder's config and
 safetensors header.
 """

@@ -1,1 +1,1 @@
-"""rrr learner package (see DESIGN.md)."""
+"""rrr learner package (see docs/design.md)."""

@@ -1,4 +1,4 @@
-"""The failure dataset: stored episodes the model failed, turned into GRPO rows (DESIGN "The learning loop" 1).
+"""The failure dataset: stored episodes the model failed, turned into GRPO rows (docs/design.md, "The learning loop" 1).
 
 Who calls it: the learner's cycle (`build_failure_dataset` before training; the gate reads the
 held-out and regression splits). The rows it makes are encoded for TRL and written to disk by

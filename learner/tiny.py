@@ -2,16 +2,17 @@
 
 `build_tiny_model` writes a randomly initialised `Qwen2ForCausalLM` plus a byte-level BPE tokenizer
 trained in-process on a small built-in corpus of chat, tool-call and JSON text, with a Qwen2.5-style
-hermes chat template (the wire format of vllm-contract §3.7). The folder loads with the `Auto*`
+hermes chat template (the wire format of docs/vllm.md §3.7). The folder loads with the `Auto*`
 classes offline and can be served by `LocalEngine` or a real vLLM. `save_tiny_lora` writes a real,
 vLLM-servable PEFT LoRA for it whose weights measurably change the output; `fit_tiny_model` teaches
 a tiny model a few fixed answers (tests use it to make tool-call output deterministic).
 
-Tokenizer choice (see shared/demo-notes.md): spaces are split into their own tokens before the
+Tokenizer choice: spaces are split into their own tokens before the
 byte-level step, so a value in a query and the same value inside a JSON string are the same token,
 and every digit is its own token, so numbers are copied digit by digit. With
 `TinyModelConfig.number_tokens_below` (the demo policy uses 1000) whole numbers are single added
-tokens instead, and a number is copied like a word: the demo-notes' dominant error, fixed.
+tokens instead, and a number is copied like a word (a demo policy built with one token per digit
+got nearly every multi-digit number wrong, e.g. bills of 110 copied as 710).
 
 This module does not train a useful model: outputs are gibberish until a learner trains it.
 torch/transformers/tokenizers/peft are imported lazily inside the functions.

@@ -2,7 +2,7 @@
 
 Who calls it: `learner.reward` (the retry generation) and `learner.train` (the version check before
 building a trainer). Everything here relies on attributes of TRL 1.16's `GRPOTrainer` that are not
-public API (see shared/trl-notes.md): `model_wrapped`, `accelerator`, `args`, `eos_token_ids`,
+public API: `model_wrapped`, `accelerator`, `args`, `eos_token_ids`,
 `_tokenizer`, `_dist`, `use_vllm`, `vllm_generation` and `trl.models.unwrap_model_for_generation`.
 When TRL moves, this file and its version check change; nothing else in the repository should.
 

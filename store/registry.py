@@ -1,4 +1,4 @@
-"""Adapter registry rows: create, list, activate, roll back (the active pointer of DESIGN "Publish").
+"""Adapter registry rows: create, list, activate, roll back (the active pointer of docs/design.md, "Publish").
 
 Called through ``store.repos`` by the learner's publisher and the API's adapter routes. Functions
 take a ``Session`` and never commit; activation and rollback are a few UPDATEs in the caller's

@@ -1,4 +1,4 @@
-"""Make any value storable identically on SQLite and PostgreSQL (RELIABILITY R8).
+"""Make any value storable identically on SQLite and PostgreSQL (docs/reliability.md, R8).
 
 The column types in ``store.models`` (``SafeString``, ``SafeText``, ``SafeJSON``) call these
 functions on every value bound to a string or JSON column, so the policy is applied in exactly one

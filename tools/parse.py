@@ -1,7 +1,7 @@
 """Turn model output into tool calls: hermes ``<tool_call>`` text, OpenAI messages, strict arguments.
 
 Who calls it: the local engine and its vLLM-compatible server (``parse_hermes`` reproduces vLLM's
-non-streaming hermes parser, shared/vllm-contract.md §3.5), the agent loop on every answer from an
+non-streaming hermes parser, docs/vllm.md §3.5), the agent loop on every answer from an
 engine (``parse_openai_tool_calls``), and the verifiers. Nothing here raises on model output: a
 malformed call comes back as a reason string, which the loop turns into a verdict (R9).
 

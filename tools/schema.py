@@ -1,4 +1,4 @@
-"""Safe compilation of client-supplied JSON Schemas (RELIABILITY R11).
+"""Safe compilation of client-supplied JSON Schemas (docs/reliability.md, R11).
 
 The API compiles every request's tool schemas here before any model call; the schema verifier and
 the learner (re-running verifiers offline) use the same compiled validators. A schema is rejected

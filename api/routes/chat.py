@@ -1,4 +1,4 @@
-"""``POST /v1/chat/completions``: the request path of DESIGN.md, steps 1-7, for one client request.
+"""``POST /v1/chat/completions``: the request path of docs/design.md, steps 1-7, for one client request.
 
 Order: key (router dependency) → body read with a cap → strict JSON → shape, limits and tool
 schemas (``api.validate``) → model name resolved (unknown: 404) → the reflect/retry loop

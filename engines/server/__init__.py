@@ -1,4 +1,4 @@
-"""`rrr engine serve`: the local engine behind a vLLM-compatible HTTP server (vllm-contract §8).
+"""`rrr engine serve`: the local engine behind a vLLM-compatible HTTP server (docs/vllm.md §8).
 
 `create_app(engine, ...)` builds the FastAPI app. `app` holds the routes and the server state,
 `protocol` the request bodies and auth, `registry` the LoRA registry, `stream` the SSE frames,

@@ -1,7 +1,7 @@
 """The vLLM-compatible HTTP server over the local engine: what `rrr engine serve` runs.
 
 Who calls it: the CLI (`rrr engine serve`) and tests, through `create_app(engine, ...)`. It meets the
-conformance checklist of shared/vllm-contract.md §8: `/health`, `/ping`, `/version`, `/load`,
+conformance checklist of docs/vllm.md §8: `/health`, `/ping`, `/version`, `/load`,
 `/metrics`, `/v1/models`, `/v1/chat/completions` (JSON and SSE) and, only with runtime LoRA
 updating on, `/v1/load_lora_adapter` and `/v1/unload_lora_adapter`, with vLLM 0.33's bodies,
 statuses, messages and check order. Engine work runs in worker threads, one generation at a time

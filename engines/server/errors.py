@@ -1,4 +1,4 @@
-"""vLLM's error contract for `rrr engine serve` (vllm-contract §4).
+"""vLLM's error contract for `rrr engine serve` (docs/vllm.md §4).
 
 Who calls it: the routes of the engine server raise `ServerError`; `install_error_handlers` turns
 it, FastAPI's body validation and anything unexpected into `{"error": {message, type, param, code}}`

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the engine server, named as vLLM names them (vllm-contract §5.3).
+"""Prometheus metrics of the engine server, named as vLLM names them (docs/vllm.md §5.3).
 
 Who calls it: the engine server counts requests and tokens here and serves `render()` at `/metrics`.
 Gauges are read from the server's state at scrape time; `vllm:lora_requests_info` carries the

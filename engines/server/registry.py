@@ -1,7 +1,7 @@
 """The engine server's LoRA registry: names, integer ids, paths as sent, and engine-side lifetimes.
 
 Who calls it: the load/unload routes and model routing of `engines.server.app`. It keeps
-vLLM 0.33's semantics (vllm-contract §2.2-§2.8): a dict in insertion order; an in-place reload keeps
+vLLM 0.33's semantics (docs/vllm.md §2.2-§2.8): a dict in insertion order; an in-place reload keeps
 the entry's id and position; unload is registry-only, so requests already routed to an adapter keep
 running on it. Unlike vLLM it does not leak: every load gets a fresh engine-side key, and a key that
 no entry points at any more is unloaded from the engine once its last request has finished.

@@ -1,4 +1,4 @@
-"""Server-sent events for streamed chat completions, in vLLM 0.33's frame order (vllm-contract §3.6).
+"""Server-sent events for streamed chat completions, in vLLM 0.33's frame order (docs/vllm.md §3.6).
 
 Who calls it: the chat route of the engine server feeds text deltas from the local engine into
 `ChatStream` and writes the frames it returns. Order: a role chunk `{"role":"assistant","content":""}`,

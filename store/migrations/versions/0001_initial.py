@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-21
 
-The whole schema of DESIGN.md "Data model": episodes (+ attempts, episode_tools), adapters,
+The whole schema of docs/design.md, "Data model": episodes (+ attempts, episode_tools), adapters,
 training_runs, leases. Types are spelled out here (not imported from store.models) so this file
 never changes when the models do: migrations are append-only.
 """

@@ -1,4 +1,4 @@
-"""The target of the conformance suite (vllm-contract §8): `rrr engine serve` by default, or any server.
+"""The target of the conformance suite (docs/vllm.md §8): `rrr engine serve` by default, or any server.
 
 By default the suite starts `rrr engine serve` on the tiny tool model (tests/engines/conftest.py) and
 checks it. With `RRR_VLLM_URL=http://host:port` it checks that server instead, e.g. a real vLLM

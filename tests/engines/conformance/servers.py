@@ -38,7 +38,7 @@ def free_port() -> int:
 def wait_healthy(
     url: str, *, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
 ) -> None:
-    """Poll `/health`; connection refused means "still starting" (vllm-contract §5.1)."""
+    """Poll `/health`; connection refused means "still starting" (docs/vllm.md §5.1)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
