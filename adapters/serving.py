@@ -42,7 +42,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
@@ -57,11 +57,11 @@ from adapters.folder import (
 )
 from engines.base import AdapterError, ChatRequest, Engine, EngineError, EngineTimeout
 from store import repos
+from store.db import read_with, write_with
 from store.models import Adapter
 from store.records import utcnow
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 DEFAULT_PROBE = ChatRequest(messages=[{"role": "user", "content": "Reply with OK."}], temperature=0.0, max_tokens=16)
 
@@ -244,16 +244,6 @@ async def _reload_after_flip(engines: Engine, name: str, path: str) -> None:
 # --- the flip: activate, rollback ------------------------------------------------------------
 
 
-def _read(session_factory: SessionFactory, work: Callable[[Session], T]) -> T:
-    with session_factory() as session:
-        return work(session)
-
-
-def _write(session_factory: SessionFactory, work: Callable[[Session], T]) -> T:
-    with session_factory() as session, session.begin():
-        return work(session)
-
-
 async def _flip(
     name: str,
     verified: VerifiedAdapter,
@@ -275,7 +265,7 @@ async def _flip(
             active.metrics = metrics
         return active, current.name if current else None, True
 
-    active, replaced, changed = await asyncio.to_thread(_write, session_factory, flip)
+    active, replaced, changed = await asyncio.to_thread(write_with, session_factory, flip)
     await _reload_after_flip(engines, name, verified.path)
     return Flip(active=active, replaced=replaced, changed=changed)
 
@@ -295,7 +285,7 @@ async def activate(
     `cannot_serve`) with nothing changed. The replaced adapter stays loaded. `session_factory`
     must keep objects usable after commit (`store.db.make_session_factory`).
     """
-    adapter = await asyncio.to_thread(_read, session_factory, lambda s: repos.get_adapter(s, name))
+    adapter = await asyncio.to_thread(read_with, session_factory, lambda s: repos.get_adapter(s, name))
     if adapter is None:
         raise repos.AdapterNotFound(name)
     if adapter.status == "rejected":
@@ -326,7 +316,7 @@ async def rollback(
     With nothing active nothing changes (`changed` False). Raises `ActivationError` (`unsafe`,
     `cannot_serve`, or `conflict` when the registry moved meanwhile) with nothing changed.
     """
-    current, target = await asyncio.to_thread(_read, session_factory, repos.rollback_target)
+    current, target = await asyncio.to_thread(read_with, session_factory, repos.rollback_target)
     if current is None:
         return Flip(active=None, replaced=None, changed=False)
     verified = None
@@ -350,7 +340,7 @@ async def rollback(
             raise ActivationError(None, "conflict", "the rollback target changed during the rollback")
         return restored
 
-    restored = await asyncio.to_thread(_write, session_factory, flip)
+    restored = await asyncio.to_thread(write_with, session_factory, flip)
     if target is not None and verified is not None:
         await _reload_after_flip(engines, target.name, verified.path)
     return Flip(active=restored, replaced=current.name, changed=True)
@@ -360,7 +350,7 @@ async def rollback(
 
 
 def _next_version(session_factory: SessionFactory, root: Path) -> int:
-    version = _read(session_factory, repos.next_adapter_version)
+    version = read_with(session_factory, repos.next_adapter_version)
     on_disk = folder_versions(root)
     return max(version, max(on_disk, default=0) + 1)
 
@@ -407,7 +397,7 @@ async def register_candidate(
         write_adapter_folder, adapter_dir, root, version, base_model=base_model, run_id=run_id
     )
     await asyncio.to_thread(
-        _write,
+        write_with,
         session_factory,
         lambda s: repos.create_adapter(
             s,
@@ -510,11 +500,11 @@ def schedule_unload(
 
     async def later() -> None:
         await asyncio.sleep(drain_s)
-        adapter = await asyncio.to_thread(_read, session_factory, lambda s: repos.get_adapter(s, name))
+        adapter = await asyncio.to_thread(read_with, session_factory, lambda s: repos.get_adapter(s, name))
         if adapter is None or adapter.status == "active":
             return
         await unload_everywhere(engines, name)
-        adapter = await asyncio.to_thread(_read, session_factory, lambda s: repos.get_adapter(s, name))
+        adapter = await asyncio.to_thread(read_with, session_factory, lambda s: repos.get_adapter(s, name))
         if adapter is not None and adapter.status == "active":  # re-activated while we unloaded
             try:
                 verified = await asyncio.to_thread(
@@ -564,7 +554,7 @@ async def unload_drained(engines: Engine, session_factory: SessionFactory, drain
             return set()
         return {a.name for a in repos.list_adapters(session) if a.status in ("retired", "rejected")}
 
-    idle = await asyncio.to_thread(_read, session_factory, idle_names)
+    idle = await asyncio.to_thread(read_with, session_factory, idle_names)
     if not idle:
         return []
     done: list[str] = []
@@ -614,7 +604,7 @@ async def collect_folders(
     def registry(session: Session) -> tuple[dict[int, Adapter], tuple[Adapter | None, Adapter | None]]:
         return {a.version: a for a in repos.list_adapters(session)}, repos.rollback_target(session)
 
-    rows, (current, target) = await asyncio.to_thread(_read, session_factory, registry)
+    rows, (current, target) = await asyncio.to_thread(read_with, session_factory, registry)
     protected = {a.version for a in (current, target) if a is not None}
     listed: set[str] = set()
     if engines is not None:

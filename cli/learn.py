@@ -153,15 +153,18 @@ _FLAG_SETTINGS = {
 }
 
 
-def _learner_config(engine_url: list[str], **flags: object) -> tuple[LearnerConfig, sessionmaker[Session]]:
-    """The learner's config from its flags over `LearnerSettings`, and a session factory on its database."""
+def _learner_config(params: dict[str, object]) -> tuple[LearnerConfig, sessionmaker[Session]]:
+    """The learner's config from a command's flags over `LearnerSettings`, and a session factory on its database."""
     from pydantic import ValidationError
 
     from learner.settings import LearnerSettings
 
-    given: dict[str, object] = {_FLAG_SETTINGS[k]: v for k, v in flags.items() if v is not None}
-    if engine_url:
-        given["engine_urls"] = _engine_urls(engine_url)
+    given: dict[str, object] = {
+        _FLAG_SETTINGS[k]: v for k, v in params.items() if k in _FLAG_SETTINGS and v is not None
+    }
+    engine_url = params.get("engine_url")
+    if isinstance(engine_url, list | tuple) and engine_url:
+        given["engine_urls"] = _engine_urls(list(engine_url))
     try:
         settings = LearnerSettings(**given)  # type: ignore[arg-type]
         config = settings.learner_config()
@@ -257,6 +260,7 @@ def _print_cycle(result: CycleResult, as_json: bool) -> None:
 
 @learn_app.command("run")
 def learn_run(
+    ctx: typer.Context,
     database_url: str | None = _DB_OPT,
     engine_url: list[str] = _ENGINES_OPT,
     adapters_root: str | None = _ROOT_OPT,
@@ -284,26 +288,7 @@ def learn_run(
 
     from learner.cycle import run_cycle
 
-    config, sessions = _learner_config(
-        engine_url,
-        database_url=database_url,
-        adapters_root=adapters_root,
-        model=model,
-        base_model_name=base_model_name,
-        work_dir=work_dir,
-        min_failures=min_failures,
-        gate_margin=gate_margin,
-        gate_tolerance=gate_tolerance,
-        gate_min_items=gate_min_items,
-        heldout_fraction=heldout_fraction,
-        regression_limit=regression_limit,
-        drain_s=drain_s,
-        max_lora_rank=max_lora_rank,
-        max_client_share=max_client_share,
-        dataset_limit=dataset_limit,
-        train_config=train_config,
-        train_launcher=train_launcher,
-    )
+    config, sessions = _learner_config(ctx.params)
     pool = _engine_pool(config.engine_urls)
     steps = config.train.max_steps if config.train else None
     with tqdm(total=steps, desc="training", unit="step", disable=None, leave=False) as bar:
@@ -332,6 +317,7 @@ def learn_run(
 
 @learn_app.command("schedule")
 def learn_schedule(
+    ctx: typer.Context,
     interval: float | None = _INTERVAL_OPT,
     min_failures: int | None = _K_OPT,
     database_url: str | None = _DB_OPT,
@@ -355,27 +341,7 @@ def learn_schedule(
     """Run learner cycles every --interval seconds (one at a time across processes, by store lease) until Ctrl-C."""
     from learner.schedule import LearnerScheduler
 
-    config, sessions = _learner_config(
-        engine_url,
-        database_url=database_url,
-        adapters_root=adapters_root,
-        model=model,
-        base_model_name=base_model_name,
-        work_dir=work_dir,
-        min_failures=min_failures,
-        gate_margin=gate_margin,
-        gate_tolerance=gate_tolerance,
-        gate_min_items=gate_min_items,
-        heldout_fraction=heldout_fraction,
-        regression_limit=regression_limit,
-        drain_s=drain_s,
-        max_lora_rank=max_lora_rank,
-        max_client_share=max_client_share,
-        dataset_limit=dataset_limit,
-        train_config=train_config,
-        train_launcher=train_launcher,
-        interval=interval,
-    )
+    config, sessions = _learner_config(ctx.params)
     _engine_pool(config.engine_urls)  # fail fast on a missing engine
     scheduler = LearnerScheduler(
         config,

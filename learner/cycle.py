@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -49,6 +49,7 @@ from engines.base import AdapterError, Engine, EngineError
 from learner.config import LearnerConfig, TrainConfig
 from learner.gate import GateDecision, evaluate_gate
 from store import repos
+from store.db import read_with, write_with
 from store.models import TrainingRun
 
 if TYPE_CHECKING:
@@ -173,19 +174,6 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:4000]
 
 
-T = TypeVar("T")
-
-
-def _read(session_factory: SessionFactory, work: Callable[[Session], T]) -> T:
-    with session_factory() as session:
-        return work(session)
-
-
-def _write(session_factory: SessionFactory, work: Callable[[Session], T]) -> T:
-    with session_factory() as session, session.begin():
-        return work(session)
-
-
 def _set_run(session_factory: SessionFactory, run_id: str, **changes: Any) -> None:
     with session_factory() as session, session.begin():
         repos.update_training_run(session, run_id, **changes)
@@ -276,7 +264,7 @@ async def run_cycle(
 
         # 3. Enough new failures to be worth a run?
         try:
-            new = await asyncio.to_thread(_read, session_factory, count_new_failures)
+            new = await asyncio.to_thread(read_with, session_factory, count_new_failures)
         except Exception as exc:
             log.exception("could not count failures")
             return CycleResult(status="failed", error=_error_text(exc))
@@ -286,7 +274,7 @@ async def run_cycle(
 
         # 4-7. A run row, then dataset, training, gate and publish; any failure is stored on the run.
         run_id = await asyncio.to_thread(
-            _write, session_factory, lambda s: repos.create_training_run(s, config=config.to_dict()).id
+            write_with, session_factory, lambda s: repos.create_training_run(s, config=config.to_dict()).id
         )
         say("dataset", f"{new} new trainable failures: starting training run {run_id}", run_id)
         result = CycleResult(status="failed", run_id=run_id, new_failures=new)
@@ -326,7 +314,7 @@ async def _train_gate_publish(
 
     # 4. The failure dataset: train, held-out and regression splits (R20), written for the trainer.
     dataset: FailureDataset = await asyncio.to_thread(
-        _read,
+        read_with,
         session_factory,
         lambda s: build_failure_dataset(
             s,
@@ -358,7 +346,7 @@ async def _train_gate_publish(
     say("gate", f"run {run_id}: gate against {incumbent[0] if incumbent else 'the base model'}", run_id)
     decision = await _gate(config, eval_engine, adapter_dir, dataset, incumbent, on_gate_item)
     result.gate, result.reasons = decision.to_dict(), list(decision.reasons)
-    await asyncio.to_thread(_write, session_factory, lambda s: repos.set_gate_result(s, run_id, decision.to_dict()))
+    await asyncio.to_thread(write_with, session_factory, lambda s: repos.set_gate_result(s, run_id, decision.to_dict()))
     say(
         "gate_done",
         f"run {run_id}: gate {'passed' if decision.promote else 'rejected'}: {'; '.join(decision.reasons)}",
@@ -407,7 +395,7 @@ async def _train_gate_publish(
         repos.mark_episodes_consumed(session, dataset.episode_ids, run_id)
         repos.update_training_run(session, run_id, status="promoted", adapter_name=published.name)
 
-    await asyncio.to_thread(_write, session_factory, promote)
+    await asyncio.to_thread(write_with, session_factory, promote)
     result.status = "promoted"
     say(
         "promoted", f"run {run_id}: {published.name} is active (previous: {published.previous or 'base model'})", run_id

@@ -17,8 +17,9 @@ URLs are normalised to the psycopg 3 driver and pooled with a pre-ping.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -27,6 +28,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
+
+T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -126,6 +129,19 @@ def _configure_sqlite(engine: Engine, begin: str) -> None:
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded objects usable after commit (``expire_on_commit=False``)."""
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def read_with(session_factory: Callable[[], Session], work: Callable[[Session], T]) -> T:
+    """`work(session)` in a session of its own, no transaction kept (reads). Blocking: async callers
+    run it with `asyncio.to_thread`."""
+    with session_factory() as session:
+        return work(session)
+
+
+def write_with(session_factory: Callable[[], Session], work: Callable[[Session], T]) -> T:
+    """`work(session)` in one transaction, committed when it returns, rolled back when it raises."""
+    with session_factory() as session, session.begin():
+        return work(session)
 
 
 def alembic_config() -> Config:

@@ -42,13 +42,10 @@ def test_the_launcher_replaces_python_in_front_of_the_training_module(tmp_path: 
 
 def test_the_cli_option_is_split_like_a_shell_command(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'db'}"
+    launcher = "accelerate launch --num_processes 4 --mixed_precision 'bf16'"
     config, _ = _learner_config(
-        [],
-        database_url=db,
-        adapters_root=str(tmp_path),
-        model="/models/base",
-        train_launcher="accelerate launch --num_processes 4 --mixed_precision 'bf16'",
+        {"database_url": db, "adapters_root": str(tmp_path), "model": "/models/base", "train_launcher": launcher}
     )
     assert config.train_launcher == ("accelerate", "launch", "--num_processes", "4", "--mixed_precision", "bf16")
-    default, _ = _learner_config([], database_url=db, adapters_root=str(tmp_path), model="/models/base")
+    default, _ = _learner_config({"database_url": db, "adapters_root": str(tmp_path), "model": "/models/base"})
     assert default.train_launcher == ()
