@@ -17,7 +17,7 @@ from typing import Any
 
 from agent import prompts
 from engines.base import ChatRequest, ChatResult, Engine, EngineError, EngineTimeout
-from store.records import AttemptKind, EpisodeStatus
+from store.records import AttemptKind, EpisodePurpose, EpisodeStatus
 from tools.parse import parse_openai_tool_calls
 from tools.spec import ToolSpec
 from tools.verify import SCHEMA, ModelOutput, Verdict, VerifierSpec, effective_tool_choice, run_verifier
@@ -52,6 +52,8 @@ class TaskOptions:
     expected: list[dict[str, Any]] | None = None
     task: str | None = None
     max_retries: int = 1
+    purpose: EpisodePurpose = "traffic"
+    """`eval` marks evaluation traffic: stored, never trainable, never a regression item."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.verifier, VerifierSpec):

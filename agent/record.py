@@ -56,6 +56,7 @@ def outcome_to_record(
         adapter=adapter,
         latency_ms=round(outcome.latency_ms),
         error=None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}",
-        trainable=failed_first and rerunnable,
+        trainable=failed_first and rerunnable and options.purpose != "eval",
+        purpose=options.purpose,
         attempts=attempts,
     )

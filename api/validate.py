@@ -22,12 +22,13 @@ from agent.loop import TaskOptions
 from api.errors import ApiError, bad_request
 from api.settings import Settings
 from engines.base import ChatRequest
+from store.records import EPISODE_PURPOSES
 from tools.schema import SchemaError, validate_tool_specs
 from tools.spec import ToolSpec, canonical_json
 from tools.verify import VerifierSpec, normalize_expected, parse_tool_choice
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-RRR_FIELDS = ("verifier", "expected_tool_calls", "task", "max_retries", "include_attempts")
+RRR_FIELDS = ("verifier", "expected_tool_calls", "task", "max_retries", "purpose", "include_attempts")
 # Sampling parameters passed through to the engine as they are (after a type check).
 PASSTHROUGH_NUMBERS = {
     "presence_penalty": (-2.0, 2.0),
@@ -232,7 +233,14 @@ def _task_options(body: dict[str, Any], settings: Settings) -> TaskOptions:
         raise _reject(
             f"rrr.max_retries must be an integer from 0 to {settings.max_client_retries}.", "rrr", "rrr.max_retries"
         )
-    return TaskOptions(verifier=verifier, expected=expected, task=task, max_retries=retries)
+    purpose = ext.get("purpose", "traffic")
+    if purpose not in EPISODE_PURPOSES:
+        raise _reject(
+            f"rrr.purpose must be one of {', '.join(EPISODE_PURPOSES)} (eval: never used for training).",
+            "rrr",
+            "rrr.purpose",
+        )
+    return TaskOptions(verifier=verifier, expected=expected, task=task, max_retries=retries, purpose=purpose)
 
 
 def _include_attempts(body: dict[str, Any]) -> bool:

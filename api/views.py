@@ -43,6 +43,7 @@ def episode_summary(episode: Episode) -> dict[str, Any]:
             "expected_tool_calls": episode.feedback_expected_calls,
         },
         "trainable": episode.trainable,
+        "purpose": episode.purpose,
         "consumed_by_run": episode.consumed_by_run,
     }
 

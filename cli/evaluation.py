@@ -108,6 +108,14 @@ def eval_run(  # noqa: C901 (a command: flag checks, then one call per stage)
     attempts: int = typer.Option(
         2, "--attempts", help="Answer attempts per item: 2 = first try, then a retry after self-reflection."
     ),
+    trainable: bool = typer.Option(
+        False,
+        "--trainable",
+        help=(
+            "With --base-url: let rrr train on this run's episodes (by default they are marked evaluation traffic, "
+            "stored but never trained or gated on)."
+        ),
+    ),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N items of the dataset."),
     out: str = typer.Option(
         "rrr-eval",
@@ -168,7 +176,7 @@ def eval_run(  # noqa: C901 (a command: flag checks, then one call per stage)
     sampling = Sampling(temperature=temperature, max_tokens=max_tokens, timeout_s=timeout)
     runner: Runner
     if base_url is not None:
-        runner = ServerRunner(base_url, api_key, sampling)
+        runner = ServerRunner(base_url, api_key, sampling, trainable=trainable)
     else:
         if not Path(str(model)).is_dir() and not _HUB_ID.fullmatch(str(model)):
             fail(f"--model {model}: no such model directory (or Hugging Face model id)")

@@ -50,13 +50,15 @@ class EvalTask:
             verifier=self.verifier, expected=self.expected, task=task or self.item.task, max_retries=max_retries
         )
 
-    def extension(self, attempts: int, *, task: str | None = None) -> dict[str, Any]:
-        """The ``rrr`` object of the request: verifier, reference answer, retry budget, attempt trace."""
+    def extension(self, attempts: int, *, task: str | None = None, purpose: str = "eval") -> dict[str, Any]:
+        """The ``rrr`` object of the request: verifier, reference answer, retry budget, attempt trace,
+        and the purpose (``eval`` by default: the server stores the episode but never trains on it)."""
         ext: dict[str, Any] = {
             "verifier": self.verifier.to_json(),
             "max_retries": attempts - 1,
             "include_attempts": True,
             "task": task or self.item.task,
+            "purpose": purpose,
         }
         if self.expected is not None:
             ext["expected_tool_calls"] = self.expected

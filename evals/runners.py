@@ -85,14 +85,22 @@ def _v1(base_url: str) -> str:
 
 
 class ServerRunner:
-    """Items through a running ``rrr serve`` (``--base-url``), which reflects and retries itself."""
+    """Items through a running ``rrr serve`` (``--base-url``), which reflects and retries itself.
 
-    def __init__(self, base_url: str, api_key: str | None = None, sampling: Sampling = Sampling()) -> None:
+    Every request says ``rrr.purpose = "eval"`` unless ``trainable`` is set: the server stores the
+    episodes (inspectable like any other) but never trains or gates on them, so a test set cannot
+    leak into training however often it is evaluated.
+    """
+
+    def __init__(
+        self, base_url: str, api_key: str | None = None, sampling: Sampling = Sampling(), *, trainable: bool = False
+    ) -> None:
         import openai
 
         self.target = base_url
         self.url = _v1(base_url)
         self.sampling = sampling
+        self.purpose = "traffic" if trainable else "eval"
         # No SDK retries: rrr's loop is the only retry, and a rerun resumes what failed.
         self._client = openai.AsyncOpenAI(
             base_url=self.url, api_key=api_key or "no-key", max_retries=0, timeout=sampling.timeout_s
@@ -144,7 +152,7 @@ class ServerRunner:
             "messages": task.messages,
             "temperature": self.sampling.temperature,
             "max_tokens": self.sampling.max_tokens,
-            "extra_body": {"rrr": task.extension(attempts)},
+            "extra_body": {"rrr": task.extension(attempts, purpose=self.purpose)},
         }
         if task.tools:
             kwargs["tools"] = task.tools

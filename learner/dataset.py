@@ -10,6 +10,8 @@ What goes in (R20: traffic cannot silently steer the learner):
   client feedback counts once the feedback supplied expected calls: its verifier becomes
   "the stored spec AND reference" against those calls. A failed episode whose client said ok=True
   is left out (the client contradicts the verifier);
+* never evaluation traffic (`purpose = eval`, what `rrr eval run` sends): neither a training row
+  nor a regression item, so a test set cannot leak into training or into the gate;
 * not consumed by a promoted training run (a run that was rejected gives its episodes back);
 * at most `max_client_share` of the batch from any one client key (episodes without a key count
   as one client). A single-tenant deployment sets `max_client_share=1.0`;
@@ -147,7 +149,7 @@ def failure_candidates(session: Session, *, exclude_consumed: bool = True) -> li
             first.kind,
         )
         .join(first, and_(first.episode_id == Episode.id, first.index == 0))
-        .where(Episode.status.in_(FAILED_FIRST_STATUSES), Episode.trainable.is_(True))
+        .where(Episode.status.in_(FAILED_FIRST_STATUSES), Episode.trainable.is_(True), Episode.purpose != "eval")
     )
     if exclude_consumed:
         run = aliased(TrainingRun)
@@ -173,7 +175,11 @@ def failure_candidates(session: Session, *, exclude_consumed: bool = True) -> li
 def _success_candidates(session: Session) -> list[FailureCandidate]:
     stmt = (
         select(Episode.id, Episode.client_key_id, Episode.created_at, Episode.verifier, Episode.expected_calls)
-        .where(Episode.status == "first_ok", or_(Episode.feedback_ok.is_(None), Episode.feedback_ok.is_(True)))
+        .where(
+            Episode.status == "first_ok",
+            Episode.purpose != "eval",
+            or_(Episode.feedback_ok.is_(None), Episode.feedback_ok.is_(True)),
+        )
         .order_by(Episode.created_at.desc(), Episode.id.desc())
     )
     out = []

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
 from store.models import Attempt, Episode, EpisodeTool
-from store.records import ATTEMPT_KINDS, EPISODE_STATUSES, EpisodeRecord, utcnow
+from store.records import ATTEMPT_KINDS, EPISODE_PURPOSES, EPISODE_STATUSES, EpisodeRecord, utcnow
 
 #: Statuses that carry a model answer a client can judge (feedback may flip these).
 ANSWERED_STATUSES = ("first_ok", "retry_ok", "failed")
@@ -99,7 +99,8 @@ def _episode_row(record: EpisodeRecord) -> dict[str, Any]:
         "prompt_tokens": record.total_prompt_tokens(),
         "completion_tokens": record.total_completion_tokens(),
         "error": record.error,
-        "trainable": bool(record.trainable),
+        "trainable": bool(record.trainable) and record.purpose != "eval",
+        "purpose": record.purpose if record.purpose in EPISODE_PURPOSES else "traffic",
     }
 
 
@@ -254,7 +255,7 @@ def set_feedback(
     if expected_calls is not None:
         episode.feedback_expected_calls = expected_calls
         episode.expected_calls = expected_calls
-        episode.trainable = True
+        episode.trainable = episode.purpose != "eval"  # evaluation traffic never becomes training data
     if episode.served_status in ANSWERED_STATUSES:
         episode.status = episode.served_status if ok else "failed"
     session.flush()

@@ -146,6 +146,8 @@ class TrainingRun(Base):
     gate_result: Mapped[dict[str, Any] | None] = mapped_column(SafeJSON)
     error: Mapped[str | None] = mapped_column(SafeText)
     adapter_name: Mapped[str | None] = mapped_column(SafeString(200))
+    warm_start_from: Mapped[str | None] = mapped_column(SafeString(200))
+    """The adapter this run trained on from (None: a fresh LoRA on the base model)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -164,6 +166,7 @@ class Episode(Base):
         Index("ix_episodes_adapter_created_at", "adapter", "created_at"),
         Index("ix_episodes_task_created_at", "task", "created_at"),
         Index("ix_episodes_consumed_by_run", "consumed_by_run"),
+        Index("ix_episodes_purpose_created_at", "purpose", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -188,6 +191,8 @@ class Episode(Base):
     feedback_expected_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(SafeJSON)
     feedback_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     trainable: Mapped[bool] = mapped_column(Boolean, default=False)
+    purpose: Mapped[str] = mapped_column(SafeString(16), default="traffic", server_default="traffic")
+    """`traffic` may become training data; `eval` (evaluation traffic) never does."""
     consumed_by_run: Mapped[str | None] = mapped_column(String(36), ForeignKey("training_runs.id", ondelete="SET NULL"))
 
     attempts: Mapped[list[Attempt]] = relationship(
@@ -255,6 +260,8 @@ class Adapter(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(SafeJSON)
     manifest_sha256: Mapped[str | None] = mapped_column(String(64))
     previous_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("adapters.id", ondelete="SET NULL"))
+    warm_start_from: Mapped[str | None] = mapped_column(SafeString(200))
+    """The adapter this one was trained on from (None: trained from the base model)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

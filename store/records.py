@@ -17,8 +17,11 @@ from typing import Any, Literal, get_args
 EpisodeStatus = Literal["first_ok", "retry_ok", "failed", "upstream_error", "rejected"]
 """The one list of episode statuses (the store's check constraint, the loop's outcome, the API)."""
 AttemptKind = Literal["answer", "reflection", "retry"]
+EpisodePurpose = Literal["traffic", "eval"]
+"""`traffic` may become training data; `eval` (evaluation traffic) never does."""
 EPISODE_STATUSES: tuple[str, ...] = get_args(EpisodeStatus)
 ATTEMPT_KINDS: tuple[str, ...] = get_args(AttemptKind)
+EPISODE_PURPOSES: tuple[str, ...] = get_args(EpisodePurpose)
 
 
 def utcnow() -> datetime:
@@ -70,7 +73,8 @@ class EpisodeRecord:
     client's request; ``verifier`` the serialised verifier spec; ``expected_calls`` the reference
     answer if the client gave one. ``model``/``adapter`` say what served it (``adapter`` None = base
     model). Token totals default to the sum over attempts. ``trainable`` = a re-runnable verifier
-    exists for this episode (set by the agent).
+    exists for this episode (set by the agent); ``purpose`` = ``eval`` for evaluation traffic, which
+    is never trainable.
     """
 
     status: EpisodeStatus
@@ -90,6 +94,7 @@ class EpisodeRecord:
     completion_tokens: int | None = None
     error: str | None = None
     trainable: bool = False
+    purpose: EpisodePurpose = "traffic"
     attempts: list[AttemptRecord] = field(default_factory=list)
 
     def total_prompt_tokens(self) -> int:

@@ -96,8 +96,7 @@ def wrong_answer(item: DatasetItem) -> dict[str, Any]:
 
 def plan_for(items: list[DatasetItem], model: str = "base") -> dict[tuple[str, str], str]:
     """Item i: right at once (i % 3 == 0), right after the reflection (1), wrong twice (2).
-    BFCL relevance items (any call is right) are answered right at once: rrr serves them with the
-    schema verifier, which does not ask for a call, so a missing call is not retried."""
+    BFCL relevance items (any call is right) are answered right at once."""
     cycle = (FIRST_OK, RETRY_OK, FAILED)
     return {(model, item.id): FIRST_OK if item.extra.get("relevance") else cycle[i % 3] for i, item in enumerate(items)}
 
@@ -364,3 +363,52 @@ def test_items_the_engine_fails_are_reported_and_retried_on_the_next_run(
     n, first, second = expected_accuracy(plans, "base")
     row = json.loads((out / "summary.json").read_text())["models"][0]
     assert [(a["correct"], a["total"]) for a in row["accuracy"]] == [(first, n), (second, n)]
+
+
+# --------------------------------------------------------------------------------- no leak into training
+
+
+def _trainable_ids(rrr: Rrr, ids: set[str]) -> tuple[set[str], set[str], dict[str, str]]:
+    """Of `ids`: the episodes the learner could train on, those it could re-check as past successes,
+    and each episode's stored purpose."""
+    from learner.dataset import _success_candidates, failure_candidates
+    from store.models import Episode
+
+    rrr.flush()
+    with rrr.state.session_factory() as session:
+        failures = {c.id for c in failure_candidates(session, exclude_consumed=False)} & ids
+        successes = {c.id for c in _success_candidates(session)} & ids
+        purposes = {e.id: e.purpose for e in session.query(Episode).filter(Episode.id.in_(ids))}
+    return failures, successes, purposes
+
+
+def test_evaluation_traffic_never_enters_a_training_set(served: Rrr, planner: Planner, tmp_path: Path) -> None:
+    items = load_dataset(DATASETS["xlam"])
+    plans = plan_for(items)
+    planner.use(items, plans)
+    result = run_eval(served, DATASETS["xlam"], tmp_path / "eval", "--model-name", "base")
+    assert result.exit_code == 0, result.stderr
+    ids = {r["episode_id"] for r in read_items(tmp_path / "eval")}
+    assert len(ids) == len(items) and any(p != FIRST_OK for p in plans.values())
+    failures, successes, purposes = _trainable_ids(served, ids)
+    assert (failures, successes) == (set(), set())  # 0 of its episodes can train or gate
+    assert set(purposes.values()) == {"eval"} and set(purposes) == ids
+    with served.state.session_factory() as session:
+        from store.models import Episode
+
+        assert not any(e.trainable for e in session.query(Episode).filter(Episode.id.in_(ids)))
+    # Late feedback with the right answer does not make an evaluation episode trainable either.
+    some = sorted(ids)[0]
+    served.http().post(
+        f"/v1/episodes/{some}/feedback", json={"ok": False, "expected_tool_calls": [{"name": "x", "arguments": {}}]}
+    )
+    assert _trainable_ids(served, {some})[0] == set()
+
+    # The opt-out: the same items sent with --trainable are training data (failures) and regression items.
+    trained = run_eval(served, DATASETS["xlam"], tmp_path / "trainable", "--model-name", "base", "--trainable")
+    assert trained.exit_code == 0, trained.stderr
+    ids = {r["episode_id"] for r in read_items(tmp_path / "trainable")}
+    failures, successes, purposes = _trainable_ids(served, ids)
+    assert len(failures) == sum(p != FIRST_OK for p in plans.values()) and failures
+    assert len(successes) == sum(p == FIRST_OK for p in plans.values())
+    assert set(purposes.values()) == {"traffic"}

@@ -59,10 +59,13 @@ def test_upgrade_twice_is_a_no_op(migrated_url: str) -> None:
     before = state()
     upgrade(migrated_url)
     upgrade(migrated_url, "head")
-    assert state() == before and before[0] == "0001"
+    assert state() == before and before[0] == "0002"
 
 
 def test_migrations_ship_inside_the_package() -> None:
     assert MIGRATIONS_DIR.parent.name == "store"
     assert (MIGRATIONS_DIR / "env.py").is_file() and (MIGRATIONS_DIR / "script.py.mako").is_file()
-    assert sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("*.py")) == ["0001_initial.py"]
+    assert sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("*.py")) == [
+        "0001_initial.py",
+        "0002_purpose_warm_start.py",
+    ]
