@@ -83,13 +83,13 @@ _K_OPT = _opt(
 _MARGIN_OPT = _opt(
     "--gate-margin",
     "RRR_GATE_MARGIN",
-    "Held-out retry success must improve by at least this (0.02 = 2 points).",
+    "The lower end of the 95% paired interval of the held-out retry-success gain must be above this.",
     (_G, "margin"),
 )
 _TOL_OPT = _opt(
     "--gate-tolerance",
     "RRR_GATE_TOLERANCE",
-    "Regression first-attempt success may drop by at most this.",
+    "A regression first-attempt drop larger than this must be ruled out (95% paired interval).",
     (_G, "tolerance"),
 )
 _MIN_ITEMS_OPT = _opt(

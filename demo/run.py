@@ -147,8 +147,9 @@ def demo_train_config(max_steps: int = 30) -> TrainConfig:
 
 
 def demo_gate_config() -> GateConfig:
-    """The gate as the product ships it (2-point margin, 1-point tolerance), answers capped like the demo's."""
-    return GateConfig(margin=0.02, tolerance=0.01, min_items=20, max_tokens=128, concurrency=1)
+    """The gate as the product ships it (paired: the gain's lower bound above 0, a 5-point forgetting
+    ruled out), answers capped like the demo's."""
+    return GateConfig(min_items=20, max_tokens=128, concurrency=1)
 
 
 @dataclass

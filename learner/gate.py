@@ -5,11 +5,18 @@ reflect/retry loop the API serves with (`evals.run.run_items`: temperature 0, on
 one retry) on two sets: the held-out failures of the batch (their task messages, judged by each
 row's own stored verifier and expected calls) and the regression set of past successes (never drawn
 from the batch, R20). It measures first-attempt success and retry success (solved on the first
-attempt or after the retry) with counts and 95% Wilson intervals, and `decide` applies the rule:
+attempt or after the retry) item by item, and `decide` compares the two policies on the SAME items,
+paired (Newcombe's interval for paired proportions, `evals.stats.paired_difference`):
 
-* promote only if held-out retry success improves by at least `margin`, and
-* first-attempt success on the regression set drops by no more than `tolerance`, and
+* promote only if the lower end of the 95% paired interval of the held-out retry-success gain
+  (candidate minus incumbent) is above `margin` (default 0: the gain must be distinguishable from
+  noise, however small the set), and
+* the lower end of the 95% paired interval of the regression set's first-attempt difference is above
+  `-tolerance` (a forgetting the data cannot rule out blocks promotion), and
 * there are at least `min_items` held-out items and no evaluation call failed on the engine.
+
+The counts, the discordant items (fixed, broken), both differences with their intervals and the rule
+that decided are in `GateDecision.numbers`, which the cycle stores on the run.
 
 The evaluation engine is any `Engine`. The learner's default is a `LocalEngine` in its own process
 with the candidate (and the adapter in service) loaded under temporary names, so candidates never
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,24 +38,40 @@ from agent.loop import LoopConfig
 from engines.base import Engine
 from evals.items import EvalItem, gate_item
 from evals.run import run_items
-from evals.stats import Rate
+from evals.stats import SUCCESS_AFTER, SUCCESS_FIRST, Rate, paired_difference, status_rates
 from learner.config import GateConfig
 
 log = logging.getLogger(__name__)
 
-EPS = 1e-9  # rates are ratios of small integers: compare with a little slack
-
 
 @dataclass(frozen=True)
 class PolicyScores:
-    """One policy's numbers on both sets. `errors` counts episodes the engine failed to serve."""
+    """One policy's episode status on every held-out and regression item, in item order (so two
+    policies' scores pair up item by item). `errors` counts episodes the engine failed to serve."""
 
     policy: str
-    heldout_first: Rate
-    heldout_retry: Rate
-    regression_first: Rate
-    regression_retry: Rate
-    errors: int = 0
+    heldout: tuple[str, ...]
+    regression: tuple[str, ...]
+
+    @property
+    def heldout_first(self) -> Rate:
+        return status_rates(self.heldout)["first_attempt"]
+
+    @property
+    def heldout_retry(self) -> Rate:
+        return status_rates(self.heldout)["after_retry"]
+
+    @property
+    def regression_first(self) -> Rate:
+        return status_rates(self.regression)["first_attempt"]
+
+    @property
+    def regression_retry(self) -> Rate:
+        return status_rates(self.regression)["after_retry"]
+
+    @property
+    def errors(self) -> int:
+        return sum(s == "upstream_error" for s in (*self.heldout, *self.regression))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,41 +96,54 @@ class GateDecision:
         return {"promote": self.promote, "reasons": list(self.reasons), **self.numbers}
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+RULE = (
+    "promote iff n_heldout >= min_items, no engine errors, lower 95% bound of the paired held-out "
+    "retry-success gain > margin, and lower 95% bound of the paired regression first-attempt difference "
+    "> -tolerance (Newcombe's paired interval)"
+)
+
+
+def _paired(incumbent: Sequence[str], candidate: Sequence[str], success: Sequence[str]) -> dict[str, Any]:
+    if len(incumbent) != len(candidate):
+        raise ValueError("the gate compares two policies on the same items: the status lists differ in length")
+    before = {str(i): s in success for i, s in enumerate(incumbent)}
+    after = {str(i): s in success for i, s in enumerate(candidate)}
+    return paired_difference(before, after)
+
+
+def _points(diff: dict[str, Any]) -> str:
+    lo, hi = diff["ci95"]
+    return (
+        f"{100 * diff['difference']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}], "
+        f"fixed {diff['fixed']}, broke {diff['broken']}, n={diff['n']}"
+    )
 
 
 def decide(candidate: PolicyScores, incumbent: PolicyScores, config: GateConfig) -> GateDecision:
-    """Apply the promotion rule (module docstring) to measured numbers."""
+    """Apply the promotion rule (module docstring) to measured, paired statuses."""
     reasons: list[str] = []
     ok = True
-    n = candidate.heldout_retry.total
+    n = len(candidate.heldout)
     if n < config.min_items:
         ok = False
         reasons.append(f"only {n} held-out items; at least {config.min_items} are needed to judge")
-    gain = candidate.heldout_retry.rate - incumbent.heldout_retry.rate
-    retry_text = (
-        f"held-out retry success {_pct(incumbent.heldout_retry.rate)} -> "
-        f"{_pct(candidate.heldout_retry.rate)} ({gain * 100:+.1f} points"
-    )
-    if gain + EPS < config.margin:
-        ok = False
-        reasons.append(f"{retry_text}, below the margin of {config.margin * 100:.1f})")
+    gain = _paired(incumbent.heldout, candidate.heldout, SUCCESS_AFTER)
+    text = f"held-out retry success {_points(gain)}"
+    if gain["ci95"][0] > config.margin or config.margin <= -1:  # -1: no requirement
+        reasons.append(f"{text}: the lower bound is above the margin of {config.margin * 100:+.1f}")
     else:
-        reasons.append(f"{retry_text}, margin {config.margin * 100:.1f} met)")
-    drop = incumbent.regression_first.rate - candidate.regression_first.rate
-    if candidate.regression_first.total == 0:
+        ok = False
+        reasons.append(f"{text}: the lower bound is not above the margin of {config.margin * 100:+.1f}")
+    regression = _paired(incumbent.regression, candidate.regression, SUCCESS_FIRST)
+    if not candidate.regression:
         reasons.append("the regression set is empty: forgetting was not measured")
     else:
-        reg_text = (
-            f"regression first-attempt success {_pct(incumbent.regression_first.rate)} -> "
-            f"{_pct(candidate.regression_first.rate)} ({-drop * 100:+.1f} points"
-        )
-        if drop - EPS > config.tolerance:
-            ok = False
-            reasons.append(f"{reg_text}, more than the tolerance of {config.tolerance * 100:.1f})")
+        text = f"regression first-attempt difference {_points(regression)}"
+        if regression["ci95"][0] > -config.tolerance or config.tolerance >= 1:  # 1: no requirement
+            reasons.append(f"{text}: the lower bound is above -{config.tolerance * 100:.1f}")
         else:
-            reasons.append(f"{reg_text}, within the tolerance of {config.tolerance * 100:.1f})")
+            ok = False
+            reasons.append(f"{text}: a drop of more than {config.tolerance * 100:.1f} points is not ruled out")
     for scores in (candidate, incumbent):
         if scores.errors:
             ok = False
@@ -115,21 +151,15 @@ def decide(candidate: PolicyScores, incumbent: PolicyScores, config: GateConfig)
     numbers = {
         "candidate": candidate.to_dict(),
         "incumbent": incumbent.to_dict(),
-        "retry_gain": round(gain, 6),
-        "regression_drop": round(drop, 6),
+        "heldout_retry_gain": gain,
+        "regression_first_difference": regression,
+        "rule": RULE,
         "config": {"margin": config.margin, "tolerance": config.tolerance, "min_items": config.min_items},
     }
     return GateDecision(promote=ok, reasons=reasons, numbers=numbers)
 
 
 # --- evaluation -------------------------------------------------------------------------------------
-
-
-def _rates(statuses: Iterable[str]) -> tuple[Rate, Rate, int]:
-    statuses = list(statuses)
-    first = sum(s == "first_ok" for s in statuses)
-    retry = sum(s in ("first_ok", "retry_ok") for s in statuses)
-    return Rate(first, len(statuses)), Rate(retry, len(statuses)), sum(s == "upstream_error" for s in statuses)
 
 
 async def score_policy(
@@ -150,16 +180,9 @@ async def score_policy(
         "loop": loop,
         "on_item": on_item,
     }
-    h_first, h_retry, h_err = _rates(await run_items(engine, model, heldout, **kw))
-    r_first, r_retry, r_err = _rates(await run_items(engine, model, regression, **kw))
-    return PolicyScores(
-        policy=label or model or "base",
-        heldout_first=h_first,
-        heldout_retry=h_retry,
-        regression_first=r_first,
-        regression_retry=r_retry,
-        errors=h_err + r_err,
-    )
+    held = await run_items(engine, model, heldout, **kw)
+    reg = await run_items(engine, model, regression, **kw)
+    return PolicyScores(policy=label or model or "base", heldout=tuple(held), regression=tuple(reg))
 
 
 async def evaluate_gate(

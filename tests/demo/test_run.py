@@ -220,7 +220,7 @@ def test_the_demo_runs_every_stage_and_tears_down(tiny_policy: Path, tmp_path: P
         train=train,
         heldout_fraction=0.5,
         train_threads=1,
-        gate=GateConfig(margin=0.0, tolerance=1.0, min_items=1, max_tokens=16, concurrency=1),
+        gate=GateConfig(margin=-1.0, tolerance=1.0, min_items=1, max_tokens=16, concurrency=1),
     )
     seen: dict[str, Any] = {}
     lines: list[str] = []

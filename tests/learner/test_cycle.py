@@ -146,7 +146,7 @@ def make_config(tmp_path: Path, database_url: str, model: Path, **kw: Any) -> Le
         max_client_share=1.0,
         heldout_fraction=0.5,
         seed=0,
-        gate=GateConfig(margin=0.0, tolerance=1.0, min_items=1, max_tokens=40),
+        gate=GateConfig(margin=-1.0, tolerance=1.0, min_items=1, max_tokens=40),
     )
     values.update(kw)
     from agent.loop import LoopConfig
@@ -271,8 +271,8 @@ def test_a_gate_rejection_is_stored_with_reasons_and_the_batch_is_not_retrained_
     assert run.status == "rejected" and run.adapter_name is None
     gate = run.gate_result
     assert gate is not None and gate["promote"] is False
-    assert any("below the margin of 50.0" in r for r in gate["reasons"])
-    assert any(r.startswith("regression first-attempt success") for r in gate["reasons"])
+    assert any("not above the margin of +50.0" in r for r in gate["reasons"]), gate["reasons"]
+    assert any(r.startswith("regression first-attempt difference") for r in gate["reasons"])
     assert gate["incumbent"]["regression_first"]["total"] == gate["candidate"]["regression_first"]["total"] == 2
     assert gate["candidate"]["heldout_retry"]["total"] == result.dataset["heldout"]  # type: ignore[index]
     assert run.error is not None and run.error.startswith("gate: ") and "margin" in run.error

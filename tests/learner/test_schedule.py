@@ -117,7 +117,7 @@ def test_two_schedulers_racing_for_one_lease_make_exactly_one_run(
         database_url,
         tiny_tool_model.path,
         interval_s=3600,
-        gate=GateConfig(margin=0.0, tolerance=1.0, min_items=1, max_tokens=16),
+        gate=GateConfig(margin=-1.0, tolerance=1.0, min_items=1, max_tokens=16),
     )
     trainer = StandInTrainer(tiny_adapter_dir, delay_s=1.5)
     done = threading.Event()
