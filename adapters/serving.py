@@ -382,6 +382,7 @@ async def register_candidate(
     base_model: str,
     run_id: str | None = None,
     metrics: dict[str, Any] | None = None,
+    warm_start_from: str | None = None,
 ) -> Candidate:
     """Steps 1-2 of publishing: the next version's folder, then its `candidate` row (never active).
 
@@ -408,6 +409,7 @@ async def register_candidate(
             run_id=run_id,
             metrics=dict(metrics or {}),
             manifest_sha256=manifest_sha,
+            warm_start_from=warm_start_from,
         ),
     )
     return Candidate(name=name, version=version, path=final, manifest_sha256=manifest_sha, root=root)
@@ -426,6 +428,7 @@ async def publish_adapter(
     metrics: dict[str, Any] | None = None,
     probe_timeout_s: float = 60.0,
     unload_in_background: bool = True,
+    warm_start_from: str | None = None,
 ) -> PublishResult:
     """Publish a trained adapter and make it active, or reject it with nothing changed for users.
 
@@ -439,6 +442,7 @@ async def publish_adapter(
         base_model=base_model,
         run_id=run_id,
         metrics=metrics,
+        warm_start_from=warm_start_from,
     )
     name, row_metrics = staged.name, dict(metrics or {})
     result = PublishResult(name=name, version=staged.version, status="rejected", path=str(staged.path))

@@ -345,6 +345,11 @@ class LearnerConfig:
         each costs two evaluation episodes, so a short cycle (the laptop demo) caps it.
     train_launcher: the command that starts the training child in place of `python`, e.g.
         `("accelerate", "launch", "--num_processes", "4")` for multi-GPU training (default: one process).
+    warm_start: cycles compound: a run trains further a copy of the adapter in service (the KL
+        reference stays the base model with adapters off) on the failures collected under it; off,
+        every run trains a fresh LoRA from the base on any unconsumed failures.
+    replay_share: with `warm_start`, at most this share of a batch comes from earlier failures of
+        other policies that no promoted run solved.
     """
 
     adapters_root: str
@@ -371,6 +376,8 @@ class LearnerConfig:
     train: TrainConfig | None = None
     probe_timeout_s: float = 60.0
     train_launcher: tuple[str, ...] = ()
+    warm_start: bool = True
+    replay_share: float = 0.25
 
     def __post_init__(self) -> None:
         if self.min_new_failures < 1:
@@ -385,6 +392,8 @@ class LearnerConfig:
             raise ValueError(f"dataset_limit must be at least 1, got {self.dataset_limit}")
         if self.regression_limit is not None and self.regression_limit < 0:
             raise ValueError(f"regression_limit must be >= 0, got {self.regression_limit}")
+        if not 0 <= self.replay_share <= 1:
+            raise ValueError(f"replay_share must be in [0, 1], got {self.replay_share}")
 
     def to_dict(self) -> dict[str, Any]:
         """What is stored on the training run (no URLs or keys: R14)."""

@@ -98,9 +98,10 @@ class TrainerResult(Protocol):
     adapter_dir: Any
 
 
-Trainer = Callable[[str, str, str, Path, Any], TrainerResult]
-"""`launch_training(run_id, database_url, model_path, work_dir, config)`, or a stand-in in tests.
-The rows are in `work_dir / "train.jsonl"` when it is called."""
+Trainer = Callable[..., TrainerResult]
+"""`launch_training(run_id, database_url, model_path, work_dir, config, *, init_adapter)`, or a
+stand-in in tests. The rows are in `work_dir / "train.jsonl"` when it is called; `init_adapter`
+is the verified folder of the adapter to continue (None: a fresh LoRA)."""
 
 
 def default_holder() -> str:
@@ -312,7 +313,10 @@ async def _train_gate_publish(
     assert result.run_id is not None
     run_id = result.run_id
 
-    # 4. The failure dataset: train, held-out and regression splits (R20), written for the trainer.
+    # 4. The policy in service (the gate's incumbent, and with `warm_start` the run's starting point);
+    #    the failure dataset: train, held-out and regression splits (R20), written for the trainer.
+    incumbent = await asyncio.to_thread(_incumbent, session_factory, config.adapters_root)
+    warm = incumbent if config.warm_start else None
     dataset: FailureDataset = await asyncio.to_thread(
         read_with,
         session_factory,
@@ -323,6 +327,8 @@ async def _train_gate_publish(
             heldout_fraction=config.heldout_fraction,
             seed=config.seed,
             regression_limit=config.regression_limit,
+            served_by=(incumbent[0] if incumbent else None) if config.warm_start else False,
+            replay_share=config.replay_share,
         ),
     )
     result.dataset = dataset.summary()
@@ -333,16 +339,26 @@ async def _train_gate_publish(
     work = Path(config.work_dir) / run_id
     await asyncio.to_thread(write_rows, work / "train.jsonl", dataset.train)
 
-    # 5. GRPO in a child process (the completion is the reflection; only its tokens are trained).
+    # 5. GRPO in a child process (the completion is the reflection; only its tokens are trained),
+    #    continuing the adapter in service (cycles compound) or, with none, a fresh LoRA on the base.
     train_config = config.train or TrainConfig(max_lora_rank=config.max_lora_rank)
-    say("train", f"run {run_id}: training ({train_config.max_steps} steps)", run_id)
-    trained = await asyncio.to_thread(trainer, run_id, config.database_url, config.model_path, work, train_config)
+    start = f"from {warm[0]}" if warm else "from the base model"
+    say("train", f"run {run_id}: training ({train_config.max_steps} steps, {start})", run_id)
+    if warm is not None:
+        await asyncio.to_thread(_set_run, session_factory, run_id, warm_start_from=warm[0])
+    trained = await asyncio.to_thread(
+        functools.partial(trainer, init_adapter=warm[1] if warm else None),
+        run_id,
+        config.database_url,
+        config.model_path,
+        work,
+        train_config,
+    )
     adapter_dir = str(trained.adapter_dir)
     await asyncio.to_thread(_set_run, session_factory, run_id, status="succeeded")
 
     # 6. The gate: candidate against the adapter in service, on an engine private to the learner.
     await asyncio.to_thread(folder.check_adapter_source, adapter_dir)
-    incumbent = await asyncio.to_thread(_incumbent, session_factory, config.adapters_root)
     say("gate", f"run {run_id}: gate against {incumbent[0] if incumbent else 'the base model'}", run_id)
     decision = await _gate(config, eval_engine, adapter_dir, dataset, incumbent, on_gate_item)
     result.gate, result.reasons = decision.to_dict(), list(decision.reasons)
@@ -375,6 +391,7 @@ async def _train_gate_publish(
         drain_s=config.drain_s,
         probe_timeout_s=config.probe_timeout_s,
         metrics={"gate": decision.numbers},
+        warm_start_from=warm[0] if warm else None,
     )
     result.adapter = published.name
     if not published.ok:

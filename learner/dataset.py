@@ -74,6 +74,8 @@ class FailureCandidate:
     id: str
     client: str | None
     created_at: Any
+    adapter: str | None = None
+    """The adapter that served the episode (None: the base model)."""
 
 
 def build_failure_dataset(
@@ -86,13 +88,18 @@ def build_failure_dataset(
     exclude_consumed: bool = True,
     regression_limit: int | None = None,
     with_reason: bool = False,
+    served_by: str | bool | None = False,
+    replay_share: float = 0.25,
 ) -> FailureDataset:
     """Select up to `limit` failures (newest first within each client's quota) and split them.
 
     `heldout_fraction` of the batch (by id hash, seeded) is held out for the gate.
     `regression_limit` (default `limit`) caps the regression set. `with_reason` appends the
     verifier's reason to the reflection request, matching a serving loop configured with
-    `reflection_with_reason`. Reads only; the caller owns the session.
+    `reflection_with_reason`. `served_by` (an adapter name, or None for the base model; False: any
+    policy) keeps the batch to failures collected under that policy plus at most `replay_share` of
+    it from earlier, still unsolved failures of other policies (`served_by_first`): a warm-started
+    cycle learns from the mistakes of the policy it continues. Reads only; the caller owns the session.
     """
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
@@ -100,8 +107,15 @@ def build_failure_dataset(
         raise ValueError(f"max_client_share must be in (0, 1], got {max_client_share} (1.0 disables the cap)")
     if not 0 <= heldout_fraction < 1:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
+    if not 0 <= replay_share <= 1:
+        raise ValueError(f"replay_share must be in [0, 1], got {replay_share}")
     failures = failure_candidates(session, exclude_consumed=exclude_consumed)
-    chosen = cap_client_share(failures, limit, max_client_share)
+    pool = (
+        failures
+        if served_by is False
+        else served_by_first(failures, served_by if isinstance(served_by, str) else None, limit, replay_share)
+    )
+    chosen = cap_client_share(pool, limit, max_client_share)
     episodes = _load(session, [c.id for c in chosen])
     rows: list[FailureRow] = []
     for candidate in chosen:
@@ -145,6 +159,7 @@ def failure_candidates(session: Session, *, exclude_consumed: bool = True) -> li
             Episode.served_status,
             Episode.feedback_ok,
             Episode.feedback_expected_calls,
+            Episode.adapter,
             first.ok,
             first.kind,
         )
@@ -158,9 +173,8 @@ def failure_candidates(session: Session, *, exclude_consumed: bool = True) -> li
         )
     stmt = stmt.order_by(Episode.created_at.desc(), Episode.id.desc())
     out = []
-    for eid, client, created, verifier, expected, served, fb_ok, fb_expected, first_ok, first_kind in session.execute(
-        stmt
-    ):
+    for row in session.execute(stmt):
+        eid, client, created, verifier, expected, served, fb_ok, fb_expected, adapter, first_ok, first_kind = row
         if first_kind != "answer" or (fb_ok is True and served == "failed"):
             continue  # the client says the answer our verifier failed was right: the verdicts are not trusted
         if first_ok is not False and fb_expected is None:
@@ -168,8 +182,21 @@ def failure_candidates(session: Session, *, exclude_consumed: bool = True) -> li
         spec, exp = _training_verifier(verifier, expected, fb_expected)
         if spec is None or not is_rerunnable(spec, exp):
             continue
-        out.append(FailureCandidate(eid, client, created))
+        out.append(FailureCandidate(eid, client, created, adapter))
     return out
+
+
+def served_by_first(
+    candidates: Sequence[FailureCandidate], adapter: str | None, limit: int, replay_share: float
+) -> list[FailureCandidate]:
+    """The failures collected under `adapter` (the policy a warm-started run continues from), plus
+    at most `replay_share` of `limit` earlier failures of other policies that no promoted run has
+    solved yet; newest first within each part."""
+    own = [c for c in candidates if c.adapter == adapter]
+    others = [c for c in candidates if c.adapter != adapter]
+    replay = min(len(others), int(replay_share * limit + 1e-9), max(0, limit - len(own)))
+    chosen = {c.id for c in (*own[:limit], *others[:replay])}
+    return [c for c in candidates if c.id in chosen]
 
 
 def _success_candidates(session: Session) -> list[FailureCandidate]:

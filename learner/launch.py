@@ -39,6 +39,7 @@ def launch_training(
     poll_s: float = 0.5,
     env: dict[str, str] | None = None,
     launcher: Sequence[str] | None = None,
+    init_adapter: str | None = None,
 ) -> TrainResult:
     """Run training for `run_id` in a child process (`python -m learner.train`) and wait for it.
 
@@ -50,6 +51,7 @@ def launch_training(
     `OMP_NUM_THREADS=1`, which trains tiny CPU models several times faster on a busy machine).
     `launcher` replaces `python` in front of `-m learner.train ...`: `["accelerate", "launch",
     "--num_processes", "4"]` trains on four GPUs (default: one process, this interpreter).
+    `init_adapter` (a published, verified adapter folder) warm-starts the run from that adapter.
     Raises TrainingFailed with the child's last error line when it fails, is killed or times out.
     """
     work = Path(work_dir)
@@ -73,6 +75,7 @@ def launch_training(
         str(work),
         "--heartbeat-s",
         str(heartbeat_s),
+        *(["--init-adapter", str(init_adapter)] if init_adapter else []),
     ]
     log_path = work / "train.log"
     deadline = None if timeout_s is None else time.monotonic() + timeout_s

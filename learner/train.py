@@ -56,7 +56,7 @@ from learner.checkpoints import (
 from learner.config import TrainConfig
 from learner.reward import RetryReward
 from learner.rows import read_rows, render_rows
-from learner.trl_compat import check_trl_version
+from learner.trl_compat import check_trl_version, use_base_as_reference
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +188,15 @@ def build_trainer(
     output_dir: Path,
     *,
     callbacks: Sequence[Any] = (),
+    init_adapter: str | None = None,
 ) -> tuple[Any, RetryReward]:
     """A GRPOTrainer on `rows` (FailureRows, or rows already rendered by `render_rows`) with a
-    vLLM-servable LoRA, and its reward object (already wired to the trainer)."""
+    vLLM-servable LoRA, and its reward object (already wired to the trainer).
+
+    `init_adapter` (a published adapter folder) warm-starts the run: a trainable copy of that
+    adapter's weights is trained further, so cycles compound, while the KL reference stays the base
+    model with adapters off (`trl_compat.use_base_as_reference`). Without it a fresh LoRA starts
+    from the base (B = 0, so the policy starts as the base)."""
     check_trl_version()
     import torch
     from datasets import Dataset
@@ -210,6 +216,7 @@ def build_trainer(
         raise ValueError("no training rows: the failure dataset is empty")
     _check_prompt_tokenization(tokenizer, rendered[0]["prompt"])
     bf16 = config.resolved_bf16()
+    dtype = "bfloat16" if bf16 and cuda else "float32"
     args: Any = GRPOConfig(
         output_dir=str(output_dir),
         max_steps=config.max_steps,
@@ -232,7 +239,7 @@ def build_trainer(
         use_cpu=not cuda,
         gradient_checkpointing=config.resolved_gradient_checkpointing(),
         use_cache=True,  # transformers 5 defaults to False, which makes every generated token re-run the prompt
-        model_init_kwargs={"dtype": "bfloat16" if bf16 and cuda else "float32"},
+        model_init_kwargs=None if init_adapter else {"dtype": dtype},
         seed=config.seed,
         data_seed=config.seed,
         save_strategy="steps",
@@ -257,7 +264,7 @@ def build_trainer(
     if len(rendered) < needed:
         log.info("repeating %d training rows to fill a batch of %d prompts", len(rendered), needed)
         rendered = [rendered[i % len(rendered)] for i in range(needed)]
-    peft_config = LoraConfig(
+    peft_config: Any = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
@@ -272,8 +279,17 @@ def build_trainer(
         retry_max_tokens=config.retry_max_tokens, retry_temperature=config.retry_temperature, tokenizer=tokenizer
     )
     reward_funcs: Any = reward
+    model: Any = model_path
+    if init_adapter is not None:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        model = PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
+        peft_config = None  # the adapter's own (servable) config
+        log.info("warm start from %s", Path(init_adapter).name)
     trainer = GRPOTrainer(
-        model=model_path,
+        model=model,
         reward_funcs=reward_funcs,
         args=args,
         train_dataset=Dataset.from_list(rendered),
@@ -281,6 +297,8 @@ def build_trainer(
         peft_config=peft_config,
         callbacks=list(callbacks),
     )
+    if init_adapter is not None:
+        use_base_as_reference(trainer)
     reward.trainer = trainer
     from transformers.trainer_callback import PrinterCallback
 
@@ -296,12 +314,14 @@ def train(
     *,
     resume: bool = True,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    init_adapter: str | None = None,
 ) -> TrainResult:
     """Train (or resume, or return the finished result of) the run in `out_dir`.
 
     With `resume`, a finished run (`adapter/` present) is returned as is and an interrupted one
     continues from its newest complete checkpoint; without it, the folder's previous checkpoints,
     metrics and adapter are deleted first. `on_step` gets `step_metrics` after every logged step.
+    `init_adapter` warm-starts from a published adapter (`build_trainer`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -334,7 +354,12 @@ def train(
     if start is not None:
         log.info("resuming from %s", start.name)
     trainer, _ = build_trainer(
-        config, model_path, rows, checkpoints, callbacks=_callbacks(config, checkpoints, metrics_path, on_step)
+        config,
+        model_path,
+        rows,
+        checkpoints,
+        callbacks=_callbacks(config, checkpoints, metrics_path, on_step),
+        init_adapter=init_adapter,
     )
     trainer.train(resume_from_checkpoint=str(start) if start is not None else None)
     steps = int(trainer.state.global_step)
@@ -450,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="base model folder (the one the engine serves)")
     parser.add_argument("--work-dir", required=True, type=Path, help="holds train.jsonl and config.json")
     parser.add_argument("--heartbeat-s", type=float, default=30.0)
+    parser.add_argument("--init-adapter", default=None, help="published adapter folder to train on (warm start)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -464,7 +490,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = read_rows(work / "train.jsonl")
         if args.run_id and database_url and int(os.environ.get("RANK", "0")) == 0:
             recorder = _RunRecorder(database_url, args.run_id, args.heartbeat_s)
-        result = train(config, args.model, rows, work, resume=True, on_step=recorder.on_step if recorder else None)
+        result = train(
+            config,
+            args.model,
+            rows,
+            work,
+            resume=True,
+            on_step=recorder.on_step if recorder else None,
+            init_adapter=args.init_adapter,
+        )
         log.info("training finished after %d steps (resumed from %s)", result.steps, result.resumed_from_step)
         return 0
     except Exception as exc:

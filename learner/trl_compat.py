@@ -2,7 +2,7 @@
 
 Who calls it: `learner.reward` (the retry generation) and `learner.train` (the version check before
 building a trainer). Everything here relies on attributes of TRL 1.16's `GRPOTrainer` that are not
-public API: `model_wrapped`, `accelerator`, `args`, `eos_token_ids`,
+public API: `model_wrapped`, `accelerator`, `args`, `eos_token_ids`, the `ref` adapter of a warm start,
 `_tokenizer`, `_dist`, `use_vllm`, `vllm_generation` and `trl.models.unwrap_model_for_generation`.
 When TRL moves, this file and its version check change; nothing else in the repository should.
 
@@ -46,6 +46,21 @@ def check_trl_version(version: str | None = None) -> str:
             "or port learner/trl_compat.py to the new release and update SUPPORTED_TRL."
         )
     return version
+
+
+def use_base_as_reference(trainer: Any) -> bool:
+    """Make the KL reference the base model with adapters off, also when training continues an
+    existing adapter (a warm start). TRL 1.16 copies a PeftModel's pretrained adapter to a frozen
+    `ref` adapter and uses that as the reference; without `ref` it disables the adapters, which is
+    the reference of a fresh LoRA and the one rrr's cycles keep across warm starts. True if a `ref`
+    adapter was removed."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    peft_config = getattr(model, "peft_config", None)
+    if not isinstance(peft_config, dict) or "ref" not in peft_config:
+        return False
+    model.delete_adapter("ref")
+    model.set_adapter("default")
+    return True
 
 
 def policy_model(trainer: Any) -> Any:

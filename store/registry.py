@@ -36,6 +36,7 @@ def create_adapter(
     metrics: dict[str, Any] | None = None,
     manifest_sha256: str | None = None,
     status: str = "candidate",
+    warm_start_from: str | None = None,
 ) -> Adapter:
     """Register an adapter folder (as a candidate unless ``status`` says otherwise, never active)."""
     if status not in ADAPTER_STATUSES or status == "active":
@@ -49,6 +50,7 @@ def create_adapter(
         metrics=metrics,
         manifest_sha256=manifest_sha256,
         status=status,
+        warm_start_from=warm_start_from,
         created_at=utcnow(),
     )
     session.add(adapter)

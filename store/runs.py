@@ -76,6 +76,7 @@ def update_training_run(
     error: str | None = None,
     adapter_name: str | None = None,
     dataset_size: int | None = None,
+    warm_start_from: str | None = None,
     now: datetime | None = None,
 ) -> TrainingRun:
     """Change a run's status and/or fields. ``running`` stamps started_at (and a heartbeat);
@@ -93,6 +94,8 @@ def update_training_run(
             run.finished_at = now
     if error is not None:
         run.error = error
+    if warm_start_from is not None:
+        run.warm_start_from = warm_start_from
     if adapter_name is not None:
         run.adapter_name = adapter_name
     if dataset_size is not None:

@@ -79,7 +79,13 @@ def balanced_ids(n: int, *, seed: int = 0, fraction: float = 0.5) -> list[str]:
 
 
 def add_episodes(
-    session_factory: Factory, tool_model: ToolModel, n: int, *, ok: bool = False, client: str | None = None
+    session_factory: Factory,
+    tool_model: ToolModel,
+    n: int,
+    *,
+    ok: bool = False,
+    client: str | None = None,
+    adapter: str | None = None,
 ) -> list[str]:
     key = "call" if ok else "broken"
     ids = balanced_ids(n)
@@ -93,6 +99,7 @@ def add_episodes(
             verifier={"type": "reference"},
             expected_calls=EXPECTED,
             client_key_id=client,
+            adapter=adapter,
             trainable=not ok,
             attempts=[
                 AttemptRecord(
@@ -116,14 +123,31 @@ class StandInTrainer:
         self.error = error
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, run_id: str, database_url: str, model_path: str, work_dir: Path, config: Any) -> Any:
+    def __call__(
+        self,
+        run_id: str,
+        database_url: str,
+        model_path: str,
+        work_dir: Path,
+        config: Any,
+        *,
+        init_adapter: str | None = None,
+    ) -> Any:
         import time
 
         from learner.rows import read_rows
         from learner.train import TrainResult
 
         rows = read_rows(Path(work_dir) / "train.jsonl")
-        self.calls.append({"run_id": run_id, "rows": len(rows), "config": config})
+        self.calls.append(
+            {
+                "run_id": run_id,
+                "rows": len(rows),
+                "config": config,
+                "init_adapter": init_adapter,
+                "episode_ids": [r["episode_id"] for r in rows],
+            }
+        )
         time.sleep(self.delay_s)
         if self.error is not None:
             raise self.error
@@ -447,3 +471,60 @@ def test_regression_limit_caps_the_gate_and_each_gate_episode_is_reported(
     assert len(seen) == 2 * (result.dataset["heldout"] + 2)
     with pytest.raises(ValueError, match="regression_limit"):
         make_config(tmp_path, database_url, tiny_tool_model.path, regression_limit=-1)
+
+
+def test_cycles_compound_from_the_adapter_in_service(
+    tmp_path: Path,
+    database_url: str,
+    session_factory: Factory,
+    tiny_tool_model: ToolModel,
+    tiny_adapter_dir: Path,
+    serving: Any,
+    evaluator: Any,
+) -> None:
+    config = make_config(tmp_path, database_url, tiny_tool_model.path, replay_share=0.25, dataset_limit=10)
+    trainer = StandInTrainer(tiny_adapter_dir)
+    base_failures = add_episodes(session_factory, tiny_tool_model, 8)
+    add_episodes(session_factory, tiny_tool_model, 3, ok=True)
+    first = cycle(config, session_factory, serving, evaluator, trainer)
+    assert first.status == "promoted" and first.adapter == "rrr-v1", first
+    assert trainer.calls[0]["init_adapter"] is None  # nothing in service yet: a fresh LoRA on the base
+    assert run_row(session_factory, first.run_id).warm_start_from is None
+
+    # Traffic under rrr-v1, plus earlier base failures that no promoted run consumed (leftovers).
+    under_v1 = add_episodes(session_factory, tiny_tool_model, 8, adapter="rrr-v1")
+    leftovers = add_episodes(session_factory, tiny_tool_model, 8)
+    second = cycle(config, session_factory, serving, evaluator, trainer)
+    assert second.status == "promoted" and second.adapter == "rrr-v2", second
+    with session_factory() as s:
+        v1 = repos.get_adapter(s, "rrr-v1")
+        v2 = repos.get_adapter(s, "rrr-v2")
+        assert v1 is not None and v2 is not None
+        assert v2.warm_start_from == "rrr-v1" and v1.warm_start_from is None
+    # The run started from rrr-v1's published, verified folder ...
+    assert trainer.calls[1]["init_adapter"] == str(Path(v1.path).resolve())
+    assert run_row(session_factory, second.run_id).warm_start_from == "rrr-v1"
+    # ... on the failures collected under rrr-v1, with at most a quarter of the batch replayed.
+    rows = set(trainer.calls[1]["episode_ids"])
+    assert rows and rows <= set(under_v1) | set(leftovers) and not rows & set(base_failures)
+    batch = (second.dataset or {})["train"] + (second.dataset or {})["heldout"]
+    assert batch == 8 + 2  # 8 under rrr-v1, 2 replayed (0.25 of the dataset limit of 10)
+
+
+def test_warm_start_can_be_turned_off(
+    tmp_path: Path,
+    database_url: str,
+    session_factory: Factory,
+    tiny_tool_model: ToolModel,
+    tiny_adapter_dir: Path,
+    serving: Any,
+    evaluator: Any,
+) -> None:
+    config = make_config(tmp_path, database_url, tiny_tool_model.path, warm_start=False)
+    trainer = StandInTrainer(tiny_adapter_dir)
+    add_episodes(session_factory, tiny_tool_model, 8)
+    assert cycle(config, session_factory, serving, evaluator, trainer).status == "promoted"
+    add_episodes(session_factory, tiny_tool_model, 8, adapter="rrr-v1")
+    second = cycle(config, session_factory, serving, evaluator, trainer)
+    assert second.status == "promoted" and trainer.calls[1]["init_adapter"] is None
+    assert run_row(session_factory, second.run_id).warm_start_from is None

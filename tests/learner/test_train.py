@@ -184,3 +184,67 @@ def test_a_few_steps_on_cuda_with_bf16(taught_model_dir: Path, tmp_path: Path) -
     assert config.resolved_bf16() and config.resolved_gradient_checkpointing()
     result = train(config, str(taught_model_dir), task_rows(TRAIN_TEMPLATES, target="London"), tmp_path / "gpu")
     assert result.steps == 2 and (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_a_warm_start_continues_the_published_adapter_and_keeps_the_base_as_reference(
+    taught_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
+    """Cycle 2 starts from cycle 1's published weights (not a fresh LoRA); the base is untouched and
+    stays the KL reference (adapters off), as it is for a fresh LoRA."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from adapters.folder import verify_adapter_dir, write_adapter_folder
+
+    rows = task_rows(TRAIN_TEMPLATES, target="London")
+    first = train(small_config(max_steps=2, save_steps=100), str(taught_model_dir), rows, tmp_path / "run1")
+    folder, _ = write_adapter_folder(first.adapter_dir, tmp_path / "adapters", 1, base_model="tiny")
+    published = verify_adapter_dir(folder, tmp_path / "adapters").path
+    weights = load_file(str(Path(published) / "adapter_model.safetensors"))
+
+    seen: dict[str, Any] = {}
+    build = train_module.build_trainer
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        trainer, reward = build(*args, **kwargs)
+        seen["trainer"] = trainer
+        seen["start"] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        return trainer, reward
+
+    monkeypatch.setattr(train_module, "build_trainer", spy)
+    second = train(
+        small_config(max_steps=2, save_steps=100),
+        str(taught_model_dir),
+        rows,
+        tmp_path / "run2",
+        init_adapter=published,
+    )
+    start, model = seen["start"], seen["trainer"].accelerator.unwrap_model(seen["trainer"].model)
+
+    # 1. The starting LoRA weights are exactly the published ones (a fresh LoRA has lora_B == 0).
+    lora = {n: t for n, t in start.items() if "lora_" in n}
+    assert len(lora) == len(weights) > 0
+    for name, tensor in lora.items():
+        assert torch.equal(tensor.cpu(), weights[name.replace(".default", "")]), name
+    assert any(bool(t.abs().sum()) for n, t in lora.items() if "lora_B" in n)
+    # 2. Only the copy trains: it moved, and what was published on disk did not.
+    after = dict(model.named_parameters())
+    assert any(not torch.equal(after[n].detach(), lora[n]) for n in lora)
+    assert load_file(str(Path(published) / "adapter_model.safetensors")).keys() == weights.keys()
+    assert (second.adapter_dir / "adapter_model.safetensors").read_bytes() != (
+        Path(published) / "adapter_model.safetensors"
+    ).read_bytes()
+    # 3. The base is untouched and is the KL reference: no frozen copy of the adapter ("ref").
+    assert "ref" not in model.peft_config and list(model.peft_config) == ["default"]
+    base = AutoModelForCausalLM.from_pretrained(taught_model_dir).state_dict()
+    for name, tensor in after.items():
+        if "lora_" not in name:
+            plain = name.replace("base_model.model.", "", 1).replace(".base_layer", "")
+            assert torch.equal(tensor.detach().cpu(), base[plain]), name
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad(), model.disable_adapter():
+        reference = model(input_ids=ids).logits
+    plain_model = AutoModelForCausalLM.from_pretrained(taught_model_dir)
+    with torch.no_grad():
+        assert torch.allclose(reference, plain_model(input_ids=ids).logits, atol=1e-5)
