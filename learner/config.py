@@ -79,6 +79,9 @@ class TrainConfig:
     (`bnpo` normalises per process). One of LOSS_TYPES."""
     scale_rewards: str = "group"
     """Advantages = (reward - group mean) / group std, the original GRPO."""
+    drop_flat_groups: bool = True
+    """Leave groups whose G reflections all got the same reward (advantage 0: no signal) out of the
+    loss instead of letting their tokens dilute it; the share dropped is recorded per step."""
     learning_rate: float = 1e-5
     """The paper's 5e-7 was full fine-tuning; LoRA needs about 10-20x that (TRL's PEFT guide).
     Tiny CPU models in tests and the demo use much larger values."""

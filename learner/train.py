@@ -56,7 +56,7 @@ from learner.checkpoints import (
 from learner.config import TrainConfig
 from learner.reward import RetryReward
 from learner.rows import read_rows, render_rows
-from learner.trl_compat import check_trl_version, use_base_as_reference
+from learner.trl_compat import check_trl_version, drop_flat_groups, use_base_as_reference
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ def step_metrics(step: int, logs: dict[str, Any]) -> dict[str, Any]:
         "completion_tokens": "completions/mean_length",
         "retry_tokens": "retry_mean_length",
         "frac_reward_zero_std": "frac_reward_zero_std",
+        "dropped_flat": "frac_dropped_flat",
         "entropy": "entropy",
         "learning_rate": "learning_rate",
         "grad_norm": "grad_norm",
@@ -299,6 +300,8 @@ def build_trainer(
     )
     if init_adapter is not None:
         use_base_as_reference(trainer)
+    if config.drop_flat_groups:
+        drop_flat_groups(trainer)
     reward.trainer = trainer
     from transformers.trainer_callback import PrinterCallback
 

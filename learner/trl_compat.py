@@ -3,6 +3,7 @@
 Who calls it: `learner.reward` (the retry generation) and `learner.train` (the version check before
 building a trainer). Everything here relies on attributes of TRL 1.16's `GRPOTrainer` that are not
 public API: `model_wrapped`, `accelerator`, `args`, `eos_token_ids`, the `ref` adapter of a warm start,
+`_generate_and_score_completions` and `_metrics` (flat groups),
 `_tokenizer`, `_dist`, `use_vllm`, `vllm_generation` and `trl.models.unwrap_model_for_generation`.
 When TRL moves, this file and its version check change; nothing else in the repository should.
 
@@ -61,6 +62,34 @@ def use_base_as_reference(trainer: Any) -> bool:
     model.delete_adapter("ref")
     model.set_adapter("default")
     return True
+
+
+def drop_flat_groups(trainer: Any) -> None:
+    """Leave reflections whose group of G all got the same reward out of the loss.
+
+    Such a group has advantage 0 for every member: it carries no signal, yet with token-normalised
+    losses (`dapo`, `bnpo`) its tokens still count in the denominator and dilute every other
+    group's update (and, at the demo's scale, 75-95% of groups are flat). After TRL scores a
+    generation batch, the completion mask of those rows is cleared and `num_items_in_batch`
+    recomputed over what is left, so the loss is the mean over informative reflections only. The
+    share dropped is logged per step as `frac_dropped_flat`. With binary rewards an advantage of
+    exactly 0 happens only in a flat group.
+    """
+    original = trainer._generate_and_score_completions
+
+    def scored(inputs: Any) -> Any:
+        output = original(inputs)
+        advantages = output["advantages"]
+        flat = advantages.abs() < 1e-8
+        mask = output["completion_mask"]
+        output["completion_mask"] = mask * (~flat).unsqueeze(1).to(mask.dtype)
+        kept = output["completion_mask"]
+        output["num_items_in_batch"] = trainer.accelerator.gather(kept.sum()).sum()
+        share = trainer.accelerator.gather(flat.float().mean().reshape(1)).mean().item()
+        trainer._metrics["train" if trainer.model.training else "eval"]["frac_dropped_flat"].append(share)
+        return output
+
+    trainer._generate_and_score_completions = scored
 
 
 def policy_model(trainer: Any) -> Any:

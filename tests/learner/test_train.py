@@ -73,7 +73,7 @@ def test_grpo_trains_only_reflection_tokens_and_only_the_lora(
     monkeypatch.setattr(train_module, "build_trainer", spy)
     steps: list[dict[str, Any]] = []
     result = train(
-        small_config(),
+        small_config(drop_flat_groups=False),  # every reflection stays in the loss (dropping: below)
         str(taught_model_dir),
         task_rows(TRAIN_TEMPLATES, target="London"),
         tmp_path / "run",
@@ -115,14 +115,19 @@ def test_grpo_trains_only_reflection_tokens_and_only_the_lora(
     assert result.adapter_dir == tmp_path / "run" / "adapter"
     assert sorted(p.name for p in result.adapter_dir.iterdir()) == sorted(ADAPTER_FILES)
     # Finished runs are not trained again.
-    again = train(small_config(), str(taught_model_dir), [], tmp_path / "run")
+    again = train(small_config(drop_flat_groups=False), str(taught_model_dir), [], tmp_path / "run")
     assert again.steps == 3 and again.metrics == result.metrics
     # A crash after the last checkpoint but before the adapter was published: the same adapter comes
     # back from the final checkpoint, with no step trained twice.
     published = (result.adapter_dir / "adapter_model.safetensors").read_bytes()
     shutil.rmtree(result.adapter_dir)
     (tmp_path / "run" / "result.json").unlink()
-    redone = train(small_config(), str(taught_model_dir), task_rows(TRAIN_TEMPLATES, target="London"), tmp_path / "run")
+    redone = train(
+        small_config(drop_flat_groups=False),
+        str(taught_model_dir),
+        task_rows(TRAIN_TEMPLATES, target="London"),
+        tmp_path / "run",
+    )
     assert redone.resumed_from_step == 3 and redone.steps == 3 and len(seen["batches"]) == 3
     assert (redone.adapter_dir / "adapter_model.safetensors").read_bytes() == published
 
@@ -248,3 +253,49 @@ def test_a_warm_start_continues_the_published_adapter_and_keeps_the_base_as_refe
     plain_model = AutoModelForCausalLM.from_pretrained(taught_model_dir)
     with torch.no_grad():
         assert torch.allclose(reference, plain_model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_groups_with_one_reward_for_every_reflection_are_left_out_of_the_loss(
+    taught_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
+    seen: list[tuple[list[float], list[int], int]] = []
+    build = train_module.build_trainer
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        trainer, reward = build(*args, **kwargs)
+        compute_loss = trainer._compute_loss
+
+        def recording(model: Any, inputs: dict[str, Any]) -> Any:
+            seen.append(
+                (
+                    inputs["advantages"].tolist(),
+                    inputs["completion_mask"].sum(dim=1).tolist(),
+                    int(inputs["num_items_in_batch"]),
+                )
+            )
+            return compute_loss(model, inputs)
+
+        trainer._compute_loss = recording
+        return trainer, reward
+
+    monkeypatch.setattr(train_module, "build_trainer", spy)
+    result = train(
+        small_config(max_steps=4, save_steps=100),
+        str(taught_model_dir),
+        task_rows(TRAIN_TEMPLATES, target="London"),
+        tmp_path / "run",
+    )
+    flat_rows = kept_rows = 0
+    for advantages, tokens, items in seen:
+        for advantage, n in zip(advantages, tokens, strict=True):
+            if abs(advantage) < 1e-8:
+                assert n == 0  # a flat group's reflection contributes no token to the loss ...
+                flat_rows += 1
+            else:
+                kept_rows += n > 0
+        assert items == sum(tokens)  # ... and is not in the normaliser either
+    assert flat_rows and kept_rows  # the run had both kinds
+    shares = [m["dropped_flat"] for m in result.metrics]
+    assert len(shares) == 4 and all(0 <= s <= 1 for s in shares)
+    total = sum(len(a) for a, _, _ in seen)
+    assert sum(shares) / len(shares) == pytest.approx(flat_rows / total, abs=1e-6)
