@@ -171,15 +171,27 @@ def _callbacks(
     return [SealCheckpoints(), RecordSteps()]
 
 
-def _check_prompt_tokenization(tokenizer: Any, prompt: str) -> None:
-    plain = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    as_trl = tokenizer(text=prompt)["input_ids"]
-    if list(plain) != list(as_trl):
-        raise ValueError(
-            "the tokenizer adds special tokens (e.g. a second BOS) to an already rendered chat prompt, so TRL's "
-            "training prompts would differ from what serving sends; use a tokenizer whose chat template carries "
-            "its own special tokens (add_bos_token=False)"
-        )
+def _align_prompt_tokenization(tokenizer: Any, prompt: str) -> str:
+    """The prompt text to hand TRL so that its tokens are exactly what serving sends.
+
+    Serving (vLLM's chat route, `LocalEngine`) tokenizes the rendered chat template without adding
+    special tokens; TRL tokenizes a string prompt with them. A tokenizer that adds a BOS (Llama 3.1)
+    would then train on a doubled BOS when the template already writes one: that leading BOS text is
+    taken off, so TRL's own BOS takes its place. Anything else that differs is refused.
+    """
+    plain = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if list(tokenizer(text=prompt)["input_ids"]) == plain:
+        return prompt
+    bos = getattr(tokenizer, "bos_token", None)
+    if isinstance(bos, str) and bos and prompt.startswith(bos):
+        stripped = prompt[len(bos) :]
+        if list(tokenizer(text=stripped)["input_ids"]) == plain:
+            return stripped
+    raise ValueError(
+        "the tokenizer adds special tokens to an already rendered chat prompt that the chat template does not "
+        "begin with, so TRL's training prompts would differ from what serving sends; use a tokenizer whose chat "
+        "template carries its own special tokens"
+    )
 
 
 def build_trainer(
@@ -215,7 +227,7 @@ def build_trainer(
     rendered = [dict(r) for r in rows] if rows and all("prompt" in r for r in rows) else render_rows(rows, tokenizer)
     if not rendered:
         raise ValueError("no training rows: the failure dataset is empty")
-    _check_prompt_tokenization(tokenizer, rendered[0]["prompt"])
+    rendered = [{**row, "prompt": _align_prompt_tokenization(tokenizer, row["prompt"])} for row in rendered]
     bf16 = config.resolved_bf16()
     dtype = "bfloat16" if bf16 and cuda else "float32"
     args: Any = GRPOConfig(

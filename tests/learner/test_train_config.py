@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,3 +133,31 @@ def test_step_metrics_keeps_numbers_under_stable_names() -> None:
         "grad_norm": 1.5,
         "learning_rate": 1e-5,
     }
+
+
+def _bos_adding_tokenizer() -> object:
+    """A tokenizer that adds a BOS to every text, as Llama 3.1's does, built in-process."""
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["hello world tool call"], trainers.WordLevelTrainer(special_tokens=["<unk>", "<s>"]))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", unk_token="<unk>")
+
+
+def test_a_tokenizer_that_adds_a_bos_is_aligned_with_serving_not_refused() -> None:
+    from learner.train import _align_prompt_tokenization
+
+    tokenizer: Any = _bos_adding_tokenizer()
+    rendered = "<s>hello world"  # the chat template writes the BOS itself, as Llama 3.1's does
+    served = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    aligned = _align_prompt_tokenization(tokenizer, rendered)
+    assert aligned == "hello world"
+    assert tokenizer(text=aligned)["input_ids"] == served  # TRL's tokens == what serving sends: one BOS
+    with pytest.raises(ValueError, match="does not begin with"):
+        _align_prompt_tokenization(tokenizer, "hello world")  # a template without the BOS: refused
