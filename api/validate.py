@@ -314,8 +314,8 @@ def parse_chat(body: Any, settings: Settings) -> ChatInput:  # noqa: C901
     if parallel is not None and not isinstance(parallel, bool):
         raise _reject("`parallel_tool_calls` must be a boolean.", "shape", "parallel_tool_calls")
     seed = body.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise _reject("`seed` must be an integer.", "shape", "seed")
+    if seed is not None and (not _is_int(seed) or not -(2**63) <= seed < 2**63):
+        raise _reject("`seed` must be an integer that fits in 64 bits.", "shape", "seed")
     extra: dict[str, Any] = {}
     for name, (low, high) in PASSTHROUGH_NUMBERS.items():
         value = _number(body, name, low, high)
@@ -360,8 +360,20 @@ def parse_model(raw: bytes, model: type[BaseModel]) -> Any:
         raise bad_request(f"Invalid request body{f' ({loc})' if loc else ''}: {message}.", loc or None) from None
 
 
-def utc(stamp: datetime | None) -> datetime | None:
-    """Query timestamps without an offset are taken as UTC."""
+def utc(stamp: datetime | None, param: str = "since") -> datetime | None:
+    """A query timestamp in UTC (no offset: taken as UTC). One that has no UTC time in the calendar
+    (9999-12-31T23:59:59-14:00, 0001-01-01T00:00:00+14:00) is a 400 naming `param`, not a 500."""
     if stamp is None:
         return None
-    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp
+    if stamp.tzinfo is None:
+        return stamp.replace(tzinfo=UTC)
+    try:
+        return stamp.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise bad_request(f"{param} is outside the range of UTC timestamps (years 1 to 9999).", param) from None
+
+
+def is_valid_id(value: str, max_chars: int = 36) -> bool:
+    """Whether a path id can name a stored row (ids are UUIDs): short, printable, no NUL. Anything
+    else is unknown (404) without asking the database, which refuses a NUL in a query on PostgreSQL."""
+    return 0 < len(value) <= max_chars and value.isprintable()

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from api.auth import Principal, require_admin, require_inference
 from api.errors import bad_request, json_response, not_found
 from api.state import get_state, run_db
-from api.validate import parse_model, read_body, utc
+from api.validate import is_valid_id, parse_model, read_body, utc
 from api.views import episode_detail, episode_summary
 from store.episodes import InvalidCursor, get_episode, list_episodes, set_feedback
 from store.models import Episode
@@ -50,6 +50,7 @@ async def list_episodes_route(
 ) -> Response:
     if status is not None and status not in EPISODE_STATUSES:
         raise bad_request(f"status must be one of {', '.join(EPISODE_STATUSES)}.", "status")
+    since, until = utc(since, "since"), utc(until, "until")
 
     def work(session: Session) -> dict[str, Any]:
         try:
@@ -59,8 +60,8 @@ async def list_episodes_route(
                 tool=tool,
                 adapter=adapter,
                 task=task,
-                since=utc(since),
-                until=utc(until),
+                since=since,
+                until=until,
                 limit=limit,
                 cursor=cursor,
             )
@@ -74,7 +75,7 @@ async def list_episodes_route(
 @router.get("/v1/episodes/{episode_id}", response_model=None, summary="One episode with attempts and verdicts")
 async def get_episode_route(request: Request, episode_id: str) -> Response:
     def work(session: Session) -> dict[str, Any] | None:
-        episode = get_episode(session, episode_id) if len(episode_id) <= MAX_ID_CHARS else None
+        episode = get_episode(session, episode_id) if is_valid_id(episode_id, MAX_ID_CHARS) else None
         return episode_detail(episode) if episode is not None else None
 
     detail = await run_db(get_state(request), work)
@@ -124,7 +125,7 @@ async def give_feedback(request: Request, episode_id: str) -> Response:
         updated = set_feedback(session, episode_id, ok=feedback.ok, reason=feedback.reason, expected_calls=expected)
         return episode_summary(updated) if updated is not None else None
 
-    if len(episode_id) > MAX_ID_CHARS:
+    if not is_valid_id(episode_id, MAX_ID_CHARS):
         raise not_found("No such episode.", "episode_id")
     result = await run_db(state, work)
     if result is None and episode_id in state.recent:

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from api.auth import require_admin
 from api.errors import bad_request, json_response, not_found
 from api.state import get_state, run_db
+from api.validate import is_valid_id
 from api.views import run_view
 from store.models import RUN_STATUSES
 from store.runs import get_training_run, list_training_runs
@@ -40,7 +41,7 @@ async def list_runs(
 @router.get("/v1/training-runs/{run_id}", response_model=None, summary="One training run")
 async def get_run(request: Request, run_id: str) -> Response:
     def work(session: Session) -> dict[str, Any] | None:
-        run = get_training_run(session, run_id) if len(run_id) <= 36 else None
+        run = get_training_run(session, run_id) if is_valid_id(run_id) else None
         return run_view(run) if run is not None else None
 
     view = await run_db(get_state(request), work)

@@ -29,9 +29,10 @@ async def get_stats(
     until: datetime | None = Query(None, description="created_at < until (ISO 8601; UTC if no offset)."),
 ) -> Response:
     state = get_state(request)
+    since, until = utc(since, "since"), utc(until, "until")
 
     def work(session: Session) -> dict[str, Any]:
-        return episode_stats(session, since=utc(since), until=utc(until)).to_dict()
+        return episode_stats(session, since=since, until=until).to_dict()
 
     stats = await run_db(state, work)
     return json_response({"object": "stats", **stats, "writer": state.writer.stats()})
