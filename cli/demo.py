@@ -77,6 +77,36 @@ def demo_eval_policy(
     typer.echo(json.dumps(summary, ensure_ascii=False) if as_json else format_summary(summary))
 
 
+@demo_app.command("check-policy")
+def demo_check_policy(
+    policy: Path = typer.Option(Path("demo/policy"), "--policy", help="The policy directory to check."),
+    n: int = typer.Option(600, "--n", help="Dev tasks (never training, never held-out)."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads for generation."),
+    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON instead of text."),
+) -> None:
+    """Check the policy's reflect -> retry preconditions on the dev split (what the recipe must meet)."""
+    import json
+
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from demo.base_policy import policy_recipe
+        from demo.probe import Generator, dev_items, format_checks, recipe_checks
+    except ImportError as exc:
+        fail(f"the ml extra is not installed ({exc.name}); install with: pip install -e '.[ml]'")
+    if not (policy / "config.json").is_file():
+        fail(f"no policy at {policy}; build one with: rrr demo build-policy --out {policy}")
+    if n < 1:
+        fail("--n must be at least 1")
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    recipe = policy_recipe(policy)
+    checks = recipe_checks(Generator(model, tokenizer, seed=recipe.seed), dev_items(n, recipe))
+    typer.echo(json.dumps(checks, ensure_ascii=False) if as_json else format_checks(checks))
+
+
 @demo_app.command("tasks")
 def demo_tasks(
     split: str = typer.Option("heldout", "--split", help="train (the demo's traffic) or heldout."),
@@ -119,17 +149,20 @@ def demo_run(
     out: Path = typer.Option(Path(".rrr-demo"), "--out", help="Demo folder (git-ignored; cleaned before each run)."),
     policy: Path | None = typer.Option(None, "--policy", help="Base policy (default: demo/policy, else built once)."),
     train: int | None = typer.Option(
-        None, "--train", help="Training tasks sent before the learner cycle (default 1000)."
+        None, "--train", help="Traffic tasks sent before each learner cycle (default 1000)."
     ),
     heldout: int | None = typer.Option(None, "--heldout", help="Held-out tasks measured per policy (default 500)."),
-    steps: int | None = typer.Option(None, "--steps", help="GRPO steps (default: the demo's setting)."),
+    steps: int | None = typer.Option(None, "--steps", help="GRPO steps per cycle (default: the demo's setting)."),
+    cycles: int | None = typer.Option(
+        None, "--cycles", help="Learner cycles, each after its own traffic (default 2; the second warm-starts)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Traffic and learner seed."),
     concurrency: int | None = typer.Option(None, "--concurrency", help="Requests in flight at once (default 4)."),
     no_build: bool = typer.Option(False, "--no-build", help="Fail instead of training a missing base policy."),
     keep_serving: bool = typer.Option(False, "--keep-serving", help="Keep the API up after the table until Ctrl-C."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of the table."),
 ) -> None:
-    """The closed loop in one command: serve, record failures, learn, hot-swap, measure before/after."""
+    """The closed loop in one command: serve, record failures, learn, hot-swap, repeat; measure every policy."""
     import json
     import signal
     import time
@@ -153,6 +186,7 @@ def demo_run(
             config,
             n_train=config.n_train if train is None else train,
             n_heldout=config.n_heldout if heldout is None else heldout,
+            cycles=config.cycles if cycles is None else cycles,
             concurrency=config.concurrency if concurrency is None else concurrency,
             train=dataclasses.replace(config.train if steps is None else demo_train_config(steps), seed=seed),
         )
@@ -187,7 +221,8 @@ def demo_run(
     if not shown:
         typer.echo(json.dumps(result.to_dict(), default=str) if as_json else format_result(result))
     if result.table is None:
-        fail(f"no trained adapter to compare (learner cycle: {result.cycle.get('status')})")
+        statuses = ", ".join(str(c.get("status")) for c in result.cycles) or "none ran"
+        fail(f"no trained adapter to compare (learner cycles: {statuses})")
 
 
 def _quiet_libraries() -> None:

@@ -50,8 +50,15 @@ async def send_tasks(
     timeout_s: float = 180.0,
     desc: str = "tasks",
     progress: bool = True,
+    purpose: str | None = None,
 ) -> Sent:
-    """Each item as one chat completion (greedy) with the reference verifier; `concurrency` in flight."""
+    """Each item as one chat completion (greedy) with the reference verifier; `concurrency` in flight.
+
+    ``purpose="eval"`` marks the episodes as evaluation traffic: recorded, never training data.
+    """
+    extension: dict[str, object] = {"verifier": "reference", "task": task}
+    if purpose is not None:
+        extension["purpose"] = purpose
     import openai
     from tqdm.auto import tqdm
 
@@ -69,7 +76,7 @@ async def send_tasks(
                     tools=item.tools,  # type: ignore[arg-type]
                     temperature=0.0,
                     max_tokens=max_tokens,
-                    extra_body={"rrr": {"verifier": "reference", "expected_tool_calls": item.expected, "task": task}},
+                    extra_body={"rrr": {**extension, "expected_tool_calls": item.expected}},
                 )
                 info = (completion.model_extra or {}).get("rrr") or {}
                 sent.statuses[item.id] = str(info.get("status") or "error")

@@ -25,11 +25,11 @@ import json
 import logging
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agent import prompts
-from demo import phrases
+from demo import diagnosis, phrases
 from demo.catalog import TOOLS, TOOLS_BY_NAME
 from engines.wire import build_chat_completion
 from tools.parse import parse_openai_tool_calls
@@ -38,12 +38,13 @@ from tools.verify import ModelOutput, normalize_string, verify_reference
 
 TOOL_NAMES = [t["function"]["name"] for t in TOOLS]
 CORRUPTIONS = {
-    "wrong_value": 0.35,
+    "wrong_value": 0.4,
     "unmapped_value": 0.15,
     "missing_param": 0.15,
-    "extra_param": 0.1,
+    "extra_param": 0.05,
+    "swapped": 0.1,
     "wrong_tool": 0.1,
-    "broken_json": 0.15,
+    "broken_json": 0.05,
 }
 """Kinds of failed first attempts in reflection-shaped examples, weighted like a tiny model's errors."""
 
@@ -98,8 +99,13 @@ class Conversation:
     tools: list[dict[str, Any]]
     steps: list[tuple[list[dict[str, Any]], str]]
     kind: str = "answer"
+    variant: str | None = None
+    """For reflection-shaped conversations: correct, generic or wrong (``REFLECTION_MIX``)."""
     failed_output: str | None = None
     """For reflection-shaped conversations: the raw text of the failed first attempt."""
+    learn: tuple[bool, ...] | None = None
+    """Per step, whether its target has a loss (None: every target). A reflection-shaped conversation
+    can train the retry without training its reflection (``reflection_example``'s ``retry_mix``)."""
 
 
 def call_text(name: str, arguments: dict[str, Any]) -> str:
@@ -284,19 +290,20 @@ def _unmapped(item: DemoItem) -> tuple[str, Any, Any] | None:
     return None
 
 
-def corrupt(item: DemoItem, rng: random.Random, kind: str | None = None) -> tuple[str, str, str]:
-    """(kind, the failed model output, a reflection naming the error) for ``item``.
+def corrupt(item: DemoItem, rng: random.Random, kind: str | None = None) -> tuple[str, str]:
+    """(kind, a failed model output) for ``item``: a wrong, mapped-but-copied, missing, extra or
+    swapped value, the wrong tool, or broken JSON.
 
     The output is checked with the reference verifier: a corruption that happens to pass (a wrong
     value equal after BFCL's string normalisation) is drawn again.
     """
     for _ in range(20):
-        kind_done, text, reflection = _corrupt_once(item, rng, kind)
+        kind_done, text = _corrupt_once(item, rng, kind)
         verdict = verify_reference(
             _model_output(text, item.tools), item.expected, [ToolSpec.from_openai(t) for t in item.tools]
         )
         if not verdict.ok:
-            return kind_done, text, reflection
+            return kind_done, text
     raise ValueError(f"could not corrupt item {item.id} ({kind or 'any kind'})")
 
 
@@ -306,7 +313,19 @@ def _model_output(text: str, tools: list[dict[str, Any]]) -> ModelOutput:
     return ModelOutput(tool_calls=calls, content=message.get("content"), parse_error=error)
 
 
-def _corrupt_once(item: DemoItem, rng: random.Random, kind: str | None) -> tuple[str, str, str]:
+def _swappable(item: DemoItem) -> list[tuple[str, str]]:
+    params = list(item.arguments)
+    return [
+        (p, q)
+        for i, p in enumerate(params)
+        for q in params[i + 1 :]
+        if type(item.arguments[p]) is type(item.arguments[q])
+        and item.arguments[p] != item.arguments[q]
+        and not TOOLS_BY_NAME[item.name]["function"]["parameters"]["properties"][p].get("enum")
+    ]
+
+
+def _corrupt_once(item: DemoItem, rng: random.Random, kind: str | None) -> tuple[str, str]:
     name, args = item.name, dict(item.arguments)
     props = TOOLS_BY_NAME[name]["function"]["parameters"]["properties"]
     required = TOOLS_BY_NAME[name]["function"]["parameters"]["required"]
@@ -315,24 +334,18 @@ def _corrupt_once(item: DemoItem, rng: random.Random, kind: str | None) -> tuple
     kinds = [k for k in CORRUPTIONS if k != "unmapped_value" or _unmapped(item)]
     if not optional_absent:
         kinds.remove("extra_param")
+    if not _swappable(item):
+        kinds.remove("swapped")
     if kind not in kinds:
         kind = rng.choices(kinds, weights=[CORRUPTIONS[k] for k in kinds])[0]
-    fix = f"The correct call is {name} with {json.dumps(item.arguments, ensure_ascii=False)}."
     if kind == "wrong_value":
         param = rng.choice(list(args))
         args[param] = _other_value(rng, name, param, args[param])
-        why = (
-            f"I wrote {json.dumps(args[param], ensure_ascii=False)} for {param}, but the request says "
-            f"{json.dumps(item.arguments[param], ensure_ascii=False)}."
-        )
     elif kind == "unmapped_value":
-        param, said, value = _unmapped(item) or ("", "", "")
+        param, said, _value = _unmapped(item) or ("", "", "")
         args[param] = said
-        why = f"I copied {said!r} for {param}, but it must be written as {json.dumps(value, ensure_ascii=False)}."
     elif kind == "missing_param":
-        param = rng.choice(optional_present or list(args))
-        del args[param]
-        why = f"I left out {param}, which the request gives."
+        del args[rng.choice(optional_present or list(args))]
     elif kind == "extra_param":
         param = rng.choice(optional_absent)
         schema = props[param]
@@ -341,11 +354,11 @@ def _corrupt_once(item: DemoItem, rng: random.Random, kind: str | None) -> tuple
             if "enum" in schema
             else _other_value(rng, name, param, 5 if schema["type"] in ("integer", "number") else "")
         )
-        why = f"I added {param}, which the request does not ask for."
+    elif kind == "swapped":
+        p, q = rng.choice(_swappable(item))
+        args[p], args[q] = args[q], args[p]
     elif kind == "wrong_tool":
-        wrong = rng.choice([n for n in item.tool_names if n != name])
-        text = call_text(wrong, args)
-        return kind, text, f"I called {wrong}, but the request needs {name}. {fix}"
+        return kind, call_text(rng.choice([n for n in item.tool_names if n != name]), args)
     else:
         text = call_text(name, args)
         cut = rng.choice(
@@ -355,8 +368,8 @@ def _corrupt_once(item: DemoItem, rng: random.Random, kind: str | None) -> tuple
                 text.replace("\n</tool_call>", "", 1).rstrip("}"),
             ]
         )
-        return "broken_json", cut, f"My call was not valid JSON. {fix}"
-    return kind, call_text(name, args), f"{why} {fix}"
+        return "broken_json", cut
+    return kind, call_text(name, args)
 
 
 def engine_message(text: str, tools: list[dict[str, Any]]) -> dict[str, Any]:
@@ -373,25 +386,107 @@ def engine_message(text: str, tools: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(body["choices"][0]["message"])
 
 
-def reflection_example(
-    item: DemoItem, rng: random.Random, kind: str | None = None, reason: str | None = None
-) -> Conversation:
-    """Task, corrupted call, reflection request, reflection, retry request, correct call.
+VARIANTS = ("correct", "generic", "wrong")
+REFLECTION_MIX: dict[str, float] = {"correct": 0.3, "generic": 0.45, "wrong": 0.25}
+"""How often each kind of reflection is the supervised target after a failed call: the diagnosis habit
+is there but weak (greedy reflections are often generic, sampled ones sometimes right), which is what
+GRPO then strengthens. Every variant's retry target follows its reflection (``demo.diagnosis.follow``)."""
 
-    ``reason`` adds the verifier's words to the reflection request, as the loop does when
-    ``LoopConfig.reflection_with_reason`` is on (off by default, as in the paper).
-    """
-    kind_done, failed_text, reflection = corrupt(item, rng, kind)
+
+def reflection_variant(item: DemoItem, failed_text: str, variant: str, rng: random.Random) -> tuple[str, str] | None:
+    """(reflection, retry target) of one variant after ``failed_text``; None if it has no such variant."""
+    failed = diagnosis.FailedCall.parse(failed_text)
+    faults = diagnosis.diagnose(item, failed)
+    if not faults:
+        return None
+    if variant == "correct":
+        return diagnosis.reflection_text(item, faults), diagnosis.follow(item, failed, faults)
+    if variant == "generic":
+        return diagnosis.GENERIC, diagnosis.follow(item, failed, [])
+    if variant == "wrong":
+        return diagnosis.wrong_diagnosis(item, failed, rng)
+    raise ValueError(f"unknown reflection variant {variant!r}; expected one of {VARIANTS}")
+
+
+def reflection_conversation(
+    item: DemoItem,
+    failed_text: str,
+    reflection: str,
+    retry: str,
+    *,
+    kind: str,
+    variant: str,
+    reason: str | None = None,
+) -> Conversation:
+    """Task, the failed output, reflection request, ``reflection``, retry request, ``retry``: exactly
+    the conversation the serving loop has (``agent.prompts`` over the engine's message shape)."""
     message = engine_message(failed_text, item.tools)
     failed = prompts.failed_assistant_message(message.get("content"), message.get("tool_calls"))
     reflect_history = prompts.reflection_messages(item.messages, failed, reason)
     retry_history = prompts.retry_messages(reflect_history, reflection)
     return Conversation(
         tools=item.tools,
-        kind=f"reflect/{kind_done}",
+        kind=f"reflect/{kind}",
+        variant=variant,
         failed_output=failed_text,
-        steps=[(reflect_history, reflection), (retry_history, call_text(item.name, item.arguments))],
+        steps=[(reflect_history, reflection), (retry_history, retry)],
     )
+
+
+RETRY_MIX: dict[str, float] = {"correct": 0.6, "generic": 0.2, "wrong": 0.2}
+"""How often each reflection variant is in a conversation (its retry always trained): mostly the
+correct diagnosis, so that following a reflection is learnt; the reflection itself is trained on a
+subset chosen so that the reflections the model learns to write follow ``REFLECTION_MIX``."""
+
+
+def draw_variant(rng: random.Random, mix: dict[str, float] | None = None) -> str:
+    mix = mix or REFLECTION_MIX
+    return rng.choices(list(mix), weights=list(mix.values()))[0]
+
+
+def reflection_loss_odds(mix: dict[str, float], retry_mix: dict[str, float]) -> dict[str, float]:
+    """Per variant, the probability that a conversation drawn from ``retry_mix`` trains its reflection,
+    so that the trained reflections are distributed as ``mix``."""
+    ratios = {v: (mix.get(v, 0.0) / retry_mix[v]) if retry_mix.get(v) else 0.0 for v in retry_mix}
+    top = max(ratios.values()) or 1.0
+    return {v: r / top for v, r in ratios.items()}
+
+
+def reflection_example(
+    item: DemoItem,
+    rng: random.Random,
+    kind: str | None = None,
+    reason: str | None = None,
+    *,
+    variant: str | None = None,
+    failed_text: str | None = None,
+    mix: dict[str, float] | None = None,
+    retry_mix: dict[str, float] | None = None,
+) -> Conversation:
+    """A reflection-shaped conversation on a synthetic corruption of ``item`` (or on ``failed_text``).
+
+    ``variant`` (drawn from ``retry_mix``, else ``mix``, when None; a variant the failure does not allow falls back to
+    the correct one): the correct diagnosis, the generic reflection or a wrong diagnosis, each
+    followed by the retry that does what it says. ``reason`` adds the verifier's words to the
+    reflection request, as the loop does when ``LoopConfig.reflection_with_reason`` is on (off by
+    default, as in the paper).
+    """
+    if failed_text is None:
+        kind, failed_text = corrupt(item, rng, kind)
+    kind = kind or "own"
+    chosen = variant or draw_variant(rng, retry_mix or mix)
+    pair = reflection_variant(item, failed_text, chosen, rng)
+    if pair is None:
+        chosen, pair = "correct", reflection_variant(item, failed_text, "correct", rng)
+    if pair is None:
+        raise ValueError(f"{failed_text!r} is not a failed answer to item {item.id}")
+    conversation = reflection_conversation(
+        item, failed_text, pair[0], pair[1], kind=kind, variant=chosen, reason=reason
+    )
+    if retry_mix is not None:
+        odds = reflection_loss_odds(mix or REFLECTION_MIX, retry_mix)
+        conversation = replace(conversation, learn=(rng.random() < odds.get(chosen, 1.0), True))
+    return conversation
 
 
 def answer_example(item: DemoItem) -> Conversation:
@@ -399,7 +494,12 @@ def answer_example(item: DemoItem) -> Conversation:
 
 
 def training_conversations(
-    items: Sequence[DemoItem], *, reflection_share: float = 0.1, seed: int = 0
+    items: Sequence[DemoItem],
+    *,
+    reflection_share: float = 0.1,
+    seed: int = 0,
+    mix: dict[str, float] | None = None,
+    retry_mix: dict[str, float] | None = None,
 ) -> list[Conversation]:
     """One first-attempt conversation per item, plus reflection-shaped ones on ``reflection_share`` of
     the items (a fraction of all conversations), shuffled by ``seed``."""
@@ -409,6 +509,14 @@ def training_conversations(
     n_reflect = round(len(items) * reflection_share / (1 - reflection_share))
     conversations = [answer_example(item) for item in items]
     for item in rng.sample(list(items), min(n_reflect, len(items))):
-        conversations.append(reflection_example(item, rng))
+        conversations.append(reflection_example(item, rng, mix=mix, retry_mix=retry_mix))
     rng.shuffle(conversations)
     return conversations
+
+
+def passes(item: DemoItem, text: str) -> bool:
+    """Whether the model output ``text`` answers ``item`` (the reference verifier, as the demo traffic is checked)."""
+    verdict = verify_reference(
+        _model_output(text, item.tools), item.expected, [ToolSpec.from_openai(t) for t in item.tools]
+    )
+    return verdict.ok

@@ -1,4 +1,4 @@
-"""`rrr demo run`: the closed loop on a laptop, stage by stage, with measured before/after numbers.
+"""`rrr demo run`: the closed loop on a laptop, cycle after cycle, with measured numbers for every policy.
 
 Who calls it: ``rrr demo run`` (``make demo``) and tests (tiny settings). ``run_demo`` reads top
 to bottom; every stage is a function (here, or the API client side in ``demo.client``) and
@@ -8,25 +8,29 @@ its time is recorded in ``demo.json``:
    copy built once into ``<out>/policy`` with ``demo.base_policy.build_policy``).
 2. ``demo.servers.demo_servers``: ``rrr engine serve`` (runtime LoRA updating on) and
    ``rrr serve`` on it, SQLite under ``<out>/data``, free loopback ports, always torn down.
-3. ``client.send_tasks``: the training split through the official ``openai`` SDK (``model="rrr"``, the
-   ``rrr`` extension selecting the reference verifier with the expected calls); the API reflects,
-   retries and records every attempt.
-4. ``run_learner``: one ``learner.cycle.run_cycle`` (failure dataset -> GRPO on reflection tokens
-   in a subprocess -> gate on the batch's held-out failures and past successes -> publish and
-   hot-swap into the engine), with per-step metrics.
-5. The held-out split through the same endpoint twice: the base pinned by name ("before") and the
-   promoted adapter via ``model="rrr"`` — or, when the gate rejected it, the candidate registered
-   as a ``candidate`` row, loaded and pinned by name, then marked rejected ("after"). Both are
-   measured after the cycle on purpose: the API records every request and the learner trains on
-   recorded failures, so held-out requests sent before training would leak into the training set.
-   The base model's weights are untouched by training and generation is greedy, so "the base
-   pinned after the cycle" answers exactly as "the base before training".
-6. ``demo.report`` / ``demo.chart``: the table (95% Wilson intervals, paired
-   difference with its interval), ``demo.json``, ``demo.png``, and JSON snapshots of the
-   inspection endpoints taken while the API was up.
+3. The held-out split through the API under the base (pinned by name), sent as evaluation
+   traffic (``rrr.purpose = "eval"``): recorded like any request, never a training candidate,
+   so measuring before training leaks nothing into it.
+4. Per cycle (``DemoConfig.cycles``, default 2):
+   a. ``client.send_tasks``: that cycle's traffic through the official ``openai`` SDK with
+      ``model="rrr"``, i.e. served by whatever is in service (the base, then ``rrr-v1``, ...);
+      the API reflects, retries and records every attempt.
+   b. ``run_learner``: one ``learner.cycle.run_cycle``, the function the scheduler runs: the
+      failures collected under the adapter in service (plus a capped replay of older unsolved
+      ones) -> GRPO on reflection tokens in a subprocess, warm-started from that adapter -> the
+      paired gate on the batch's held-out failures and past successes -> publish and hot-swap.
+   c. The held-out split under what the cycle produced: the promoted adapter via ``model="rrr"``,
+      or a gate-rejected candidate registered as a ``candidate`` row, loaded and pinned by
+      name, then marked rejected (evaluation traffic again).
+5. ``demo.report`` / ``demo.chart``: the learning curve (every policy's held-out rates with 95%
+   Wilson intervals), the last promoted adapter against the base (paired differences with their
+   intervals, fixed/broken counts, rescues of the base's failures), ``demo.json`` (``cycles``,
+   ``comparison``, ``curve``), ``demo.png``, and JSON snapshots of the inspection endpoints
+   taken while the API was up.
 
-What it deliberately does not do: train the base policy itself (``demo.base_policy``), reach
-into the API's process (everything goes over HTTP or through the shared SQLite file), or print.
+What it deliberately does not do: train the base policy itself (``demo.base_policy``), any
+supervised learning, reach into the API's process (everything goes over HTTP or through the
+shared SQLite file), or print.
 
 ``DemoConfig`` holds every setting in one place; ``demo_train_config`` documents the learner
 settings and what they did when measured. Progress is shown with tqdm (``progress=False`` turns
@@ -74,7 +78,7 @@ MARKER = ".rrr-demo"
 """File that marks a folder as a demo output folder (only such a folder is cleaned before a run)."""
 MANAGED = ("data", "learner", "logs", "inspection", "demo.json", "demo.png", "heldout.json")
 SERVED_NAME = "demo-policy"
-TRAIN_TAG, BEFORE_TAG, AFTER_TAG = "demo-train", "demo-heldout-before", "demo-heldout-after"
+TRAIN_TAG, HELDOUT_TAG = "demo-traffic", "demo-heldout"
 
 Say = Callable[[str], None]
 
@@ -183,6 +187,7 @@ class DemoConfig:
     build_policy_if_missing: bool = True
     n_train: int = 1000
     n_heldout: int = 500
+    cycles: int = 2
     seed: int = 0
     concurrency: int = 4
     max_tokens: int = 128
@@ -198,8 +203,8 @@ class DemoConfig:
     request_timeout_s: float = 180.0
 
     def __post_init__(self) -> None:
-        if self.n_train < 1 or self.n_heldout < 1:
-            raise ValueError("n_train and n_heldout must be at least 1")
+        if self.n_train < 1 or self.n_heldout < 1 or self.cycles < 1:
+            raise ValueError("n_train, n_heldout and cycles must be at least 1")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if self.train.max_completion_length != self.reflection_max_tokens:
@@ -224,14 +229,21 @@ class DemoResult:
     policy: str
     api_url: str = ""
     timings: dict[str, float] = field(default_factory=dict)
-    traffic: dict[str, Any] = field(default_factory=dict)
-    cycle: dict[str, Any] = field(default_factory=dict)
+    traffic: list[dict[str, Any]] = field(default_factory=list)
+    """Per cycle, the traffic sent before it (served by the policy in service at the time)."""
+    cycles: list[dict[str, Any]] = field(default_factory=list)
+    """Per learner cycle: adapter, warm_start_from, status, the gate's paired numbers, training, held-out."""
     training_steps: list[dict[str, Any]] = field(default_factory=list)
+    """Every GRPO step's metrics, tagged with its ``cycle``."""
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    """The learning curve: held-out rates of the base, then of each cycle's adapter."""
     before_label: str = ""
     after_label: str | None = None
     after_kind: str | None = None
-    """promoted | candidate (the gate rejected it; measured pinned by name) | None (no adapter)."""
+    """promoted | candidate (no cycle promoted; the last candidate, pinned by name) | None (no adapter)."""
     table: dict[str, Any] | None = None
+    comparison: dict[str, Any] | None = None
+    """The last promoted adapter (else the last candidate) vs the base on the held-out tasks, paired."""
     before: dict[str, Any] = field(default_factory=dict)
     served_by: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per measurement, the adapters the API reported in each answer's `rrr` object (base = none)."""
@@ -475,7 +487,7 @@ def run_demo(
     from demo.base_policy import demo_splits
 
     policy = resolve_policy(config, say=say, progress=progress)
-    train_items, heldout_items = demo_splits(policy, config.n_train, config.n_heldout, seed=config.seed)
+    train_items, heldout_items = demo_splits(policy, config.n_train * config.cycles, config.n_heldout, seed=config.seed)
     result = DemoResult(policy=str(policy), config=config.to_dict())
     t = timed("policy", t)
     say(f"base policy: {policy}; {len(train_items)} training tasks, {len(heldout_items)} held-out tasks")
@@ -524,67 +536,87 @@ async def _serve_stages(
     db = make_engine(database_url)
     sessions = make_session_factory(db)
     engines = EnginePool([VLLMEngine(servers.engine_url, None, name="demo-engine")])
-    t = time.monotonic()
+    chunk = len(train_items) // config.cycles
+    samples: list[Sent] = []
     try:
-        # 3. training traffic
-        traffic = await send_tasks(
-            servers.api_url,
-            train_items,
-            model="rrr",
-            task=TRAIN_TAG,
-            **_client_args(config),
-            desc="training traffic",
-            progress=progress,
-        )
-        stored = await asyncio.to_thread(wait_recorded, sessions, TRAIN_TAG, len(train_items))
-        result.traffic = {
-            **summarize_statuses(traffic.statuses),
-            "recorded": stored,
-            "request_errors": traffic.errors[:5],
-        }
-        timings["traffic"] = round(time.monotonic() - t, 1)
-        say(f"training traffic: {_line(result.traffic)}; {stored} episodes recorded")
-
-        # 4. one learner cycle
+        # 3. the held-out split under the base, as evaluation traffic (recorded, never trained on)
         t = time.monotonic()
-        cycle, steps, sub = await run_learner(
-            config, policy, servers, database_url, sessions, engines, say=say, progress=progress
-        )
-        result.cycle, result.training_steps = cycle.to_dict(), steps
-        timings["learner"] = round(time.monotonic() - t, 1)
-        timings.update({f"learner_{k}": round(v, 1) for k, v in sub.items()})
-        say(
-            f"learner cycle: {cycle.status}"
-            + (f" ({cycle.adapter})" if cycle.adapter else "")
-            + "".join(f"\n  - {reason}" for reason in cycle.reasons)
-        )
-        if cycle.status == "failed":
-            raise DemoError(f"the learner cycle failed: {cycle.error}")
-
-        # 5. held-out, base pinned ("before") then the trained adapter ("after")
-        t = time.monotonic()
-        before = await send_tasks(
-            servers.api_url,
-            heldout_items,
-            model=SERVED_NAME,
-            task=BEFORE_TAG,
-            **_client_args(config),
-            desc="held-out, base",
-            progress=progress,
+        base = await _heldout(
+            config, servers, heldout_items, SERVED_NAME, f"{HELDOUT_TAG}-base", "held-out, base", progress
         )
         result.before_label = f"base ({SERVED_NAME})"
-        result.before = summarize_statuses(before.statuses)
-        result.served_by["before"] = dict(before.adapters)
+        result.before = summarize_statuses(base.statuses)
+        result.served_by["base"] = dict(base.adapters)
+        result.curve.append({"label": result.before_label, "kind": "base", "adapter": None, **_rates(result.before)})
         timings["heldout_base"] = round(time.monotonic() - t, 1)
-        after = await _measure_after(
-            config, cycle, servers, heldout_items, sessions, engines, result, timings, progress
-        )
-        if after is not None:
-            result.served_by["after"] = dict(after.adapters)
-            result.table = compare(before.statuses, after.statuses)
+        say(f"held-out, base: {_line(result.before)}")
+        last: tuple[str, str, Sent] | None = None
+        for k in range(1, config.cycles + 1):
+            # 4. traffic under whatever is in service (the base, then rrr-v1, ...)
+            t = time.monotonic()
+            tag = f"{TRAIN_TAG}-{k}"
+            items = train_items[(k - 1) * chunk : k * chunk]
+            traffic = await send_tasks(
+                servers.api_url,
+                items,
+                model="rrr",
+                task=tag,
+                **_client_args(config),
+                desc=f"traffic {k}",
+                progress=progress,
+            )
+            samples.append(traffic)
+            stored = await asyncio.to_thread(wait_recorded, sessions, tag, len(items))
+            summary = {
+                **summarize_statuses(traffic.statuses),
+                "recorded": stored,
+                "served_by": dict(traffic.adapters),
+                "request_errors": traffic.errors[:5],
+            }
+            result.traffic.append(summary)
+            timings[f"traffic_{k}"] = round(time.monotonic() - t, 1)
+            say(f"traffic {k} (served by {', '.join(traffic.adapters)}): {_line(summary)}; {stored} episodes recorded")
+
+            # 5. one learner cycle (warm-started from the adapter in service, if any)
+            t = time.monotonic()
+            cycle, steps, sub = await run_learner(
+                config, policy, servers, database_url, sessions, engines, say=say, progress=progress
+            )
+            timings[f"learner_{k}"] = round(time.monotonic() - t, 1)
+            timings.update({f"learner_{k}_{name}": round(v, 1) for name, v in sub.items()})
+            say(
+                f"learner cycle {k}: {cycle.status}"
+                + (f" ({cycle.adapter})" if cycle.adapter else "")
+                + "".join(f"\n  - {reason}" for reason in cycle.reasons)
+            )
+            if cycle.status == "failed":
+                raise DemoError(f"learner cycle {k} failed: {cycle.error}")
+            entry = _cycle_entry(k, cycle, steps, sessions)
+            result.cycles.append(entry)
+            result.training_steps += [{**step, "cycle": k} for step in steps]
+
+            # 6. the held-out split under what the cycle produced
+            t = time.monotonic()
+            measured = await _measure_cycle(config, cycle, servers, heldout_items, sessions, engines, k, progress)
+            if measured is not None:
+                label, kind, sent = measured
+                rates = summarize_statuses(sent.statuses)
+                entry["heldout"] = rates
+                entry["heldout_kind"] = kind
+                result.served_by[f"cycle_{k}"] = dict(sent.adapters)
+                result.curve.append({"label": label, "kind": kind, "adapter": entry["adapter"], **_rates(rates)})
+                timings[f"heldout_{k}"] = round(time.monotonic() - t, 1)
+                say(f"held-out, {label}: {_line(rates)}")
+                if kind == "promoted" or last is None or last[1] != "promoted":
+                    last = measured
+        if last is not None:
+            label, kind, sent = last
+            result.after_label, result.after_kind = label, kind
+            result.table = compare(base.statuses, sent.statuses)
+            result.comparison = comparison(base.statuses, sent.statuses, label=label, kind=kind)
             (config.out_dir / "heldout.json").write_text(
                 json.dumps(
-                    {i: {"before": before.statuses.get(i), "after": after.statuses.get(i)} for i in before.statuses},
+                    {i: {"base": base.statuses.get(i), "last": sent.statuses.get(i)} for i in base.statuses},
                     indent=1,
                     sort_keys=True,
                 )
@@ -593,61 +625,135 @@ async def _serve_stages(
             )
 
         # inspection snapshots while the API is still up
+        last_run = next((c["run_id"] for c in reversed(result.cycles) if c.get("run_id")), None)
         result.inspection = await snapshot_inspection(
-            servers.api_url, config.out_dir / "inspection", sample_episode=sample_episode(traffic), run_id=cycle.run_id
+            servers.api_url,
+            config.out_dir / "inspection",
+            sample_episode=next((e for e in (sample_episode(s) for s in samples) if e), None),
+            run_id=last_run,
         )
     finally:
         await engines.aclose()
         db.dispose()
 
 
-async def _measure_after(
+async def _heldout(
+    config: DemoConfig, servers: DemoServers, items: list[DemoItem], model: str, task: str, desc: str, progress: bool
+) -> Sent:
+    return await send_tasks(
+        servers.api_url,
+        items,
+        model=model,
+        task=task,
+        purpose="eval",
+        **_client_args(config),
+        desc=desc,
+        progress=progress,
+    )
+
+
+def _rates(summary: dict[str, Any]) -> dict[str, Any]:
+    return {key: summary[key] for key in ("n", "first_attempt", "after_retry", "retry_rescued")}
+
+
+def _cycle_entry(
+    k: int, cycle: CycleResult, steps: list[dict[str, Any]], sessions: sessionmaker[Session]
+) -> dict[str, Any]:
+    """One ``cycles`` entry of demo.json: what the cycle trained from, what the gate measured and decided."""
+    from store.models import TrainingRun
+
+    warm = None
+    if cycle.run_id:
+        with sessions() as session:
+            run = session.get(TrainingRun, cycle.run_id)
+            warm = run.warm_start_from if run is not None else None
+    gate = cycle.gate or {}
+    rewards = [float(s["reward_mean"]) for s in steps if "reward_mean" in s]
+    flat = [float(s["frac_reward_zero_std"]) for s in steps if "frac_reward_zero_std" in s]
+    return {
+        "cycle": k,
+        "run_id": cycle.run_id,
+        "adapter": cycle.adapter,
+        "warm_start_from": warm,
+        "status": cycle.status,
+        "reasons": list(cycle.reasons),
+        "dataset": cycle.dataset,
+        "gate": {key: value for key, value in gate.items() if key != "reasons"} or None,
+        "training": {
+            "steps": len(steps),
+            "reward_mean_first_5": round(sum(rewards[:5]) / max(1, len(rewards[:5])), 4) if rewards else None,
+            "reward_mean_last_5": round(sum(rewards[-5:]) / max(1, len(rewards[-5:])), 4) if rewards else None,
+            "zero_variance_mean": round(sum(flat) / len(flat), 4) if flat else None,
+        },
+    }
+
+
+def comparison(base: dict[str, str], last: dict[str, str], *, label: str, kind: str) -> dict[str, Any]:
+    """demo.json's ``comparison``: the last adapter vs the base on the held-out tasks, paired.
+
+    ``rescue_among_base_failures``: of the tasks the base got wrong on its first attempt, the share each
+    policy answered correctly after reflection and retry (the base: its retry rescue rate), with
+    95% Wilson intervals.
+    """
+    from evals.stats import SUCCESS_AFTER, Rate
+
+    table = compare(base, last)
+
+    def diff(metric: str) -> dict[str, Any]:
+        d = table["difference"][metric]
+        return {"diff": d["difference"], "ci95": d["ci95"], "fixed": d["fixed"], "broke": d["broken"], "n": d["n"]}
+
+    base_failed = [i for i, status in base.items() if status not in ("first_ok", "error") and i in last]
+    rescued_base = sum(base[i] in SUCCESS_AFTER for i in base_failed)
+    rescued_last = sum(last[i] in SUCCESS_AFTER for i in base_failed)
+    from demo.report import rate_dict
+
+    return {
+        "adapter": label,
+        "kind": kind,
+        "first_attempt": diff("first_attempt"),
+        "after_retry": diff("after_retry"),
+        "rescue_among_base_failures": {
+            "n": len(base_failed),
+            "base": rate_dict(Rate(rescued_base, len(base_failed))),
+            "adapter": rate_dict(Rate(rescued_last, len(base_failed))),
+        },
+    }
+
+
+async def _measure_cycle(
     config: DemoConfig,
     cycle: CycleResult,
     servers: DemoServers,
     heldout_items: list[DemoItem],
     sessions: sessionmaker[Session],
     engines: Engine,
-    result: DemoResult,
-    timings: dict[str, float],
+    k: int,
     progress: bool,
-) -> Sent | None:
-    t = time.monotonic()
+) -> tuple[str, str, Sent] | None:
+    """The held-out split under cycle ``k``'s adapter: the promoted one via ``model="rrr"``, or a
+    gate-rejected candidate registered, loaded and pinned by name, then marked rejected."""
     if cycle.status == "promoted" and cycle.adapter:
         await wait_model_listed(servers.api_url, cycle.adapter)
-        result.after_label, result.after_kind = f"{cycle.adapter} (promoted)", "promoted"
-        after = await send_tasks(
-            servers.api_url,
-            heldout_items,
-            model="rrr",
-            task=AFTER_TAG,
-            **_client_args(config),
-            desc=f"held-out, {cycle.adapter}",
-            progress=progress,
+        label = f"{cycle.adapter} (promoted, cycle {k})"
+        sent = await _heldout(
+            config, servers, heldout_items, "rrr", f"{HELDOUT_TAG}-{k}", f"held-out, {cycle.adapter}", progress
         )
-    elif cycle.gate is not None and not cycle.gate.get("promote") and cycle.run_id:
+        return label, "promoted", sent
+    if cycle.gate is not None and not cycle.gate.get("promote") and cycle.run_id:
         adapter_dir = config.out_dir / "learner" / cycle.run_id / "adapter"
         name = await stage_candidate(
             adapter_dir, config=config, sessions=sessions, engines=engines, run_id=cycle.run_id
         )
         try:
             await wait_model_listed(servers.api_url, name)
-            result.after_label, result.after_kind = f"{name} (candidate, gate rejected)", "candidate"
-            after = await send_tasks(
-                servers.api_url,
-                heldout_items,
-                model=name,
-                task=AFTER_TAG,
-                **_client_args(config),
-                desc=f"held-out, {name}",
-                progress=progress,
+            sent = await _heldout(
+                config, servers, heldout_items, name, f"{HELDOUT_TAG}-{k}", f"held-out, {name}", progress
             )
         finally:
             await retire_candidate(name, cycle.reasons, sessions=sessions, engines=engines)
-    else:
-        return None
-    timings["heldout_adapter"] = round(time.monotonic() - t, 1)
-    return after
+        return f"{name} (candidate of cycle {k}, gate rejected)", "candidate", sent
+    return None
 
 
 def _client_args(config: DemoConfig) -> dict[str, Any]:
@@ -674,30 +780,57 @@ def _write_outputs(config: DemoConfig, result: DemoResult) -> None:
             before_label=result.before_label,
             after_label=result.after_label,
             steps=result.training_steps,
-            title="rrr demo: one learner cycle on the demo policy",
+            curve=result.curve,
+            title=f"rrr demo: {len(result.cycles)} learner cycles on the demo policy",
         )
     else:
         result.files.pop("png")
     json_path.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
 
 
+def _pct(rate: dict[str, Any]) -> str:
+    lo, hi = rate["ci95"]
+    return f"{100 * rate['rate']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
 def format_result(result: DemoResult) -> str:
-    """The human summary: the before/after table, the gate's decision, stage times, files and URLs."""
+    """The human summary: the learning curve, the base-vs-last table, each gate decision, times, files, URLs."""
     lines = []
+    if result.curve:
+        lines += [
+            "",
+            "held-out tasks through the rrr API, per policy (greedy, one reflection + one retry; 95% Wilson):",
+            "",
+        ]
+        width = max(len(row["label"]) for row in result.curve) + 2
+        lines.append(f"{'policy':<{width}}{'n':>5}  {'first attempt':<24}{'after reflection + retry':<26}retry rescued")
+        for row in result.curve:
+            lines.append(
+                f"{row['label']:<{width}}{row['n']:>5}  {_pct(row['first_attempt']):<24}{_pct(row['after_retry']):<26}"
+                f"{_pct(row['retry_rescued'])} of {row['retry_rescued']['n']}"
+            )
     if result.table is not None and result.after_label:
         lines += [
             "",
-            "held-out tasks through the rrr API (reference verifier, greedy, one reflection + one retry;",
-            "rates with 95% Wilson intervals; difference with a 95% paired Newcombe interval):",
+            "the last adapter vs the base on the same tasks (difference with a 95% paired Newcombe interval):",
             "",
             format_table(result.table, result.before_label, result.after_label),
         ]
-    else:
-        lines += ["", f"held-out, base only: {_line(result.before)}" if result.before else ""]
-    gate = result.cycle.get("gate") or {}
-    decision = f"gate: {'promote' if gate.get('promote') else 'reject'}" if gate else "gate: not reached"
-    lines += ["", f"{decision} (learner cycle: {result.cycle.get('status')})"]
-    lines += [f"  - {reason}" for reason in result.cycle.get("reasons", [])]
+        rescue = (result.comparison or {}).get("rescue_among_base_failures")
+        if rescue:
+            lines.append(
+                f"of the base's {rescue['n']} first-attempt failures, answered after reflection + retry: "
+                f"base {_pct(rescue['base'])}, {result.after_label.split(' ')[0]} {_pct(rescue['adapter'])}"
+            )
+    for cycle in result.cycles:
+        warm = f", warm-started from {cycle['warm_start_from']}" if cycle.get("warm_start_from") else ", from the base"
+        lines += [
+            "",
+            f"cycle {cycle['cycle']}: {cycle['status']}"
+            + (f" ({cycle['adapter']})" if cycle["adapter"] else "")
+            + warm,
+        ]
+        lines += [f"  - {reason}" for reason in cycle.get("reasons", [])]
     lines += ["", "stage times (s): " + ", ".join(f"{k} {v:g}" for k, v in result.timings.items())]
     lines += ["", *(f"{kind}: {path}" for kind, path in result.files.items())]
     if result.inspection:

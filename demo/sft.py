@@ -34,7 +34,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from demo.corpus import Conversation, DemoItem, answer_example, split_items, training_conversations
+from demo.corpus import (
+    REFLECTION_MIX,
+    RETRY_MIX,
+    Conversation,
+    DemoItem,
+    answer_example,
+    reflection_example,
+    split_items,
+    training_conversations,
+)
 from engines.wire import normalize_messages
 from learner.tiny import CHAT_TEMPLATE, TinyModelConfig, build_tiny_model
 
@@ -79,6 +88,20 @@ class SFTConfig:
     eval_items, eval_every: teacher-forced exact match on that many held-out tasks every N steps
         (0 = never); a cheap progress signal equal to greedy exact match, not the final measurement.
     tokenizer_texts: corpus lines added to the tokenizer's training text.
+    reflection_mix: how often the supervised reflection after a failed call is the correct diagnosis,
+        the generic one or a wrong diagnosis (``demo.corpus.REFLECTION_MIX``); every retry target
+        follows its reflection.
+    retry_mix: how often each variant is in a reflection conversation (its retry always has a loss);
+        reflections are trained on a subset so that they follow ``reflection_mix``.
+    stage2_*: the second supervised stage (0 steps = none): the stage-1 model samples answers to
+        ``stage2_items`` training tasks at ``stage2_temperature``; each of its failures becomes
+        ``stage2_variants`` reflection conversations (variants drawn from ``reflection_mix``), plus
+        synthetic corruptions (``stage2_synthetic`` of the reflection conversations) and plain
+        answers (``stage2_answer_share`` of all); trained at ``stage2_lr`` (warm-up, cosine decay),
+        batches of ``batch_size`` conversations.
+    gap_every / gap_items: every N second-stage steps, the retry success after the correct diagnosis
+        and after the generic reflection, on the own failures of the first ``gap_items`` dev tasks.
+    check_items: dev tasks for ``demo.probe.recipe_checks`` at the end (0 = skip), written to sft.json.
     """
 
     seed: int = 0
@@ -99,6 +122,19 @@ class SFTConfig:
     eval_every: int = 100
     tokenizer_texts: int = 4000
     model: TinyModelConfig = field(default_factory=default_model_config)
+    reflection_mix: dict[str, float] = field(default_factory=lambda: dict(REFLECTION_MIX))
+    retry_mix: dict[str, float] = field(default_factory=lambda: dict(RETRY_MIX))
+    stage2_steps: int = 0
+    stage2_items: int = 4000
+    stage2_temperature: float = 1.0
+    stage2_variants: int = 2
+    stage2_synthetic: float = 0.3
+    stage2_answer_share: float = 0.4
+    stage2_lr: float = 1e-3
+    stage2_warmup_steps: int = 10
+    gap_every: int = 100
+    gap_items: int = 300
+    check_items: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or not 1 <= self.group_size <= self.batch_size:
@@ -107,6 +143,11 @@ class SFTConfig:
             raise ValueError("reflection_share must be in [0, 1); 0.1 is the demo's setting")
         if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.decay_fraction <= 1:
             raise ValueError("warmup_steps must be >= 0, min_lr_ratio and decay_fraction in [0, 1]")
+        for mix in (self.reflection_mix, self.retry_mix):
+            if set(mix) != set(REFLECTION_MIX) or min(mix.values()) < 0 or not sum(mix.values()):
+                raise ValueError(f"reflection_mix and retry_mix need weights >= 0 for exactly {sorted(REFLECTION_MIX)}")
+        if self.stage2_steps < 0 or not 0 <= self.stage2_synthetic < 1 or not 0 <= self.stage2_answer_share < 1:
+            raise ValueError("stage2_steps must be >= 0, stage2_synthetic and stage2_answer_share in [0, 1)")
         if self.model.hidden_size // self.model.num_attention_heads < 32:
             log.warning("head size below 32: vLLM could not serve this model")
 
@@ -125,6 +166,9 @@ class SFTConfig:
             values["betas"] = tuple(values["betas"])
         if "model" in values:
             values["model"] = TinyModelConfig(**values["model"])
+        for key in ("reflection_mix", "retry_mix"):
+            if key in values:
+                values[key] = dict(values[key])
         return cls(**values)
 
 
@@ -184,14 +228,15 @@ def encode_conversation(
     ids: list[int] = []
     labels: list[int] = []
     done = ""
-    for messages, target in conversation.steps:
+    for k, (messages, target) in enumerate(conversation.steps):
         prompt = render_prompt(tokenizer, messages, conversation.tools)
         if not prompt.startswith(done):
             raise ValueError("a conversation step does not extend the previous one")
         new = encode(prompt[len(done) :])
         answer = encode(target + EOS)
         ids += new + answer
-        labels += [-100] * len(new) + answer
+        learn = conversation.learn is None or conversation.learn[k]
+        labels += [-100] * len(new) + (answer if learn else [-100] * len(answer))
         done = prompt + target + EOS
     return ids, labels
 
@@ -354,6 +399,120 @@ def teacher_forced_accuracy(model: Any, tokenizer: Any, items: Sequence[DemoItem
 # --- training -------------------------------------------------------------------------------------
 
 
+def _optimizer(model: Any, config: SFTConfig, lr: float) -> Any:
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=config.betas,
+    )
+
+
+def _stage2(
+    model: Any,
+    tokenizer: Any,
+    train_items: Sequence[DemoItem],
+    config: SFTConfig,
+    started: float,
+    *,
+    progress: bool,
+) -> dict[str, Any]:
+    """The second supervised stage (SFTConfig.stage2_*): reflection examples on the model's own failures."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from demo.probe import Generator, dev_items, diagnosis_gap, own_failures
+
+    gen = Generator(model, tokenizer, seed=config.seed)
+    rng = random.Random(f"rrr-demo-stage2/{config.seed}")
+    optim = _optimizer(model, config, config.stage2_lr)  # a fresh one: stage 2 = a function of the stage-1 weights
+    pool = list(train_items[: config.stage2_items])
+    failures = own_failures(gen, pool, temperature=config.stage2_temperature)
+    tracked = own_failures(gen, dev_items(config.gap_items, config)) if config.gap_every and config.gap_items else []
+    conversations: list[Conversation] = []
+    for item, failed in failures:
+        for _ in range(config.stage2_variants):
+            conversations.append(
+                reflection_example(item, rng, failed_text=failed, mix=config.reflection_mix, retry_mix=config.retry_mix)
+            )
+    n_reflect = len(conversations)
+    n_synthetic = round(n_reflect * config.stage2_synthetic / (1 - config.stage2_synthetic))
+    conversations += [
+        reflection_example(item, rng, mix=config.reflection_mix)
+        for item in rng.sample(pool, min(n_synthetic, len(pool)))
+    ]
+    n_reflect = len(conversations)
+    n_answers = round(n_reflect * config.stage2_answer_share / (1 - config.stage2_answer_share))
+    conversations += [answer_example(item) for item in rng.sample(list(train_items), min(n_answers, len(train_items)))]
+    rng.shuffle(conversations)
+    groups = build_groups(tokenizer, conversations, max_group=config.batch_size)
+    log.info(
+        "demo SFT stage 2: %d own failures of %d sampled training tasks, %d conversations (%d reflection-shaped)",
+        len(failures),
+        len(pool),
+        len(conversations),
+        n_reflect,
+    )
+    gaps: list[dict[str, Any]] = []
+
+    def track(step: int) -> None:
+        if tracked:
+            gap = diagnosis_gap(gen, tracked)
+            gaps.append({"step": step, **gap, "seconds": round(time.monotonic() - started, 1)})
+            log.info(
+                "stage 2 step %d: retry after the correct diagnosis %.1f%%, after the generic one %.1f%% (n=%d)",
+                step,
+                100 * gap["correct_rescue"],
+                100 * gap["generic_rescue"],
+                gap["n"],
+            )
+
+    track(0)
+    pad = tokenizer.pad_token_id
+    queue: list[PromptGroup] = []
+    losses: list[float] = []
+    bar = tqdm(total=config.stage2_steps, desc="stage 2 (own failures)", unit="step", disable=not progress)
+    for step in range(config.stage2_steps):
+        batch: list[PromptGroup] = []
+        while sum(g.size for g in batch) < config.batch_size:
+            if not queue:
+                queue = list(groups)
+                rng.shuffle(queue)
+            batch.append(queue.pop())
+        if step < config.stage2_warmup_steps:
+            lr = config.stage2_lr * (step + 1) / config.stage2_warmup_steps
+        else:
+            progress_ = (step - config.stage2_warmup_steps) / max(1, config.stage2_steps - config.stage2_warmup_steps)
+            lr = config.stage2_lr * (
+                config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress_))
+            )
+        for group in optim.param_groups:
+            group["lr"] = lr
+        loss = group_loss(model, batch, pad)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optim.step()
+        losses.append(float(loss.item()))
+        bar.set_postfix({"loss": f"{losses[-1]:.3f}"}, refresh=False)
+        bar.update(1)
+        if config.gap_every and ((step + 1) % config.gap_every == 0 or step + 1 == config.stage2_steps):
+            track(step + 1)
+    bar.close()
+    return {
+        "own_failures": len(failures),
+        "sampled_tasks": len(pool),
+        "conversations": len(conversations),
+        "reflection_conversations": n_reflect,
+        "final_loss": losses[-1] if losses else None,
+        "gaps": gaps,
+    }
+
+
 def _lr_at(step: int, config: SFTConfig) -> float:
     """Warm-up, constant, then a cosine decay over the last ``decay_fraction`` of the steps.
 
@@ -384,7 +543,13 @@ def train_policy(
     train_items, eval_items = split_items(
         config.n_train_items, config.eval_items, config.seed, group_size=config.group_size
     )
-    conversations = training_conversations(train_items, reflection_share=config.reflection_share, seed=config.seed)
+    conversations = training_conversations(
+        train_items,
+        reflection_share=config.reflection_share,
+        seed=config.seed,
+        mix=config.reflection_mix,
+        retry_mix=config.retry_mix,
+    )
     build_tiny_model(
         out,
         seed=config.seed,
@@ -412,13 +577,7 @@ def train_policy(
             model: Any = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
             model.train()
             n_params = sum(p.numel() for p in model.parameters())
-            decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-            no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
-            optim = torch.optim.AdamW(
-                [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                lr=config.lr,
-                betas=config.betas,
-            )
+            optim = _optimizer(model, config, config.lr)
             rng = random.Random(f"rrr-demo-sft/{config.seed}")
             log.info(
                 "demo SFT: %d parameters, %d conversations (%d reflection-shaped) in %d prompt groups, "
@@ -465,6 +624,17 @@ def train_policy(
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
             bar.close()
+            stage2: dict[str, Any] = {}
+            if config.stage2_steps:
+                stage2 = _stage2(model, tokenizer, train_items, config, started, progress=progress)
+            checks: dict[str, Any] | None = None
+            if config.check_items:
+                from demo.probe import Generator, dev_items, format_checks, recipe_checks
+
+                checks = recipe_checks(
+                    Generator(model, tokenizer, seed=config.seed), dev_items(config.check_items, config)
+                )
+                log.info("recipe checks on the dev split:\n%s", format_checks(checks))
     finally:
         torch.set_num_threads(threads)
     model.eval()
@@ -479,6 +649,8 @@ def train_policy(
         "seconds": round(seconds, 1),
         "final_loss": losses[-1],
         "evals": evals,
+        "stage2": stage2,
+        "checks": checks,
     }
     (out / "sft.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     log.info("demo policy trained in %.0f s into %s", seconds, out)

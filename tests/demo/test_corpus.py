@@ -23,6 +23,7 @@ from demo.corpus import (
     split_items,
     training_conversations,
 )
+from demo.diagnosis import restates_call
 from engines.base import ChatRequest, ChatResult
 from engines.wire import build_chat_completion
 from tools.parse import parse_hermes
@@ -190,7 +191,7 @@ def test_reflection_examples_are_what_the_serving_loop_sends(items: list[DemoIte
     candidates = [i for i in items if kind != "unmapped_value" or i.name in ("get_directions", "get_stock_price")]
     done = 0
     for item in rng.sample(candidates, 80):
-        conv = reflection_example(item, rng, kind)
+        conv = reflection_example(item, rng, kind, variant="correct")
         if conv.kind != f"reflect/{kind}":  # this item cannot be corrupted that way (nothing to map)
             continue
         (reflect_history, reflection), (retry_history, answer) = conv.steps
@@ -198,7 +199,8 @@ def test_reflection_examples_are_what_the_serving_loop_sends(items: list[DemoIte
         tools = [ToolSpec.from_openai(t) for t in item.tools]
         assert not verify_reference(_output(item, conv.failed_output), item.expected, tools).ok
         assert answer == call_text(item.name, item.arguments)
-        assert "The correct call is" in reflection or "correct" in reflection
+        assert conv.variant == "correct"
+        assert not restates_call(item, reflection) and "{" not in reflection, reflection
 
         engine = ReplayEngine([conv.failed_output, reflection, answer])
         request = ChatRequest(messages=item.messages, tools=item.tools)

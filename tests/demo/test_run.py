@@ -54,7 +54,22 @@ def test_difference_is_paired_on_the_same_tasks() -> None:
     assert "+25.0 pts" in text and "fixed 2, broke 1" in text
 
 
-def test_chart_is_a_png_with_both_panels(tmp_path: Path) -> None:
+def test_comparison_pairs_the_last_adapter_with_the_base_and_counts_rescues_of_base_failures() -> None:
+    from demo.run import comparison
+
+    base = {"a": "first_ok", "b": "failed", "c": "retry_ok", "d": "failed", "e": "failed", "f": "first_ok"}
+    last = {"a": "first_ok", "b": "retry_ok", "c": "first_ok", "d": "failed", "e": "retry_ok", "f": "failed"}
+    found = comparison(base, last, label="rrr-v2", kind="promoted")
+    assert found["first_attempt"] == {**found["first_attempt"], "diff": 0.0, "fixed": 1, "broke": 1, "n": 6}
+    assert found["after_retry"]["diff"] == pytest.approx(1 / 6, abs=1e-6) and found["after_retry"]["fixed"] == 2
+    lo, hi = found["after_retry"]["ci95"]
+    assert lo < 1 / 6 < hi
+    rescue = found["rescue_among_base_failures"]  # b, c, d, e failed the base's first attempt
+    assert rescue["n"] == 4
+    assert (rescue["base"]["successes"], rescue["adapter"]["successes"]) == (1, 3)
+
+
+def test_chart_is_a_png_with_its_panels(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from demo.chart import write_chart
 
@@ -63,7 +78,11 @@ def test_chart_is_a_png_with_both_panels(tmp_path: Path) -> None:
         {str(i): "retry_ok" if i % 2 else "first_ok" for i in range(30)},
     )
     steps = [{"step": i + 1, "reward_mean": i / 20, "frac_reward_zero_std": 1 - i / 20} for i in range(20)]
-    with_steps = write_chart(tmp_path / "a.png", table, before_label="base", after_label="rrr-v1", steps=steps)
+    curve = [{"label": "base", "kind": "base", "adapter": None, **table["before"]}]
+    curve += [{"label": "rrr-v1", "kind": "promoted", "adapter": "rrr-v1", **table["after"]}]
+    with_steps = write_chart(
+        tmp_path / "a.png", table, before_label="base", after_label="rrr-v1", steps=steps, curve=curve
+    )
     without = write_chart(tmp_path / "b.png", table, before_label="base", after_label="rrr-v1", steps=[])
     for path in (with_steps, without):
         data = path.read_bytes()
@@ -233,26 +252,54 @@ def test_the_demo_runs_every_stage_and_tears_down(tiny_policy: Path, tmp_path: P
 
     result = run_demo(config, say=lines.append, progress=False, hold=hold)
 
-    # every stage ran and was timed
-    assert {"policy", "servers", "traffic", "learner", "heldout_base", "heldout_adapter", "total"} <= set(
-        result.timings
-    )
-    assert result.traffic["n"] == 10 and result.traffic["recorded"] == 10 and result.traffic["errors"] == 0
-    assert result.cycle["status"] == "promoted" and result.cycle["adapter"] == "rrr-v1"
-    assert [s["step"] for s in result.training_steps] == [1, 2] and "reward_mean" in result.training_steps[0]
-    # before = the base pinned by name, after = the promoted adapter through the `rrr` alias
-    assert result.after_kind == "promoted" and result.after_label == "rrr-v1 (promoted)"
-    assert result.served_by == {"before": {"base": 6}, "after": {"rrr-v1": 6}}
+    # every stage ran and was timed: the base measured, then per cycle traffic, learner, held-out
+    per_cycle = {f"{stage}_{k}" for stage in ("traffic", "learner", "heldout") for k in (1, 2)}
+    assert {"policy", "servers", "heldout_base", "total"} | per_cycle <= set(result.timings)
+    assert [(t["n"], t["recorded"], t["errors"]) for t in result.traffic] == [(10, 10, 0), (10, 10, 0)]
+    # traffic 2 was served by the adapter cycle 1 promoted; cycle 2 started from it
+    assert [t["served_by"] for t in result.traffic] == [{"base": 10}, {"rrr-v1": 10}]
+    assert [(c["status"], c["adapter"], c["warm_start_from"]) for c in result.cycles] == [
+        ("promoted", "rrr-v1", None),
+        ("promoted", "rrr-v2", "rrr-v1"),
+    ]
+    for cycle in result.cycles:
+        gate = cycle["gate"]
+        assert gate["promote"] is True and gate["rule"].startswith("promote iff")
+        assert set(gate["heldout_retry_gain"]) >= {"difference", "ci95", "fixed", "broken", "n"}
+        assert gate["regression_first_difference"]["n"] == cycle["dataset"]["regression"]
+    assert [(s["cycle"], s["step"]) for s in result.training_steps] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert "reward_mean" in result.training_steps[0]
+    # the base pinned by name, each cycle's adapter through the `rrr` alias right after its promotion
+    assert result.served_by == {"base": {"base": 6}, "cycle_1": {"rrr-v1": 6}, "cycle_2": {"rrr-v2": 6}}
+    assert [row["kind"] for row in result.curve] == ["base", "promoted", "promoted"]
+    assert result.after_kind == "promoted" and result.after_label == "rrr-v2 (promoted, cycle 2)"
     table = result.table
     assert table is not None and table["before"]["n"] == table["after"]["n"] == 6
     assert set(table["difference"]) == {"first_attempt", "after_retry"}
     lo, hi = table["difference"]["after_retry"]["ci95"]
     assert lo <= table["difference"]["after_retry"]["difference"] <= hi
+    comparison = result.comparison
+    assert comparison is not None and set(comparison) >= {"first_attempt", "after_retry", "rescue_among_base_failures"}
+    for metric in ("first_attempt", "after_retry"):
+        assert set(comparison[metric]) >= {"diff", "ci95", "fixed", "broke"}
+        assert comparison[metric]["diff"] == table["difference"][metric]["difference"]
+    rescue = comparison["rescue_among_base_failures"]
+    assert rescue["n"] == 6 - table["before"]["first_attempt"]["successes"]
+
+    # held-out requests were evaluation traffic: recorded, and never a training candidate
+    import sqlite3
+
+    with sqlite3.connect(config.out_dir / "data" / "rrr.db") as db:
+        purposes = dict(db.execute("select task, group_concat(distinct purpose) from episodes group by task"))
+    assert purposes == {
+        "demo-heldout-base": "eval", "demo-heldout-1": "eval", "demo-heldout-2": "eval",
+        "demo-traffic-1": "traffic", "demo-traffic-2": "traffic",
+    }  # fmt: skip
 
     # the files and the inspection snapshots
     out = config.out_dir
     saved = json.loads((out / "demo.json").read_text())
-    assert saved["table"] == table and saved["cycle"]["gate"]["promote"] is True
+    assert saved["table"] == table and saved["cycles"] == result.cycles and saved["comparison"] == comparison
     assert (out / "demo.png").read_bytes().startswith(PNG_MAGIC)
     assert len(json.loads((out / "heldout.json").read_text())) == 6
     failed = json.loads((out / "inspection" / "failed_episodes.json").read_text())
@@ -260,13 +307,14 @@ def test_the_demo_runs_every_stage_and_tears_down(tiny_policy: Path, tmp_path: P
     episode = json.loads((out / "inspection" / "episode_with_reflection.json").read_text())
     assert "reflection" in {a["kind"] for a in episode["attempts"]}
     adapters = json.loads((out / "inspection" / "adapters.json").read_text())
-    assert [(a["name"], a["status"]) for a in adapters["data"]] == [("rrr-v1", "active")]
+    assert {a["name"]: a["status"] for a in adapters["data"]}["rrr-v2"] == "active"
     runs = json.loads((out / "inspection" / "training_run.json").read_text())
-    assert runs["status"] == "promoted"
+    assert runs["status"] == "promoted" and runs["id"] == result.cycles[-1]["run_id"]
     assert set(result.inspection) >= {"failed_episodes", "episode_with_reflection", "adapters", "training_runs"}
 
     text = format_result(result)
-    assert "rrr-v1 (promoted)" in text and "stage times" in text and str(out / "demo.png") in text
+    assert "rrr-v2 (promoted, cycle 2)" in text and "warm-started from rrr-v1" in text
+    assert "stage times" in text and str(out / "demo.png") in text
 
     # both servers are gone
     servers = seen["s"]

@@ -65,6 +65,11 @@ SLICE = SFTConfig(
     eval_items=24,
     eval_every=12,
     tokenizer_texts=240,
+    stage2_steps=3,
+    stage2_items=24,
+    gap_every=3,
+    gap_items=12,
+    check_items=12,
     model=TinyModelConfig(
         hidden_size=64,
         num_hidden_layers=1,
@@ -120,6 +125,30 @@ def test_prompts_render_exactly_as_the_local_engine_renders_them(trained: Any) -
     trained_text = tokenizer.decode([i for i, lab in zip(ids, labels, strict=True) if lab != -100])
     assert trained_text == reflection + "<|im_end|>" + answer + "<|im_end|>"
     assert '{"type":"function","function":{"name":' in engine.render_prompt(item.messages, item.tools)
+
+
+def test_a_reflection_without_a_loss_trains_only_the_retry(trained: Any) -> None:
+    from dataclasses import replace
+
+    tokenizer = AutoTokenizer.from_pretrained(trained.out_dir)
+    conv = replace(reflection_example(generate_items(5, seed=11)[1], random.Random(0)), learn=(False, True))
+    ids, labels = encode_conversation(tokenizer, conv)
+    trained_text = tokenizer.decode([i for i, lab in zip(ids, labels, strict=True) if lab != -100])
+    assert trained_text == conv.steps[1][1] + "<|im_end|>"
+
+
+def test_stage_two_trains_on_the_models_own_failures_and_records_the_checks(trained: Any) -> None:
+    from demo.probe import THRESHOLDS
+
+    meta = json.loads((Path(trained.out_dir) / "sft.json").read_text(encoding="utf-8"))
+    stage2 = meta["stage2"]
+    assert stage2["sampled_tasks"] == SLICE.stage2_items
+    assert 0 < stage2["own_failures"] <= SLICE.stage2_items  # a policy this small fails most tasks
+    assert stage2["reflection_conversations"] >= stage2["own_failures"] * SLICE.stage2_variants
+    assert [g["step"] for g in stage2["gaps"]] == [0, 3]
+    checks = meta["checks"]
+    assert checks["dev_items"] == SLICE.check_items and set(checks["thresholds"]) == set(THRESHOLDS)
+    assert checks["failures"] == checks["first_attempt"]["n"] - checks["first_attempt"]["successes"]
 
 
 def test_tool_values_tokenize_the_same_in_the_query_and_in_the_call(trained: Any) -> None:
