@@ -80,8 +80,14 @@ class Attempt:
     verdict: Verdict | None = None
 
     @property
-    def tool_calls(self) -> list[dict[str, Any]]:
-        return list(self.message.get("tool_calls") or [])
+    def tool_calls(self) -> list[Any]:
+        """The engine's ``tool_calls`` if it is a list (items as sent, objects or not), else ``[]``.
+
+        A string or an object there is malformed output that the verdict already names; it is not
+        turned into a list of its characters or keys.
+        """
+        calls = self.message.get("tool_calls")
+        return list(calls) if isinstance(calls, list) else []
 
     @property
     def content(self) -> str | None:
@@ -114,10 +120,12 @@ def verify_message(
     options: TaskOptions,
 ) -> Verdict:
     """Parse an assistant message strictly and run the request's verifier on it."""
-    calls, parse_error = parse_openai_tool_calls(message.get("tool_calls"), message.get("content"))
+    content = message.get("content")
+    calls, parse_error = parse_openai_tool_calls(message.get("tool_calls"), content)
     if finish_reason == "length":
         parse_error = parse_error or "the output was cut off at max_tokens (finish_reason=length)"
-    output = ModelOutput(tool_calls=calls, content=message.get("content"), parse_error=parse_error)
+    text = content if isinstance(content, str) else None  # a non-string content is named by parse_error
+    output = ModelOutput(tool_calls=calls, content=text, parse_error=parse_error)
     return run_verifier(options.verifier, output, tools=tools, tool_choice=tool_choice, expected=options.expected)
 
 

@@ -39,20 +39,35 @@ def truncate(text: str, cap: int = QUOTE_CAP) -> str:
     return text[:cap] + f"... [{len(text) - cap} more characters]"
 
 
-def failed_assistant_message(content: str | None, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
+def _quote_json(value: Any) -> str:
+    """``value`` as JSON text for a quote; whatever cannot be written so is named by its type."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return f"<{type(value).__name__}>"
+
+
+def failed_assistant_message(content: str | None, tool_calls: list[Any] | None) -> dict[str, Any]:
     """The failed attempt as a plain assistant turn, truncated to the quote cap.
 
     Tool calls are written out as hermes ``<tool_call>`` blocks in the content rather than as
     ``tool_calls``: an OpenAI-strict server would otherwise demand tool results for them, and the
-    hermes chat templates render calls as exactly this text anyway.
+    hermes chat templates render calls as exactly this text anyway. The calls are model output and
+    may be anything: an item that is not an object is quoted as the JSON it was, and a
+    ``function`` that is not an object counts as an empty one. Never raises.
     """
-    parts = [content] if content else []
-    for call in tool_calls or []:
+    parts = [content] if isinstance(content, str) and content else []
+    for call in tool_calls if isinstance(tool_calls, list) else []:
+        if not isinstance(call, dict):
+            parts.append(f"<tool_call>\n{_quote_json(call)}\n</tool_call>")
+            continue
         fn = call.get("function", {})
+        if not isinstance(fn, dict):
+            fn = {}
         arguments = fn.get("arguments", "{}")
         if not isinstance(arguments, str):
-            arguments = json.dumps(arguments, ensure_ascii=False)
-        name = json.dumps(fn.get("name", ""), ensure_ascii=False)
+            arguments = _quote_json(arguments)
+        name = _quote_json(fn.get("name", ""))
         parts.append(f'<tool_call>\n{{"name": {name}, "arguments": {arguments}}}\n</tool_call>')
     return {"role": "assistant", "content": truncate("\n".join(parts))}
 

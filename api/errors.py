@@ -3,9 +3,10 @@
 Routes raise ``ApiError`` (or one of the helpers below); ``install_error_handlers`` turns it, the
 framework's own 404/405/validation errors and any unexpected exception into
 ``{"error": {"message", "type", "param", "code"}}`` with a matching HTTP status. Messages are
-written for the user to act on; anything that came from elsewhere (an engine's message) goes
-through ``sanitize`` first, which drops tracebacks, URLs, host:port pairs and file paths. An
-unexpected exception is logged here with its traceback and answered with a generic 500.
+written for the user to act on. An engine's error text is not shown at all (the chat route
+answers an engine 4xx with a fixed message per status); every message still goes through
+``sanitize``, which drops tracebacks, URLs, credentials, API tokens, host:port pairs and file paths.
+An unexpected exception is logged here with its traceback and answered with a generic 500.
 
 It does not decide which error a request deserves (the routes do).
 """
@@ -28,7 +29,14 @@ log = logging.getLogger(__name__)
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\):.*", re.DOTALL)
 _FRAME = re.compile(r'File "[^"]*", line \d+(, in \S+)?')
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://\S+")
-_HOST_PORT = re.compile(r"\b(?:\d{1,3}(?:\.\d{1,3}){3}|localhost|\[[0-9a-fA-F:]+\])(?::\d+)?\b")
+_USERINFO = re.compile(r"(?<![\w.+\-%~])[\w.+\-%~]+:[^\s@/]+@[\w.\-\[\]:]+")
+_BEARER = re.compile(r"\b(Bearer|Basic|Token)\s+[\w.~+/=\-]+", re.IGNORECASE)
+_TOKEN = re.compile(r"\b(?:sk|hf|ghp|gho|ghs|ghu|github_pat|glpat|xox[abprs])[-_][\w\-]{16,}")
+_HOST_PORT = re.compile(
+    r"\b(?:\d{1,3}(?:\.\d{1,3}){3}|localhost)(?::\d+)?\b"
+    r"|\[[0-9a-fA-F:.]*:[0-9a-fA-F:.]*\](?::\d+)?"
+    r"|\b(?:[A-Za-z0-9](?:[\w\-]{0,62}[A-Za-z0-9])?\.){1,10}[A-Za-z][\w\-]{0,62}:\d{1,5}\b"
+)
 _PATH = re.compile(r"(?<![\w.#])(?:~|\.{1,2})?(?:/[\w.\-@+]+){2,}/?")
 _WIN_PATH = re.compile(r"\b[A-Za-z]:\\[^\s'\"]+")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -44,6 +52,7 @@ _TYPES = {
     409: "conflict_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
+    422: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
     501: "server_error",
@@ -54,10 +63,18 @@ _TYPES = {
 
 
 def sanitize(message: str) -> str:
-    """A message safe to show: no traceback, URL, address, host:port or file path; bounded length."""
-    text = _TRACEBACK.sub("", message)
+    """A message safe to show: no traceback, URL, credentials, token, address, host:port or file path; bounded.
+
+    A last line of defence for text rrr stores or builds (episode and run errors, adapter reasons):
+    an engine's own error text is never passed through it to a client (``api.routes.chat``
+    answers with fixed messages instead).
+    """
+    text = _TRACEBACK.sub("", message[: 4 * MAX_MESSAGE_CHARS])  # bounded work, whatever the input
     text = _FRAME.sub("", text)
     text = _URL.sub("<url>", text)
+    text = _USERINFO.sub("<host>", text)
+    text = _BEARER.sub(r"\1 <token>", text)
+    text = _TOKEN.sub("<token>", text)
     text = _HOST_PORT.sub("<host>", text)
     text = _PATH.sub("<path>", text)
     text = _WIN_PATH.sub("<path>", text)

@@ -9,6 +9,8 @@ docs/vllm.md §2 and §5. Every transport failure becomes one of the exceptions 
 * connection refused or no connection within `connect_timeout` -> `EngineUnavailable` (fast);
 * no answer before the deadline -> `EngineTimeout`;
 * connection dropped mid-response or a body that is not a chat completion -> `EngineProtocolError`;
+  that includes a body that is not UTF-8 or is nested deeper than `MAX_BODY_DEPTH` (bodies are read
+  as bytes and decoded here, never by a recursive decoder on an unbounded input);
 * an error status -> `EngineRequestError` (`AdapterError` on the admin routes) with status, type and
   param read from vLLM's `{"error": {...}}`, the pre-0.10.1 flat shape, `{"detail": ...}` or a string.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -41,6 +44,11 @@ from engines.base import (
 T = TypeVar("T")
 
 ALREADY_LOADED = "has already been loaded"
+MAX_BODY_DEPTH = 128
+"""Deepest nesting of arrays and objects accepted in an engine's JSON body (vLLM's bodies nest < 10)."""
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
 
 
 def _cause_names(exc: BaseException) -> set[str]:
@@ -75,6 +83,80 @@ def error_fields(body: object) -> tuple[str, str, str | None]:
     return str(body), "", None
 
 
+def json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON text, counted without recursion (strings skipped)."""
+    depth = deepest = 0
+    for match in _BRACKET.finditer(_JSON_STRING.sub("", text)):
+        if match.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def decode_body(data: bytes, *, what: str) -> object:
+    """An engine's JSON body from its bytes; not UTF-8, too deep or not JSON is `EngineProtocolError`."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EngineProtocolError(f"{what}: the engine's answer is not valid UTF-8") from None
+    if json_depth(text) > MAX_BODY_DEPTH:
+        raise EngineProtocolError(f"{what}: the engine's answer is nested more than {MAX_BODY_DEPTH} levels deep")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise EngineProtocolError(f"{what}: the engine's answer is not JSON") from None
+
+
+_NUM = r"(\d{1,12})"
+_SUFFIX = r"(?: None| \(parameter=[A-Za-z_]{1,64}\))?"  # vLLM appends the param, or "None" when it has none
+_KNOWN_REJECTIONS: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (
+        re.compile(
+            rf"This model's maximum context length is {_NUM} tokens\. However, (?:your request has|your prompt "
+            rf"contains) {_NUM} input tokens\. Please reduce the length of the input messages\.{_SUFFIX}"
+        ),
+        "the prompt has {1} tokens; the model's maximum context length is {0} tokens",
+        "messages",
+    ),
+    (
+        re.compile(
+            rf"This model's maximum context length is {_NUM} tokens\. However, you requested {_NUM} tokens "
+            rf"\({_NUM} in the messages, {_NUM} in the completion\)\. Please reduce the length of the messages "
+            rf"or completion\.{_SUFFIX}"
+        ),
+        "the request needs {1} tokens ({2} in the messages, {3} in the completion); "
+        "the model's maximum context length is {0} tokens",
+        "messages",
+    ),
+    (
+        re.compile(
+            rf"'max_tokens' or 'max_completion_tokens' is too large: {_NUM}\. This model's maximum context length "
+            rf"is {_NUM} tokens and your request has {_NUM} input tokens \(\d{{1,12}} > \d{{1,12}} - \d{{1,12}}\)\."
+            rf"{_SUFFIX}"
+        ),
+        "max_tokens {0} is too large: the prompt has {2} tokens and the model's maximum context length is {1} tokens",
+        "max_tokens",
+    ),
+)
+
+
+def known_rejection(message: object) -> tuple[str, str] | None:
+    """(reason, request field) for one of vLLM's well-known 400 messages (docs/vllm.md §3.2), else None.
+
+    The whole message must match one strict pattern; the reason is then written anew from the
+    numbers alone, so nothing else the engine wrote is ever repeated.
+    """
+    if not isinstance(message, str) or len(message) > 1000:
+        return None
+    for pattern, reason, field in _KNOWN_REJECTIONS:
+        match = pattern.fullmatch(message.strip())
+        if match is not None:
+            return reason.format(*(int(n) for n in match.groups())), field
+    return None
+
+
 def translate_error(exc: BaseException, *, what: str, deadline: float | None = None) -> EngineError:
     """Map an openai SDK / transport exception to the engine boundary's exceptions."""
     if isinstance(exc, EngineError):
@@ -92,7 +174,8 @@ def translate_error(exc: BaseException, *, what: str, deadline: float | None = N
     if isinstance(exc, (openai.APITimeoutError, TimeoutError)) or "TimeoutException" in names:
         limit = f" within {deadline:g}s" if deadline else ""
         return EngineTimeout(f"{what}: no answer from the engine{limit}")
-    if isinstance(exc, (openai.APIConnectionError, json.JSONDecodeError)) or "TransportError" in names:
+    unreadable = (json.JSONDecodeError, UnicodeDecodeError, RecursionError)  # a body the SDK decoded itself
+    if isinstance(exc, (openai.APIConnectionError, *unreadable)) or "TransportError" in names:
         return EngineProtocolError(f"{what}: the engine broke the exchange ({type(exc).__name__})")
     if isinstance(exc, openai.OpenAIError):
         return EngineProtocolError(f"{what}: {type(exc).__name__}")
@@ -115,9 +198,10 @@ def result_from_body(body: object, latency_ms: float) -> ChatResult:
     usage = body.get("usage")
     if not isinstance(usage, dict):
         usage = {}
+    finish_reason = choices[0].get("finish_reason")
     return ChatResult(
         message=message,
-        finish_reason=choices[0].get("finish_reason"),
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
         model=str(body.get("model") or ""),
         prompt_tokens=_count(usage.get("prompt_tokens")),
         completion_tokens=_count(usage.get("completion_tokens")),
@@ -180,12 +264,12 @@ class VLLMEngine:
         deadline = timeout if timeout is not None else self.timeout
         body = request.to_body()
         started = time.perf_counter()
-        raw: object = await self._call(
+        data: bytes = await self._call(
             "chat",
             deadline,
-            lambda: self._client.post("/chat/completions", cast_to=object, body=body, options=self._options(deadline)),
+            lambda: self._client.post("/chat/completions", cast_to=bytes, body=body, options=self._options(deadline)),
         )
-        return result_from_body(raw, (time.perf_counter() - started) * 1000.0)
+        return result_from_body(decode_body(data, what="chat"), (time.perf_counter() - started) * 1000.0)
 
     async def _admin(self, route: str, body: dict[str, Any]) -> str:
         """POST an admin route; 200 is plain text with no Content-Type, so never parse it as JSON."""
@@ -234,11 +318,12 @@ class VLLMEngine:
 
     async def list_models(self) -> list[dict[str, Any]]:
         """The cards of `/v1/models`: base models (`parent` null) first, then adapters."""
-        body: object = await self._call(
+        raw: bytes = await self._call(
             "models",
             self.timeout,
-            lambda: self._client.get("/models", cast_to=object, options=self._options(self.timeout)),
+            lambda: self._client.get("/models", cast_to=bytes, options=self._options(self.timeout)),
         )
+        body = decode_body(raw, what="models")
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
             raise EngineProtocolError("models: the engine's answer has no data list")

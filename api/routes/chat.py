@@ -8,11 +8,12 @@ A rejection makes no model call; it is counted and, when cheap, stored as a ``re
 The loop runs as its own task, so an episode is completed and recorded even if the client goes
 away, and shutdown can drain it. Non-streaming answers are ``chat.completion`` bodies with the
 ``x-rrr-verified`` header; with no answer at all (the engine failed before one), R1's statuses:
-503 + ``Retry-After``, 504, 502. Streaming: if the loop ends within ``stream_start_s`` the
-response is decided then (an error keeps its HTTP status, the verdict header is set); otherwise the
-200 and the role chunk go out at once, SSE comments keep the connection alive, and the answer
-follows after verification — or an error frame and no ``[DONE]`` when the engine failed. The
-verdict of a stream always rides in the ``rrr`` object of its finish chunk. With
+503 + ``Retry-After``, 504, 502; an engine 400/413/422 keeps its status with rrr's own message
+(``engine_rejection``: never the engine's text, hosts, paths or ``param``). Streaming: if the loop
+ends within ``stream_start_s`` the response is decided then (an error keeps its HTTP status, the
+verdict header is set); otherwise the 200 and the role chunk go out at once, SSE comments keep the
+connection alive, and the answer follows after verification — or an error frame and no ``[DONE]``
+when the engine failed. The verdict of a stream always rides in the ``rrr`` object of its finish chunk. With
 ``rrr.include_attempts`` that object also lists every model call of the episode (``trace``: answer,
 reflection, retry, each with its verdict), which is what ``rrr eval run`` scores.
 """
@@ -34,7 +35,7 @@ from agent.loop import Outcome, run_episode
 from agent.policy import ALIAS, Resolved
 from agent.record import outcome_to_record
 from api.auth import Principal, require_inference
-from api.errors import ApiError, error_body, json_response, sanitize
+from api.errors import ApiError, error_body, json_response
 from api.state import AppState, get_state
 from api.validate import ChatInput, Rejection, parse_chat, parse_json, read_body
 from api.wire import KEEPALIVE, ChunkWriter, completion_body, error_frame, wire_message
@@ -46,6 +47,7 @@ from engines.base import (
     EngineTimeout,
     EngineUnavailable,
 )
+from engines.vllm import known_rejection
 from store.records import EpisodeRecord
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,28 @@ CHAT_OPENAPI: dict[str, Any] = {
 }
 
 
+# R14: what a client learns of an engine's 4xx. Nothing the engine wrote is copied: a fixed message per
+# status, a reason only for vLLM's well-known messages (re-written from their numbers), and `param` only
+# when it names a field of the chat request itself.
+ENGINE_REJECTED = {
+    400: "The model engine refused the request.",
+    413: "The model engine refused the request as too large.",
+    422: "The model engine could not process the request.",
+}
+REQUEST_FIELDS = frozenset(set(CHAT_REQUEST_SCHEMA["properties"]) - {"rrr"})
+
+
+def engine_rejection(exc: EngineRequestError) -> ApiError:
+    """The client's view of an engine 400/413/422: the engine's status, rrr's words."""
+    fixed = ENGINE_REJECTED[exc.status]
+    known = known_rejection(exc.message)
+    if known is not None:
+        reason, field = known
+        return ApiError(exc.status, f"{fixed[:-1]}: {reason}.", param=field, code="engine_rejected_request")
+    param = exc.param if isinstance(exc.param, str) and exc.param in REQUEST_FIELDS else None
+    return ApiError(exc.status, fixed, param=param, code="engine_rejected_request")
+
+
 def upstream_error(exc: EngineError, *, model: str, deadline_s: float) -> ApiError:
     """R1: what a client is told when the engine failed before any answer existed."""
     if isinstance(exc, EngineUnavailable):
@@ -133,13 +157,8 @@ def upstream_error(exc: EngineError, *, model: str, deadline_s: float) -> ApiErr
             return ApiError(
                 404, f"The model `{model}` is not available on the engine.", param="model", code="model_not_found"
             )
-        if exc.status in (400, 413, 422):
-            return ApiError(
-                400,
-                f"The model engine refused the request: {sanitize(exc.message)}",
-                param=exc.param,
-                code="engine_rejected_request",
-            )
+        if exc.status in ENGINE_REJECTED:
+            return engine_rejection(exc)
         if exc.status == 503:
             return ApiError(
                 503,

@@ -26,7 +26,7 @@ from engines.base import (
     EngineTimeout,
     EngineUnavailable,
 )
-from engines.vllm import VLLMEngine
+from engines.vllm import MAX_BODY_DEPTH, VLLMEngine
 from tests.conftest import ToolModel
 from tests.engines.conformance.servers import (
     RawPeer,
@@ -203,10 +203,43 @@ def test_a_dropped_connection_is_a_protocol_error() -> None:
         chat_once(peer.url, HI)
 
 
-@pytest.mark.parametrize("body", [b"not json", b'{"id": "x", "object": "chat.completion"}', b"[1, 2]"])
+DEEP = b"[" * 100_000 + b"]" * 100_000
+_CHOICE = b'{"id":"x","object":"chat.completion","choices":[{"index":0,"finish_reason":"stop","message":'
+UNREADABLE_BODIES = {
+    "not_json": b"not json",
+    "no_choices": b'{"id": "x", "object": "chat.completion"}',
+    "an_array": b"[1, 2]",
+    "nested_100000_deep": b'{"a":' + DEEP + b"}",
+    "deep_in_content": _CHOICE + b'{"role":"assistant","content":' + DEEP + b"}}]}",
+    "deep_in_tool_calls": _CHOICE + b'{"role":"assistant","content":null,"tool_calls":' + DEEP + b"}}]}",
+    # the body, choices, the choice and the message are 4 levels, the content the rest
+    "nested_one_level_past_the_bound": _CHOICE
+    + b'{"role":"assistant","content":'
+    + b"[" * (MAX_BODY_DEPTH - 3)
+    + b"]" * (MAX_BODY_DEPTH - 3)
+    + b"}}]}",
+    "invalid_utf8": _CHOICE + b'{"role":"assistant","content":"caf\xe9 \xff"}}]}',
+}
+
+
+@pytest.mark.parametrize("body", list(UNREADABLE_BODIES.values()), ids=list(UNREADABLE_BODIES))
 def test_a_body_that_is_not_a_completion_is_a_protocol_error(body: bytes) -> None:
     with RawPeer("reply", body=body) as peer, pytest.raises(EngineProtocolError):
         chat_once(peer.url, HI)
+
+
+def test_a_malformed_but_readable_message_is_returned_as_is_for_the_agent_to_judge() -> None:
+    deepest = b"[" * (MAX_BODY_DEPTH - 4) + b"]" * (MAX_BODY_DEPTH - 4)  # the body exactly MAX_BODY_DEPTH deep
+    message = b'{"role":"assistant","content":' + deepest + b',"tool_calls":"get_weather()"}'
+    with RawPeer("reply", body=_CHOICE + message + b"}]}") as peer:
+        result = chat_once(peer.url, HI)
+    assert result.message["tool_calls"] == "get_weather()"  # not validated here: the agent's verdict names it
+    assert isinstance(result.message["content"], list) and result.finish_reason == "stop"
+
+
+def test_models_with_an_unreadable_body_is_a_protocol_error() -> None:
+    with RawPeer("reply", body=b'{"data":' + DEEP + b"}") as peer, pytest.raises(EngineProtocolError):
+        run(with_engine(peer.url, lambda e: e.list_models()))
 
 
 @pytest.mark.parametrize(

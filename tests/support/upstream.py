@@ -4,9 +4,10 @@ It is not a mock of our classes: rrr talks to it over real HTTP through the real
 exactly as to vLLM. Each request is classified as an answer, a reflection or a retry (from the
 prompts the agent sends) and answered from a script; faults are real socket behaviour:
 ``hang`` (accept, never answer), ``drop`` (close the connection mid-response), ``error:<status>``
-(optionally ``error:<status>:<message>``). With ``lora=True`` it also answers vLLM's runtime LoRA routes
-(``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``) and lists loaded adapters in ``/v1/models``;
-``fail_loads`` makes every load fail with vLLM's 500.
+(optionally ``error:<status>:<message>``), and ``Raw`` (these exact bytes as the body, with a status
+and content type: a hostile engine's answer, an error body of any shape). With ``lora=True`` it
+also answers vLLM's runtime LoRA routes (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``)
+and lists loaded adapters in ``/v1/models``; ``fail_loads`` makes every load fail with vLLM's 500.
 """
 
 from __future__ import annotations
@@ -23,7 +24,17 @@ from typing import Any
 
 from agent.prompts import MATH_REFLECTION_PROMPT, REFLECTION_PROMPT, RETRY_PROMPT
 
-Reply = dict[str, Any] | str  # an assistant message, or a fault name
+
+@dataclass(frozen=True)
+class Raw:
+    """A reply sent byte for byte: ``body`` with ``status`` and ``content_type`` (no chat-completion wrapper)."""
+
+    body: bytes
+    status: int = 200
+    content_type: str = "application/json"
+
+
+Reply = dict[str, Any] | str | Raw  # an assistant message, a fault name, or raw bytes
 
 
 def tool_call(name: str, arguments: dict[str, Any] | str) -> dict[str, Any]:
@@ -178,6 +189,13 @@ class ScriptedUpstream:
                 if upstream.script.delay_s:
                     time.sleep(upstream.script.delay_s)
                 reply = upstream._reply(body)
+                if isinstance(reply, Raw):
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", reply.content_type)
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                    return
                 if reply == "hang":
                     upstream._stop.wait(60)
                     return
