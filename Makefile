@@ -58,8 +58,8 @@ format: $(STAMP)
 
 test: lint typecheck pytest
 
-# The closed loop on this machine: serve the demo policy, record failures, one learner cycle,
-# hot-swap, before/after table + chart under .rrr-demo/ (DEMO_ARGS: e.g. --keep-serving, --steps 40).
+# The closed loop on this machine: serve the demo policy, record failures, two learner cycles,
+# hot-swaps, the learning curve + chart under .rrr-demo/ (DEMO_ARGS: e.g. --keep-serving, --cycles 3).
 DEMO_ARGS ?=
 demo: $(STAMP)
 	$(BIN)/rrr demo run $(DEMO_ARGS)

@@ -50,7 +50,7 @@ POLICY_FILES = (
     "chat_template.jinja",
     "sft.json",
 )
-EVAL_LOOP = LoopConfig(max_calls=3, deadline_s=120.0, reflection_max_tokens=128)
+EVAL_LOOP = LoopConfig(max_calls=3, deadline_s=120.0, reflection_max_tokens=32)
 """The loop settings of every demo measurement: one reflection, one retry, paper prompt, no reason."""
 
 

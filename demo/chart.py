@@ -141,5 +141,5 @@ def _bars(bars: Any, table: Mapping[str, Any], before_label: str, after_label: s
     bars.set_ylabel("held-out success (%), 95% Wilson interval")
     bars.set_ylim(0, 100)
     bars.legend(loc="lower right", fontsize=8)
-    diffs = "; ".join(f"{name}: {_points(table['difference'][metric])}" for metric, name in METRICS)
-    bars.set_title(f"held-out tasks through the rrr API\nafter - before, {diffs}", fontsize=9)
+    diffs = "\n".join(f"{name}: {_points(table['difference'][metric])}" for metric, name in METRICS)
+    bars.set_title(f"held-out tasks through the rrr API (after - before)\n{diffs}", fontsize=8)

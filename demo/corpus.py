@@ -10,10 +10,13 @@ its evaluation (``items_to_records``: the repo's OpenAI JSONL shape with expecte
   duplicates are dropped and no held-out query appears in training. Held-out items are balanced
   across tools so per-tool numbers and confidence intervals mean something.
 * ``reflection_example`` turns a task into the conversation the serving loop has after a failed
-  first attempt: the task, a corrupted call (a wrong, missing, extra or unmapped value, the wrong
-  tool, or broken JSON), the reflection request, a short reflection that names the error and
-  restates the correct call, the retry request, and the correct call. It is built with the very
-  functions the loop uses (``agent.prompts`` over the engine's own message shape,
+  first attempt: the task, a failed call (a synthetic corruption — a wrong, missing, extra, swapped
+  or unmapped value, the wrong tool, broken JSON — or, in the second supervised stage, the policy's
+  own sampled failure), the reflection request, a reflection (the correct diagnosis, the generic
+  one or a wrong diagnosis: ``demo.diagnosis``, never a restated call), the retry request, and the
+  retry that does what the reflection says. ``REFLECTION_MIX`` sets how often each reflection is a
+  target; ``RETRY_MIX`` how often each is in a conversation (its retry always trained). It is built
+  with the very functions the loop uses (``agent.prompts`` over the engine's own message shape,
   ``engines.wire.build_chat_completion``), so training text equals serving text.
 
 Everything is a pure function of its seed. Tokenising and loss masks are ``demo.sft``'s job.
@@ -387,7 +390,7 @@ def engine_message(text: str, tools: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 VARIANTS = ("correct", "generic", "wrong")
-REFLECTION_MIX: dict[str, float] = {"correct": 0.3, "generic": 0.45, "wrong": 0.25}
+REFLECTION_MIX: dict[str, float] = {"correct": 0.4, "generic": 0.35, "wrong": 0.25}
 """How often each kind of reflection is the supervised target after a failed call: the diagnosis habit
 is there but weak (greedy reflections are often generic, sampled ones sometimes right), which is what
 GRPO then strengthens. Every variant's retry target follows its reflection (``demo.diagnosis.follow``)."""
@@ -433,7 +436,7 @@ def reflection_conversation(
     )
 
 
-RETRY_MIX: dict[str, float] = {"correct": 0.6, "generic": 0.2, "wrong": 0.2}
+RETRY_MIX: dict[str, float] = {"correct": 0.7, "generic": 0.15, "wrong": 0.15}
 """How often each reflection variant is in a conversation (its retry always trained): mostly the
 correct diagnosis, so that following a reflection is learnt; the reflection itself is trained on a
 subset chosen so that the reflections the model learns to write follow ``REFLECTION_MIX``."""

@@ -8,7 +8,12 @@ and numbers are copied as whole tokens: 89% first-attempt accuracy instead of 59
 per digit, same model, same steps), renders the
 corpus with the model's own chat template, and trains every weight with AdamW (linear warm-up,
 cosine decay) on the answer tokens only: the tool call, and in reflection-shaped examples the
-reflection and the retried call. Batches are bucketed by length to waste little on padding, and
+reflection (when that conversation trains it) and the retried call. A second stage (``_stage2``)
+samples the stage-1 model on training tasks, builds reflection conversations on its own failures
+(plus synthetic ones and plain answers), trains on them with a fresh optimiser, and tracks the
+retry success after the correct diagnosis against after the generic one on dev-split failures;
+``demo.probe.recipe_checks`` then writes the recipe's preconditions into ``sft.json``.
+Batches are bucketed by length to waste little on padding, and
 logits are computed only where there is a loss, which on a 2-core CPU is most of the speed.
 The same config and seed give the same weights (single process, fixed thread count).
 
@@ -16,7 +21,7 @@ The chat template is the tiny model's hermes template with compact tool JSON (no
 separators): a quarter fewer prompt tokens, i.e. a quarter less training time, and any hermes
 server (vLLM included) renders it the same way since it ships in the tokenizer files.
 
-Not here: sampling-based evaluation (``demo.base_policy``), RL (``learner.train``).
+Not here: the served measurement (``demo.base_policy``), RL (``learner.train``).
 torch/transformers are imported lazily.
 """
 
@@ -106,8 +111,8 @@ class SFTConfig:
 
     seed: int = 0
     n_train_items: int = 20000
-    reflection_share: float = 0.1
-    steps: int = 1200
+    reflection_share: float = 0.3
+    steps: int = 2000
     batch_size: int = 32
     group_size: int = 16
     lr: float = 3e-3
@@ -117,30 +122,30 @@ class SFTConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
-    toolless_steps: int = 500
+    toolless_steps: int = 600
     eval_items: int = 240
     eval_every: int = 100
     tokenizer_texts: int = 4000
     model: TinyModelConfig = field(default_factory=default_model_config)
     reflection_mix: dict[str, float] = field(default_factory=lambda: dict(REFLECTION_MIX))
     retry_mix: dict[str, float] = field(default_factory=lambda: dict(RETRY_MIX))
-    stage2_steps: int = 0
-    stage2_items: int = 4000
+    stage2_steps: int = 500
+    stage2_items: int = 6000
     stage2_temperature: float = 1.0
-    stage2_variants: int = 2
-    stage2_synthetic: float = 0.3
+    stage2_variants: int = 3
+    stage2_synthetic: float = 0.5
     stage2_answer_share: float = 0.4
     stage2_lr: float = 1e-3
     stage2_warmup_steps: int = 10
     gap_every: int = 100
-    gap_items: int = 300
-    check_items: int = 0
+    gap_items: int = 400
+    check_items: int = 600
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or not 1 <= self.group_size <= self.batch_size:
             raise ValueError("steps and batch_size must be at least 1, group_size in [1, batch_size]")
         if not 0 <= self.reflection_share < 1:
-            raise ValueError("reflection_share must be in [0, 1); 0.1 is the demo's setting")
+            raise ValueError("reflection_share must be in [0, 1); 0.3 is the demo's setting")
         if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.decay_fraction <= 1:
             raise ValueError("warmup_steps must be >= 0, min_lr_ratio and decay_fraction in [0, 1]")
         for mix in (self.reflection_mix, self.retry_mix):
