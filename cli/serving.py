@@ -69,10 +69,18 @@ def engine_serve(
         False, "--always-tool-calls", help="Send message.tool_calls: [] when empty (vLLM 0.22)."
     ),
     add_lora_delay: float = typer.Option(0.0, "--add-lora-delay", help="Seconds of injected latency per adapter load."),
+    max_waiting_requests: int = typer.Option(
+        16,
+        "--max-waiting-requests",
+        envvar="RRR_ENGINE_SERVE_MAX_WAITING",
+        help="Most chat requests queued behind the running one; one more is a 503 with Retry-After.",
+    ),
 ) -> None:
     """Serve a model like `vllm serve` (runtime LoRA routes only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=1)."""
     if max_lora_rank not in (1, 8, 16, 32, 64, 128, 256, 320, 512):
         fail(f"--max-lora-rank must be one of 1, 8, 16, 32, 64, 128, 256, 320, 512 (got {max_lora_rank})")
+    if max_waiting_requests < 0:
+        fail(f"--max-waiting-requests must be 0 or more (got {max_waiting_requests})")
     try:
         import uvicorn
 
@@ -104,6 +112,7 @@ def engine_serve(
         legacy_errors=legacy_errors,
         always_tool_calls=always_tool_calls,
         add_lora_delay_s=add_lora_delay,
+        max_waiting_requests=max_waiting_requests,
     )
     uvicorn.run(
         server,

@@ -548,8 +548,14 @@ class LocalEngine:
 
     # chat
 
-    async def chat(self, request: ChatRequest, *, timeout: float | None = None) -> ChatResult:
-        """One non-streaming chat completion, shaped exactly like vLLM's (§3.3), in a worker thread."""
+    async def chat(
+        self, request: ChatRequest, *, timeout: float | None = None, cancel: threading.Event | None = None
+    ) -> ChatResult:
+        """One non-streaming chat completion, shaped exactly like vLLM's (§3.3), in a worker thread.
+
+        Setting `cancel` (or cancelling the awaiting task, which sets it) stops the generation at its
+        next token with `EngineTimeout`; the server sets it when the client goes away.
+        """
         started = time.perf_counter()
         tool_choice = check_tool_request(request.tools, request.tool_choice)
         model_name = request.model or self.served_name
@@ -559,7 +565,7 @@ class LocalEngine:
         extra = request.extra or {}
         max_tokens = request.max_tokens if request.max_tokens is not None else extra.get("max_completion_tokens")
         stop = request.stop if request.stop is not None else extra.get("stop")
-        cancel = threading.Event()
+        cancel = cancel if cancel is not None else threading.Event()
 
         def work() -> dict[str, Any]:
             prompt = self.encode(self.render_prompt(request.messages, request.tools))

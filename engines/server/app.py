@@ -7,6 +7,11 @@ updating on, `/v1/load_lora_adapter` and `/v1/unload_lora_adapter`, with vLLM 0.
 statuses, messages and check order. Engine work runs in worker threads, one generation at a time
 (queued requests count as waiting in the metrics), so the event loop stays free.
 
+Requests nobody waits for are dropped, as vLLM aborts them (R3): when a client disconnects, a
+running generation, streamed or not, stops at its next token and a queued request leaves the queue
+without generating. The queue is bounded: with `max_waiting_requests` requests waiting, one more is
+a 503 `ServiceUnavailableError` with `Retry-After` at once (rrr's client reads it as "overloaded").
+
 What it leaves to the engine: prompt rendering, generation, the hermes parse and the non-streaming
 response body (`LocalEngine.chat`), adapter validation on disk. What it adds: model routing over its
 own adapter registry (registry-only unload, in-place reload, `server.registry`), auth, streaming
@@ -25,16 +30,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from engines.base import AdapterError, ChatRequest, EngineError, EngineRequestError
-from engines.local import LocalEngine
+from engines.local import GenerationOutput, LocalEngine
 from engines.server.errors import ServerError, bad_request, install_error_handlers
 from engines.server.metrics import CONTENT_TYPE_LATEST, EngineLoad, ServerMetrics
 from engines.server.protocol import BearerAuth, ChatBody, LoadLoRABody, UnloadLoRABody, require_json
@@ -45,7 +51,44 @@ from engines.wire import check_tool_request
 log = logging.getLogger(__name__)
 
 VLLM_VERSION = "0.33.0"
+DEFAULT_MAX_WAITING = 16
+RETRY_AFTER_S = "1"
+CLIENT_CLOSED = 499
+"""The status of a request whose client went away (nginx's "client closed request"); never delivered."""
 _END = object()
+
+ClientGone = Callable[[], Awaitable[None]]
+"""Returns once the client of the request being handled has disconnected."""
+
+
+def until_disconnected(receive: Receive) -> ClientGone:
+    """A `ClientGone` over the ASGI `receive` of a request whose body has been read.
+
+    uvicorn answers `receive()` with `http.disconnect` once the connection is lost (and from then on);
+    until then it waits. Waiting for it must stop before the response starts, which reads it too.
+    """
+
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    return gone
+
+
+async def _first(work: asyncio.Future[Any], gone: asyncio.Future[None] | None) -> bool:
+    """Wait for `work`, or for the client to go: True if `work` is done. Cancelled, it cancels `work`."""
+    try:
+        await asyncio.wait({work} if gone is None else {work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.cancel()
+        raise
+    return work.done()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a task nobody awaits any more as seen (no "never retrieved" warning)."""
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass
@@ -55,6 +98,7 @@ class ServeConfig:
     legacy_errors: answer errors in the pre-0.10.1 flat shape `{"object":"error",...}`.
     always_tool_calls: send `message.tool_calls: []` when there are none (vLLM 0.22 style).
     add_lora_delay_s: injected latency of every adapter load, to exercise clients' timeouts.
+    max_waiting_requests: most chat requests waiting behind the running one; one more is a 503.
     """
 
     served_model_names: list[str]
@@ -67,6 +111,7 @@ class ServeConfig:
     legacy_errors: bool = False
     always_tool_calls: bool = False
     add_lora_delay_s: float = 0.0
+    max_waiting_requests: int = DEFAULT_MAX_WAITING
 
 
 def _server_error(exc: BaseException | None) -> ServerError:
@@ -146,16 +191,46 @@ class EngineServer:
             changed_at=s.changed_at,
         )
 
-    async def _acquire_slot(self, adapter: str) -> None:
+    async def _acquire_slot(self, adapter: str, gone: asyncio.Future[None] | None = None) -> bool:
+        """Take the generation slot: True once held, False if the client went away while waiting.
+
+        With `max_waiting_requests` already waiting, a request that would wait is a 503 at once.
+        """
         s = self.scheduler
+        if s.lock.locked() and len(s.waiting) >= self.config.max_waiting_requests:
+            self.metrics.reject("queue_full")
+            raise ServerError(
+                503,
+                f"The engine's queue is full ({len(s.waiting)} requests waiting); retry shortly.",
+                "ServiceUnavailableError",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )
         s.waiting.append(adapter)
         s.changed_at = time.time()
+        acquire = asyncio.ensure_future(s.lock.acquire())
         try:
-            await s.lock.acquire()
+            if not await _first(acquire, gone):
+                acquire.cancel()  # asyncio.Lock hands a wake-up it can no longer use to the next waiter
+                await asyncio.wait({acquire})
+        except BaseException:
+            acquire.cancel()
+            if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
+                s.lock.release()  # it got the lock as this request was being cancelled
+            raise
         finally:
             s.waiting.remove(adapter)
+        if acquire.cancelled():
+            self.metrics.abort("waiting")
+            s.changed_at = time.time()
+            return False
+        acquire.result()
         s.running.append(adapter)
         s.changed_at = time.time()
+        if gone is not None and gone.done():  # it went just as its turn came
+            self._release_slot(adapter)
+            self.metrics.abort("waiting")
+            return False
+        return True
 
     def _release_slot(self, adapter: str) -> None:
         s = self.scheduler
@@ -323,22 +398,39 @@ class EngineServer:
             extra=extra,
         )
 
-    async def chat(self, body: ChatBody) -> Response:
+    async def chat(self, body: ChatBody, client_gone: ClientGone | None = None) -> Response:
+        """One chat completion; `client_gone` (the HTTP route passes one) lets a departed client's work go."""
         tool_choice = self._check_request(body)
         route = self.route(body.model)
-        if body.stream:
-            return await self._stream(body, route, tool_choice)  # the stream owns the pin
+        gone = None if client_gone is None else asyncio.ensure_future(client_gone())
+        if gone is not None:
+            gone.add_done_callback(_retrieve)
         try:
-            self._check_tool_flags(body, tool_choice)
-            return await self._complete(body, route)
+            if body.stream:
+                return await self._stream(body, route, tool_choice, gone)  # the stream owns the pin
+            try:
+                self._check_tool_flags(body, tool_choice)
+                return await self._complete(body, route, gone)
+            finally:
+                self.unpin(route)
         finally:
-            self.unpin(route)
+            if gone is not None:
+                gone.cancel()
 
-    async def _complete(self, body: ChatBody, route: _Route) -> Response:
+    async def _complete(self, body: ChatBody, route: _Route, gone: asyncio.Future[None] | None) -> Response:
         started = time.perf_counter()
-        await self._acquire_slot(route.adapter)
+        if not await self._acquire_slot(route.adapter, gone):
+            return Response(status_code=CLIENT_CLOSED)
+        cancel = threading.Event()
         try:
-            result = await self.engine.chat(self._chat_request(body, route))
+            work = asyncio.ensure_future(self.engine.chat(self._chat_request(body, route), cancel=cancel))
+            if not await _first(work, gone):
+                cancel.set()  # the client went away: the generation stops at its next token
+                self.metrics.abort("running")
+                await asyncio.wait({work})  # the slot is free once it has stopped
+                _retrieve(work)
+                return Response(status_code=CLIENT_CLOSED)
+            result = work.result()
         except EngineError as exc:
             raise _server_error(exc) from None
         finally:
@@ -358,23 +450,29 @@ class EngineServer:
         )
         return JSONResponse(raw)
 
-    async def _stream(self, body: ChatBody, route: _Route, tool_choice: str | dict[str, Any]) -> Response:
+    async def _stream(
+        self, body: ChatBody, route: _Route, tool_choice: str | dict[str, Any], gone: asyncio.Future[None] | None
+    ) -> Response:
         """Start generating; answer with SSE once the first text (or the end) arrives.
 
         A failure before any output (prompt too long, bad sampling values) is still a JSON error
-        with its status; after that it becomes an error frame.
+        with its status; after that it becomes an error frame. A client that goes away before the
+        first text is dropped here; after it, the response stops the generation when it ends first.
         """
         engine, started = self.engine, time.perf_counter()
         parse_tools = bool(body.tools) and tool_choice != "none"
         try:
             self._check_tool_flags(body, tool_choice)
             prompt = await asyncio.to_thread(lambda: engine.encode(engine.render_prompt(body.messages, body.tools)))
-            await self._acquire_slot(route.adapter)
+            acquired = await self._acquire_slot(route.adapter, gone)
         except BaseException as exc:
             self.unpin(route)
             if isinstance(exc, EngineError):
                 raise _server_error(exc) from None
             raise
+        if not acquired:
+            self.unpin(route)
+            return Response(status_code=CLIENT_CLOSED)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancel = threading.Event()
@@ -407,7 +505,9 @@ class EngineServer:
             self.unpin(route)
 
         future.add_done_callback(finished)
-        first = await queue.get()
+        first = await self._first_output(queue, gone, cancel)
+        if first is None:
+            return Response(status_code=CLIENT_CLOSED)
         if first is _END and future.exception() is not None:
             raise _server_error(future.exception())
         include_usage = bool((body.stream_options or {}).get("include_usage"))
@@ -419,38 +519,80 @@ class EngineServer:
             include_usage=include_usage,
         )
 
-        async def frames() -> AsyncIterator[bytes]:
-            item = first
-            try:
-                yield chat.start()
-                while item is not _END:
-                    for frame in chat.feed(str(item)):
-                        yield frame
-                    item = await queue.get()
-                exc = future.exception()
-                if exc is not None:
-                    err = _server_error(exc)
-                    for frame in chat.error(err.status, err.message, err.type, err.param):
-                        yield frame
-                    return
-                out = future.result()
-                for frame in chat.finish(
-                    out.finish_reason,
-                    out.stop_reason,
-                    prompt_tokens=out.prompt_tokens,
-                    completion_tokens=out.completion_tokens,
-                ):
-                    yield frame
-                self.metrics.observe(
-                    prompt_tokens=out.prompt_tokens,
-                    completion_tokens=out.completion_tokens,
-                    finish_reason=out.finish_reason,
-                    seconds=time.perf_counter() - started,
-                )
-            finally:
-                cancel.set()  # a client that went away stops the generation at its next token
+        def stop() -> None:  # the response ended first: its client went away
+            if not future.done() and not cancel.is_set():
+                cancel.set()  # the generation stops at its next token, then `finished` frees the slot
+                self.metrics.abort("running")
 
-        return StreamingResponse(frames(), media_type="text/event-stream")
+        return _GenerationStream(self._frames(chat, first, queue, future, started), stop)
+
+    async def _first_output(
+        self, queue: asyncio.Queue[object], gone: asyncio.Future[None] | None, cancel: threading.Event
+    ) -> object | None:
+        """The first text of a starting stream (or `_END`); None, the generation stopped, if the client went first."""
+        head = asyncio.ensure_future(queue.get())
+        try:
+            arrived = await _first(head, gone)
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+        if arrived:
+            return head.result()
+        head.cancel()
+        cancel.set()  # it stops at its next token; the slot is freed when it has
+        self.metrics.abort("running")
+        return None
+
+    async def _frames(
+        self,
+        chat: ChatStream,
+        first: object,
+        queue: asyncio.Queue[object],
+        future: asyncio.Future[GenerationOutput],
+        started: float,
+    ) -> AsyncIterator[bytes]:
+        """The SSE frames of a started stream: text as it arrives, then the end (or an error frame)."""
+        item = first
+        yield chat.start()
+        while item is not _END:
+            for frame in chat.feed(str(item)):
+                yield frame
+            item = await queue.get()
+        exc = future.exception()
+        if exc is not None:
+            err = _server_error(exc)
+            for frame in chat.error(err.status, err.message, err.type, err.param):
+                yield frame
+            return
+        out = future.result()
+        for frame in chat.finish(
+            out.finish_reason,
+            out.stop_reason,
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=out.completion_tokens,
+        ):
+            yield frame
+        self.metrics.observe(
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=out.completion_tokens,
+            finish_reason=out.finish_reason,
+            seconds=time.perf_counter() - started,
+        )
+
+
+class _GenerationStream(StreamingResponse):
+    """SSE over a running generation; `stop` runs whenever the response is over, so a generation whose
+    client went away (Starlette ends the response on `http.disconnect`) never runs on unread."""
+
+    def __init__(self, frames: AsyncIterator[bytes], stop: Callable[[], None]) -> None:
+        super().__init__(frames, media_type="text/event-stream")
+        self._stop = stop
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._stop()
 
 
 def _resolve_adapter_path(path: str) -> str:
@@ -514,8 +656,8 @@ def build_app(server: EngineServer) -> FastAPI:
         return server.models()
 
     @app.post("/v1/chat/completions", dependencies=[Depends(require_json)])
-    async def chat(body: ChatBody) -> Response:
-        return await server.chat(body)
+    async def chat(body: ChatBody, request: Request) -> Response:
+        return await server.chat(body, until_disconnected(request.receive))
 
     if config.allow_runtime_lora_updating:
         log.warning("runtime LoRA updating is on: only for local development (as in vLLM)")

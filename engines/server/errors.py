@@ -41,12 +41,15 @@ def sanitize_message(message: str) -> str:
 class ServerError(Exception):
     """An error the server answers in vLLM's shape; `message` is sanitised on the way out."""
 
-    def __init__(self, status: int, message: str, type_: str, param: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, type_: str, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_
         self.param = param
+        self.headers = headers
 
 
 def bad_request(message: str, param: str | None = None) -> ServerError:
@@ -61,7 +64,11 @@ def error_body(status: int, message: str, type_: str, param: str | None, *, lega
 
 
 def error_response(exc: ServerError, *, legacy: bool = False) -> JSONResponse:
-    return JSONResponse(error_body(exc.status, exc.message, exc.type, exc.param, legacy=legacy), status_code=exc.status)
+    return JSONResponse(
+        error_body(exc.status, exc.message, exc.type, exc.param, legacy=legacy),
+        status_code=exc.status,
+        headers=exc.headers,
+    )
 
 
 def _loc_param(loc: Any) -> str | None:

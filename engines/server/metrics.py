@@ -4,7 +4,9 @@ Who calls it: the engine server counts requests and tokens here and serves `rend
 Gauges are read from the server's state at scrape time; `vllm:lora_requests_info` carries the
 running and waiting adapter names as labels and the time of the last change as its value. Each
 server has its own registry, so several servers in one process do not mix their numbers. It does
-not time HTTP handling (vLLM's instrumentator series are left out).
+not time HTTP handling (vLLM's instrumentator series are left out). Two series are rrr's own, not
+vLLM's: `rrr_engine_requests_aborted_total{state}` (clients that went away while their request was
+`waiting` or `running`) and `rrr_engine_requests_rejected_total{reason="queue_full"}` (503s).
 """
 
 from __future__ import annotations
@@ -86,6 +88,18 @@ class ServerMetrics:
             registry=self.registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
         )
+        self.aborted = Counter(
+            "rrr_engine_requests_aborted",
+            "Requests whose client went away first, by where they were (waiting or running).",
+            [*labels, "state"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "rrr_engine_requests_rejected",
+            "Requests refused with 503 before any work.",
+            [*labels, "reason"],
+            registry=self.registry,
+        )
         self.registry.register(_LoadCollector(model_name, load))
 
     def observe(self, *, prompt_tokens: int, completion_tokens: int, finish_reason: str | None, seconds: float) -> None:
@@ -93,6 +107,13 @@ class ServerMetrics:
         self.generation_tokens.labels(**self._labels).inc(completion_tokens)
         self.request_success.labels(**self._labels, finished_reason=finish_reason or "stop").inc()
         self.e2e_latency.labels(**self._labels).observe(seconds)
+
+    def abort(self, state: str) -> None:
+        """A client went away while its request was `waiting` for the slot or `running`."""
+        self.aborted.labels(**self._labels, state=state).inc()
+
+    def reject(self, reason: str) -> None:
+        self.rejected.labels(**self._labels, reason=reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
