@@ -10,8 +10,11 @@ only engine failures are raised, after the attempts made so far are kept on the 
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +23,15 @@ from engines.base import ChatRequest, ChatResult, Engine, EngineError, EngineTim
 from store.records import AttemptKind, EpisodePurpose, EpisodeStatus
 from tools.parse import parse_openai_tool_calls
 from tools.spec import ToolSpec
-from tools.verify import SCHEMA, ModelOutput, Verdict, VerifierSpec, effective_tool_choice, run_verifier
+from tools.verify import (
+    SCHEMA,
+    ModelOutput,
+    Verdict,
+    VerificationBudget,
+    VerifierSpec,
+    effective_tool_choice,
+    run_verifier,
+)
 
 
 @dataclass(frozen=True)
@@ -32,12 +43,33 @@ class LoopConfig:
     reflection_with_reason: append the verifier's reason to the reflection request (the paper
         gives only binary feedback, which is the default).
     reflection_max_tokens: cap on the reflection's length.
+    verify_budget_s: wall time for all verification of a request (every answer's verifier run
+        together; None: unbounded). Past it the verdict fails with the budget's reason.
+    verify_regex_budget_s: time for all JSON-Schema pattern searches of a request (None: unbounded).
+    verify_workers: threads that run verification, shared by every request of the process; the
+        event loop never verifies, so one slow verification stalls no other request.
     """
 
     max_calls: int = 3
     deadline_s: float = 60.0
     reflection_with_reason: bool = False
     reflection_max_tokens: int = 256
+    verify_budget_s: float | None = 30.0
+    verify_regex_budget_s: float | None = 1.0
+    verify_workers: int = 8
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def verification_pool(workers: int) -> ThreadPoolExecutor:
+    """The process's bounded pool of verification threads of that size (made on first use)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = _POOLS[workers] = ThreadPoolExecutor(max(1, workers), thread_name_prefix="rrr-verify")
+        return pool
 
 
 @dataclass(frozen=True)
@@ -118,15 +150,72 @@ def verify_message(
     tools: list[ToolSpec],
     tool_choice: str | dict[str, Any],
     options: TaskOptions,
+    budget: VerificationBudget | None = None,
 ) -> Verdict:
-    """Parse an assistant message strictly and run the request's verifier on it."""
+    """Parse an assistant message strictly and run the request's verifier on it, within ``budget``.
+    Blocking (subprocesses, regex searches): ``run_episode`` calls it in a worker thread."""
+    budget = budget if budget is not None else VerificationBudget()
     content = message.get("content")
     calls, parse_error = parse_openai_tool_calls(message.get("tool_calls"), content)
     if finish_reason == "length":
         parse_error = parse_error or "the output was cut off at max_tokens (finish_reason=length)"
     text = content if isinstance(content, str) else None  # a non-string content is named by parse_error
     output = ModelOutput(tool_calls=calls, content=text, parse_error=parse_error)
-    return run_verifier(options.verifier, output, tools=tools, tool_choice=tool_choice, expected=options.expected)
+    return run_verifier(
+        options.verifier,
+        output,
+        tools=tools,
+        tool_choice=tool_choice,
+        expected=options.expected,
+        budget=budget,
+    )
+
+
+def _timed(
+    budget: VerificationBudget,
+    message: dict[str, Any],
+    finish_reason: str | None,
+    tools: list[ToolSpec],
+    tool_choice: str | dict[str, Any],
+    options: TaskOptions,
+) -> Verdict:
+    budget.start()  # the budget's clock runs only while verifying (not while a model call runs)
+    try:
+        if budget.expired:
+            return Verdict(False, budget.reason())
+        return verify_message(
+            message, finish_reason, tools=tools, tool_choice=tool_choice, options=options, budget=budget
+        )
+    finally:
+        budget.stop()
+
+
+async def verify_off_loop(
+    message: dict[str, Any],
+    finish_reason: str | None,
+    *,
+    tools: list[ToolSpec],
+    tool_choice: str | dict[str, Any],
+    options: TaskOptions,
+    budget: VerificationBudget,
+    workers: int = LoopConfig.verify_workers,
+) -> Verdict:
+    """``verify_message`` in the bounded verification pool, never on the event loop. Verifiers stop
+    by themselves once ``budget`` is spent; if one does not (a long non-cooperative step), the
+    verdict fails with the budget's reason at the budget's end (plus a short grace) all the same."""
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(
+        verification_pool(workers), _timed, budget, message, finish_reason, tools, tool_choice, options
+    )
+    limit = budget.remaining()
+    try:
+        return await asyncio.wait_for(future, timeout=None if limit == float("inf") else limit + _GRACE_S)
+    except TimeoutError:
+        budget.exhaust()
+        return Verdict(False, budget.reason())
+
+
+_GRACE_S = 0.5
 
 
 async def run_episode(
@@ -145,6 +234,7 @@ async def run_episode(
     specs = tools if tools is not None else [ToolSpec.from_openai(t) for t in request.tools or []]
     tool_choice = effective_tool_choice(request.tool_choice, bool(specs))
     budget = min(config.max_calls, 1 + 2 * max(0, options.max_retries))
+    verification = VerificationBudget(config.verify_budget_s, config.verify_regex_budget_s, started=False)
 
     async def call(kind: AttemptKind, req: ChatRequest) -> Attempt:
         remaining = deadline - time.monotonic()
@@ -162,8 +252,14 @@ async def run_episode(
             latency_ms=result.latency_ms,
         )
         if kind != "reflection":
-            attempt.verdict = verify_message(
-                result.message, result.finish_reason, tools=specs, tool_choice=tool_choice, options=options
+            attempt.verdict = await verify_off_loop(
+                result.message,
+                result.finish_reason,
+                tools=specs,
+                tool_choice=tool_choice,
+                options=options,
+                budget=verification,
+                workers=config.verify_workers,
             )
         outcome.attempts.append(attempt)
         return attempt

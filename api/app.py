@@ -186,6 +186,9 @@ async def build_state(
         deadline_s=settings.deadline_s,
         reflection_with_reason=settings.reflection_with_reason,
         reflection_max_tokens=settings.reflection_max_tokens,
+        verify_budget_s=settings.verify_budget_s,
+        verify_regex_budget_s=settings.verify_regex_budget_s,
+        verify_workers=settings.verify_workers,
     )
     state = AppState(
         settings=settings,

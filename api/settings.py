@@ -101,12 +101,24 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(default=64, ge=4)
     max_tokens_cap: int = Field(default=8192, ge=1)
     max_client_retries: int = Field(default=1, ge=0, description="Largest rrr.max_retries a client may ask for.")
+    max_verifier_cost: int = Field(
+        default=32,
+        ge=1,
+        description="Largest cost of a client's rrr.verifier: its leaves times the answers it may judge.",
+    )
 
     # the reflect/retry loop
     max_calls: int = Field(default=3, ge=1, description="Model calls per request (answer, reflection, retry).")
     deadline_s: float = Field(default=60.0, gt=0, description="One deadline for all calls of a request.")
     reflection_with_reason: bool = False
     reflection_max_tokens: int = Field(default=256, ge=1)
+    verify_budget_s: float = Field(
+        default=30.0, gt=0, description="Time for all verification of one request, off the event loop."
+    )
+    verify_regex_budget_s: float = Field(
+        default=1.0, gt=0, description="Time for all JSON-Schema pattern searches of one request."
+    )
+    verify_workers: int = Field(default=8, ge=1, description="Threads that run verification, shared by all requests.")
 
     # streaming and shutdown
     stream_start_s: float = Field(

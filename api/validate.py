@@ -233,6 +233,15 @@ def _task_options(body: dict[str, Any], settings: Settings) -> TaskOptions:
         raise _reject(
             f"rrr.max_retries must be an integer from 0 to {settings.max_client_retries}.", "rrr", "rrr.max_retries"
         )
+    answers = (min(settings.max_calls, 1 + 2 * retries) + 1) // 2
+    cost = verifier.cost() * answers
+    if cost > settings.max_verifier_cost:
+        raise _reject(
+            f"rrr.verifier costs {cost} ({verifier.cost()} checks x {answers} answers to judge); the limit is "
+            f"{settings.max_verifier_cost}. Use fewer checks in the verifier or fewer retries.",
+            "verifier_cost",
+            "rrr.verifier",
+        )
     purpose = ext.get("purpose", "traffic")
     if purpose not in EPISODE_PURPOSES:
         raise _reject(

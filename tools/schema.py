@@ -15,9 +15,13 @@ annotations, as in JSON Schema's default vocabulary).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
+import itertools
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from functools import lru_cache
@@ -32,6 +36,7 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource, Unresolvable
 
 from tools.spec import ToolSpec, canonical_json
+from tools.verifiers.base import VerificationBudget
 
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_DEPTH = 32
@@ -132,8 +137,122 @@ def _nested_quantifier(pattern: str) -> bool:  # noqa: C901 (a small regex scann
     return False
 
 
+def _skip_class(pattern: str, i: int) -> int:
+    """The index after the character class that starts at ``pattern[i]`` ("[")."""
+    n = len(pattern)
+    i += 1
+    if i < n and pattern[i] == "^":
+        i += 1
+    if i < n and pattern[i] == "]":
+        i += 1
+    while i < n and pattern[i] != "]":
+        i += 2 if pattern[i] == "\\" else 1
+    return i + 1
+
+
+def _repeated_alternations(pattern: str) -> Iterator[list[str]]:
+    """The alternatives of every group with a top-level ``|`` that is repeated without a small bound,
+    e.g. ``["a", "aa"]`` for ``(a|aa)+``."""
+    groups: list[tuple[int, list[int]]] = []  # per open group: where its content starts, its top-level bars
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+        elif c == "[":
+            i = _skip_class(pattern, i)
+        elif c == "(":
+            i += 1
+            if i < n and pattern[i] == "?":
+                while i < n and pattern[i] not in ":)=!>'":
+                    i += 1
+                if i < n and pattern[i] != ")":
+                    i += 1
+            groups.append((i, []))
+        elif c == "|" and groups:
+            groups[-1][1].append(i)
+            i += 1
+        elif c == ")" and groups:
+            start, bars = groups.pop()
+            quantifier = _read_quantifier(pattern, i + 1)
+            if bars and quantifier is not None and (quantifier[1] is None or quantifier[1] > 10):
+                cuts = [start - 1, *bars, i]
+                yield [pattern[a + 1 : b] for a, b in itertools.pairwise(cuts)]
+            i += 1
+        else:
+            i += 1
+
+
+# Sample characters for the overlap test: ASCII and a few non-ASCII letters, digits and spaces.
+_SAMPLE = [chr(c) for c in range(128)] + ["é", "ß", "Ж", "中", "٣", "\u00a0", "\u2003", "😀"]
+_MAX_FRONTIER = 64
+_MAX_OVERLAP_DEPTH = 6
+_MAX_OVERLAP_WORK = 50_000  # partial matches per pattern; past it the pattern counts as ambiguous
+
+
+class _TooComplex(Exception):
+    pass
+
+
+def _overlap(a: Any, b: Any, work: list[int]) -> bool:
+    """Whether some text matched by one alternative is, or starts, a match of the other: both can
+    then consume the same characters, and a repeat of the group backtracks exponentially. Searched
+    breadth-first over sample characters; undecided after a few characters counts as overlapping."""
+    if a.fullmatch("") or b.fullmatch(""):
+        return True  # an alternative that matches nothing lets the repeat loop on the empty string
+    frontier = [""]
+    for _ in range(_MAX_OVERLAP_DEPTH):
+        grown: list[str] = []
+        for prefix in frontier:
+            work[0] += len(_SAMPLE)
+            if work[0] > _MAX_OVERLAP_WORK:
+                raise _TooComplex
+            for char in _SAMPLE:
+                text = prefix + char
+                in_a = a.fullmatch(text, partial=True)
+                in_b = in_a and b.fullmatch(text, partial=True)
+                if in_a is None or in_b is None:
+                    continue
+                if not in_a.partial or not in_b.partial:
+                    return True  # one alternative matches all of it, the other matches it or goes on
+                grown.append(text)
+        if not grown:
+            return False
+        if len(grown) > _MAX_FRONTIER:
+            return True
+        frontier = grown
+    return True
+
+
+def _ambiguous_alternation(pattern: str) -> tuple[str, str] | None:
+    """Two alternatives of a repeated group that can match the same text (``(a|a)*``, ``(\\w|\\d)+``)
+    or where one is a prefix of the other (``(a|aa)+``): the other shape of catastrophic backtracking.
+    An alternative that does not compile alone (a backreference to an outer group) is left to the
+    timeout; a pattern too costly to decide counts as ambiguous."""
+    work = [0]
+    for alternatives in _repeated_alternations(pattern):
+        compiled: list[tuple[str, Any, frozenset[str]]] = []
+        for text in alternatives:
+            try:
+                alternative = regex.compile(text)
+            except (regex.error, ValueError, OverflowError):
+                continue
+            work[0] += len(_SAMPLE)
+            firsts = frozenset(c for c in _SAMPLE if alternative.fullmatch(c, partial=True))
+            compiled.append((text, alternative, firsts))
+        try:
+            for index, (text_a, a, firsts_a) in enumerate(compiled):
+                for text_b, b, firsts_b in compiled[index + 1 :]:
+                    if (firsts_a & firsts_b or not firsts_a or not firsts_b) and _overlap(a, b, work):
+                        return text_a, text_b
+        except _TooComplex:
+            return alternatives[0], "…"
+    return None
+
+
 def check_pattern(pattern: Any, where: str) -> None:
-    """Raise SchemaError unless ``pattern`` is a short regex without nested quantifiers."""
+    """Raise SchemaError unless ``pattern`` is a short regex without nested quantifiers or a repeated
+    ambiguous alternation."""
     if not isinstance(pattern, str):
         raise SchemaError(f"{where}: a pattern must be a string")
     if len(pattern) > MAX_PATTERN_LENGTH:
@@ -147,6 +266,13 @@ def check_pattern(pattern: Any, where: str) -> None:
             f"{where}: pattern {pattern!r} repeats a group that itself repeats (nested quantifiers "
             "can backtrack catastrophically); rewrite it without a quantified group inside a quantifier"
         )
+    ambiguous = _ambiguous_alternation(pattern)
+    if ambiguous is not None:
+        raise SchemaError(
+            f"{where}: pattern {pattern!r} repeats an ambiguous alternation: {ambiguous[0]!r} and {ambiguous[1]!r} "
+            "can match the same text (or one starts the other), which can backtrack catastrophically; "
+            "make the alternatives exclusive or drop the repeat"
+        )
 
 
 @lru_cache(maxsize=1024)
@@ -154,12 +280,43 @@ def _compiled_pattern(pattern: str) -> Any:
     return regex.compile(pattern)
 
 
+_BUDGET: contextvars.ContextVar[VerificationBudget | None] = contextvars.ContextVar("rrr_regex_budget", default=None)
+
+
+@contextlib.contextmanager
+def regex_budget(budget: VerificationBudget | None) -> Iterator[None]:
+    """Charge every pattern search made inside (in this thread or context) to ``budget``."""
+    token = _BUDGET.set(budget)
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+class _BudgetSpent(TimeoutError):
+    """The request's regex (or total verification) budget is spent: no search is started."""
+
+
 def _search(pattern: str, text: str) -> bool:
-    """``re.search`` semantics on the ``regex`` engine, bounded by PATTERN_TIMEOUT_S (TimeoutError)."""
-    return _compiled_pattern(pattern).search(text, timeout=PATTERN_TIMEOUT_S) is not None
+    """``re.search`` semantics on the ``regex`` engine, bounded by PATTERN_TIMEOUT_S and by the
+    request's regex budget when one is set (``regex_budget``); TimeoutError when cut off."""
+    budget = _BUDGET.get()
+    if budget is None:
+        return _compiled_pattern(pattern).search(text, timeout=PATTERN_TIMEOUT_S) is not None
+    left = budget.regex_left()
+    if left <= 0:
+        raise _BudgetSpent(budget.reason())
+    started = time.perf_counter()
+    try:
+        return _compiled_pattern(pattern).search(text, timeout=min(PATTERN_TIMEOUT_S, left)) is not None
+    finally:
+        budget.charge_regex(time.perf_counter() - started)
 
 
 def _timeout_error(pattern: str) -> Any:
+    budget = _BUDGET.get()
+    if budget is not None and budget.regex_spent:
+        return _JSValidationError(f"pattern {pattern!r} was not checked: {budget.reason()}")
     return _JSValidationError(f"pattern {pattern!r} took longer than {PATTERN_TIMEOUT_S}s on this value")
 
 

@@ -11,10 +11,12 @@ implementations live one per module in ``tools.verifiers``:
 * ``VerifierSpec`` (parsed once at the edge) / ``normalize_spec`` / ``run_verifier`` /
   ``is_rerunnable`` — the serialisable specs; ``effective_tool_choice`` — the tool_choice default.
 
+* ``VerificationBudget`` — one request's time for all of its verification (and its regex searches).
+
 None of them raises on model output: a failed call is a Verdict. Bad specs raise ValueError.
 """
 
-from tools.verifiers.base import ModelOutput, Verdict
+from tools.verifiers.base import ModelOutput, Verdict, VerificationBudget
 from tools.verifiers.countdown import verify_countdown
 from tools.verifiers.execution import DEFAULT_EXECUTION_MODULES, verify_execution
 from tools.verifiers.reference import (
@@ -42,6 +44,7 @@ __all__ = [
     "Expected",
     "ModelOutput",
     "Verdict",
+    "VerificationBudget",
     "VerifierSpec",
     "effective_tool_choice",
     "expected_from_calls",

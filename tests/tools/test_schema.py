@@ -17,9 +17,11 @@ from tools.schema import (
     SchemaError,
     compile_schema,
     compile_tools,
+    regex_budget,
     validate_tool_specs,
 )
 from tools.spec import ToolSpec
+from tools.verifiers.base import VerificationBudget
 
 
 def obj(**properties: Any) -> dict[str, Any]:
@@ -164,6 +166,23 @@ def test_nested_quantifier_patterns_are_rejected(pattern: str) -> None:
     assert "nested quantifiers" in rejected(obj(s={"type": "string", "pattern": pattern}))
 
 
+@pytest.mark.parametrize(
+    "pattern",
+    ["(a|aa)+$|!", "^(a|aa)+$", "(a|a)*", "(\\w|\\d)+", "(foo|foobar)+", "(?:x|[a-z])*y", "(a|)+", "(?:a|b|ab){2,}"],
+)
+def test_ambiguous_alternation_under_a_repeat_is_rejected(pattern: str) -> None:
+    assert "ambiguous alternation" in rejected(obj(s={"type": "string", "pattern": pattern}))
+    assert "ambiguous alternation" in rejected({"type": "object", "patternProperties": {pattern: {}}})
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["^(cat|dog)s?$", "(foo|bar)+", "(ab|ac)+", "^([a-z]|[0-9])+$", "^(red|blue)(,(red|blue))*$", "(a|aa){1,3}"],
+)
+def test_exclusive_or_bounded_alternations_still_compile(pattern: str) -> None:
+    compile_schema(obj(s={"type": "string", "pattern": pattern}))
+
+
 def test_nested_quantifiers_in_pattern_properties_are_rejected() -> None:
     assert "nested quantifiers" in rejected({"type": "object", "patternProperties": {"^(a+)+$": {"type": "string"}}})
 
@@ -193,26 +212,43 @@ def test_unevaluated_properties_with_pattern_properties_is_rejected() -> None:
 # --- runtime bounds -------------------------------------------------------------------------
 
 
+SLOW = "^(?:a{1,10}){1,10}[bc]$"  # bounded repeats, no alternation: passes the static checks, yet backtracks
+
+
 def test_a_backtracking_pattern_the_static_check_misses_is_cut_off_by_the_timeout() -> None:
-    # (a|aa)+ has no nested quantifier but is exponential on "aaaa...b": Python's re needs tens of
-    # seconds for 40 characters, the regex engine stops after PATTERN_TIMEOUT_S
-    compiled = compile_schema(obj(s={"type": "string", "pattern": "^(a|aa)+$"}))
-    assert compiled.errors({"s": "aaaa"}) == []
+    # the regex engine needs seconds for SLOW on 60 "a"s; each search stops after PATTERN_TIMEOUT_S
+    compiled = compile_schema(obj(s={"type": "string", "pattern": SLOW}))
+    assert compiled.errors({"s": "aaab"}) == []
     start = time.monotonic()
-    errors = compiled.errors({"s": "a" * 40 + "b"})
+    errors = compiled.errors({"s": "a" * 60})
     assert time.monotonic() - start < 5
     assert len(errors) == 1 and "took longer" in errors[0]
 
 
 def test_pattern_properties_and_additional_properties_use_the_bounded_engine() -> None:
     compiled = compile_schema(
-        {"type": "object", "patternProperties": {"^(a|aa)+$": {"type": "integer"}}, "additionalProperties": False}
+        {"type": "object", "patternProperties": {SLOW: {"type": "integer"}}, "additionalProperties": False}
     )
-    assert compiled.errors({"aa": 1}) == []
-    assert any("(type)" in e for e in compiled.errors({"aa": "x"}))
+    assert compiled.errors({"ab": 1}) == []
+    assert any("(type)" in e for e in compiled.errors({"ab": "x"}))
     assert any("'zz' was unexpected" in e for e in compiled.errors({"zz": 1}))
-    errors = compiled.errors({"a" * 40 + "b": 1})
+    errors = compiled.errors({"a" * 60: 1})
     assert any("took longer" in e for e in errors)
+
+
+def test_all_searches_of_a_request_share_one_regex_time_budget() -> None:
+    # each search is cut at PATTERN_TIMEOUT_S, so 20 slow values alone would take 2 s; the budget
+    # caps the total and the searches after it are refused at once, each with the budget's reason
+    compiled = compile_schema(obj(s={"type": "array", "items": {"type": "string", "pattern": SLOW}}))
+    values = {"s": ["a" * 60] * 20}
+    budget = VerificationBudget(regex_s=0.25)
+    start = time.monotonic()
+    with regex_budget(budget):
+        errors = compiled.errors(values)
+    assert time.monotonic() - start < 1.0
+    assert len(errors) == 20 and budget.regex_spent
+    assert any("regex time budget of 0.25s is spent" in e for e in errors)
+    assert compiled.errors({"s": ["aab"]}) == []  # outside the block no budget applies
 
 
 # --- no network, ever -----------------------------------------------------------------------

@@ -6,7 +6,8 @@ import time
 
 from tools.catalog.examples import FUNCTIONS
 from tools.spec import ToolCall
-from tools.verify import ModelOutput, verify_execution
+from tools.verifiers.base import VerificationBudget
+from tools.verify import ModelOutput, run_verifier, verify_execution
 
 
 def out(*calls: ToolCall, parse_error: str | None = None) -> ModelOutput:
@@ -77,3 +78,31 @@ def test_no_call_or_a_parse_error_fails() -> None:
     assert verify_execution(out(), FUNCTIONS).reason == "the model made no tool call to execute"
     verdict = verify_execution(out(parse_error="bad json"), FUNCTIONS)
     assert not verdict.ok and verdict.reason == "malformed tool call: bad json"
+
+
+def test_the_calls_of_one_answer_run_concurrently_and_keep_call_order_in_the_verdict() -> None:
+    calls = [ToolCall("wait", {"seconds": 1.0}) for _ in range(4)] + [ToolCall("divide", {"a": 1, "b": 0})]
+    start = time.monotonic()
+    verdict = verify_execution(out(*calls), FUNCTIONS, 10)
+    assert time.monotonic() - start < 3.0  # one after another: more than 4 s
+    assert not verdict.ok and verdict.reason.startswith("call 5 divide raised ZeroDivisionError")
+    assert [r["call"] for r in verdict.details["results"]] == [1, 2, 3, 4]
+
+
+def test_distinct_execution_leaves_run_concurrently_and_repeated_ones_once() -> None:
+    leaves = [{"type": "execution", "functions": {"wait": FUNCTIONS["wait"]}, "timeout_s": 10 + i} for i in range(6)]
+    spec = {"type": "all", "of": leaves + leaves}
+    start = time.monotonic()
+    verdict = run_verifier(spec, out(ToolCall("wait", {"seconds": 1.0})), tools=[])
+    assert verdict.ok, verdict.reason
+    assert time.monotonic() - start < 4.0  # one after another: more than 12 s
+
+
+def test_an_execution_target_is_stopped_when_the_request_budget_is_spent() -> None:
+    budget = VerificationBudget(total_s=1.0)
+    start = time.monotonic()
+    verdict = verify_execution(out(ToolCall("wait", {"seconds": 30})), FUNCTIONS, 60, budget=budget)
+    assert time.monotonic() - start < 5.0
+    assert not verdict.ok and "verification budget of 1s is spent" in verdict.reason
+    again = run_verifier({"type": "all", "of": ["relevance"]}, out(ToolCall("wait", {})), tools=[], budget=budget)
+    assert not again.ok and "verification budget" in again.reason  # nothing runs once it is spent

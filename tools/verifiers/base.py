@@ -2,10 +2,24 @@
 
 A verdict is data (stored on the Attempt, quoted in the reflection prompt, used as a reward), so
 it is JSON-serialisable and its reason is short. Verifiers never raise on model output.
+
+A ``VerificationBudget`` is the time one request's verification may take (R1, R10, R11): made once
+per client request and passed through every verifier run of that request (answer and retry alike).
+``total_s`` bounds the time spent verifying, summed over the runs (the clock runs between
+``start()`` and ``stop()``, from creation unless ``started=False``; model calls in between do not
+count): verifiers check ``expired`` between leaves, and an execution target is killed at
+``remaining()``. ``regex_s`` bounds the time spent in JSON-Schema pattern searches across all of
+them (each search is also cut at ``tools.schema.PATTERN_TIMEOUT_S``). A spent budget is never an
+exception: verifiers turn it into a failed verdict whose reason is ``reason()``. Thread-safe:
+verification runs in worker threads, and execution targets of one request run concurrently.
 """
 
 from __future__ import annotations
 
+import math
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,3 +92,78 @@ class ModelOutput:
 
     def describe_calls(self) -> str:
         return ", ".join(call.name for call in self.tool_calls) or "nothing"
+
+
+class VerificationBudget:
+    """Wall time and regex time left to one request's verification; ``None`` means unbounded."""
+
+    def __init__(
+        self,
+        total_s: float | None = None,
+        regex_s: float | None = None,
+        *,
+        started: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total_s = total_s
+        self.regex_s = regex_s
+        self._clock = clock
+        self._spent = 0.0
+        self._since: float | None = clock() if started else None
+        self._regex_used = 0.0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """The clock runs (a verifier run begins); a no-op while it runs."""
+        with self._lock:
+            if self._since is None:
+                self._since = self._clock()
+
+    def stop(self) -> None:
+        """The clock stops (a verifier run ended); the time is kept as spent."""
+        with self._lock:
+            if self._since is not None:
+                self._spent += self._clock() - self._since
+                self._since = None
+
+    def exhaust(self) -> None:
+        """Nothing is left (a run was given up at the budget's end)."""
+        with self._lock:
+            self._spent = math.inf
+
+    def remaining(self) -> float:
+        """Seconds left of the total budget (``inf`` if unbounded, never below 0)."""
+        if self.total_s is None:
+            return math.inf
+        with self._lock:
+            running = 0.0 if self._since is None else self._clock() - self._since
+            return max(0.0, self.total_s - self._spent - running)
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+    def regex_left(self) -> float:
+        """Seconds a regex search may still take: the smaller of the regex and the total budget left."""
+        with self._lock:
+            regex = math.inf if self.regex_s is None else max(0.0, self.regex_s - self._regex_used)
+        return min(regex, self.remaining())
+
+    def charge_regex(self, seconds: float) -> None:
+        with self._lock:
+            self._regex_used += max(0.0, seconds)
+
+    @property
+    def regex_spent(self) -> bool:
+        return self.regex_left() <= 0
+
+    def reason(self) -> str:
+        """Why verification stopped: the reason of the failed verdict."""
+        if self.regex_s is not None and not self.expired and self.regex_spent:
+            return f"verification stopped: the request's regex time budget of {self.regex_s:g}s is spent"
+        total = "unbounded" if self.total_s is None else f"{self.total_s:g}s"
+        return f"verification stopped: the request's verification budget of {total} is spent"
+
+
+UNBOUNDED = VerificationBudget()
+"""No limit beyond each verifier's own (offline re-runs, tests)."""

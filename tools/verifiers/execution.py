@@ -5,6 +5,12 @@ verdict with a reason (exception type and message, "timed out after Ns", ...). E
 fresh interpreter (``python -I``) in its own session, with the arguments as JSON on stdin; on
 timeout the whole process group is killed. Results come back as JSON in the verdict's details.
 
+The calls of one answer run concurrently, and at most ``MAX_CONCURRENT_PROCESSES`` tool processes
+run at once in this process (a bounded pool of slots shared by every request). With a
+``VerificationBudget`` a call waits for a slot and runs at most until the request's budget is spent,
+and then fails with the budget's reason. The verdict is the one a run in call order would give:
+the first failing call, with the results of the calls before it.
+
 Only functions in registered modules run (``tools.catalog`` by default): a verifier spec can come
 from a client, and ``os:system`` must never be one call away. Not done: sandboxing beyond that
 (resource limits, network isolation) — registered tools are trusted code.
@@ -19,12 +25,16 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tools.verifiers.base import ModelOutput, Verdict, clip, failed, passed
+from tools.verifiers.base import UNBOUNDED, ModelOutput, Verdict, VerificationBudget, clip, failed, passed
 
 DEFAULT_EXECUTION_MODULES: tuple[str, ...] = ("tools.catalog",)
 MAX_RESULT_CHARS = 64 * 1024
+MAX_CONCURRENT_PROCESSES = 8
+_SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_PROCESSES)
 _TARGET_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z]\w*$")
 
 # Runs in the child: read {"path", "target", "arguments"} from stdin, print one JSON reply.
@@ -61,7 +71,7 @@ def check_target(target: Any, allowed_modules: tuple[str, ...] = DEFAULT_EXECUTI
     return None
 
 
-def _run_one(target: str, arguments: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+def _spawn(target: str, arguments: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     payload = json.dumps(
         {"path": [p for p in sys.path if isinstance(p, str)], "target": target, "arguments": arguments}
     )
@@ -92,35 +102,76 @@ def _run_one(target: str, arguments: dict[str, Any], timeout_s: float) -> dict[s
     return reply
 
 
+def _run_one(target: str, arguments: dict[str, Any], timeout_s: float, budget: VerificationBudget) -> dict[str, Any]:
+    """One call in a fresh interpreter, in one of the shared slots, within ``timeout_s`` and the budget."""
+    if not _SLOTS.acquire(timeout=min(budget.remaining(), 3600.0)):
+        return {"ok": False, "budget": True}
+    try:
+        left = budget.remaining()
+        if left <= 0:
+            return {"ok": False, "budget": True}
+        try:
+            reply = _spawn(target, arguments, min(timeout_s, left))
+        except (TypeError, ValueError) as exc:  # arguments that are not JSON
+            return {"ok": False, "unsendable": str(exc)}
+        if reply.get("timeout") and left < timeout_s:
+            return {"ok": False, "budget": True}
+        return reply
+    finally:
+        _SLOTS.release()
+
+
+def _reply_failure(reply: dict[str, Any], prefix: str, timeout_s: float, budget: VerificationBudget) -> str | None:
+    """The reason a call's reply fails the verdict, or None if the call passed."""
+    if reply.get("budget"):
+        return f"{prefix}: {budget.reason()}"
+    if "unsendable" in reply:
+        return f"{prefix}: arguments cannot be sent to the tool: {reply['unsendable']}"
+    if reply.get("timeout"):
+        return f"{prefix}: timed out after {timeout_s:g}s"
+    if not reply.get("ok"):
+        error, message = reply.get("error", "Error"), reply.get("message", "")
+        text = f"{error}: {message}" if message else str(error)
+        return f"{prefix} raised {text}"
+    return None
+
+
 def verify_execution(
     output: ModelOutput,
     functions: dict[str, str],
     timeout_s: float = 5.0,
     *,
     allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES,
+    budget: VerificationBudget = UNBOUNDED,
 ) -> Verdict:
-    """Pass if every call's registered function runs to completion within ``timeout_s``."""
+    """Pass if every call's registered function runs to completion within ``timeout_s`` (and the budget)."""
     if output.parse_error:
         return failed(f"malformed tool call: {output.parse_error}")
     if not output.tool_calls:
         return failed("the model made no tool call to execute")
-    results: list[dict[str, Any]] = []
+    runnable: list[tuple[int, str, str, dict[str, Any]]] = []
+    refusal: str | None = None
     for index, call in enumerate(output.tool_calls, start=1):
         target = functions.get(call.name)
         if target is None:
-            return failed(f"call {index}: tool {clip(call.name)} has no registered function", results=results)
-        refusal = check_target(target, allowed_modules)
-        if refusal:
-            return failed(f"call {index} {call.name}: {refusal}", results=results)
-        try:
-            reply = _run_one(target, call.arguments, timeout_s)
-        except (TypeError, ValueError) as exc:  # arguments that are not JSON
-            return failed(f"call {index} {call.name}: arguments cannot be sent to the tool: {exc}", results=results)
-        if reply.get("timeout"):
-            return failed(f"call {index} {call.name}: timed out after {timeout_s:g}s", results=results)
-        if not reply.get("ok"):
-            error, message = reply.get("error", "Error"), reply.get("message", "")
-            text = f"{error}: {message}" if message else str(error)
-            return failed(f"call {index} {call.name} raised {text}", results=results)
-        results.append({"call": index, "name": call.name, "result": reply.get("result")})
+            refusal = f"call {index}: tool {clip(call.name)} has no registered function"
+            break
+        refused = check_target(target, allowed_modules)
+        if refused:
+            refusal = f"call {index} {call.name}: {refused}"
+            break
+        runnable.append((index, call.name, target, call.arguments))
+    if len(runnable) > 1:
+        with ThreadPoolExecutor(min(len(runnable), MAX_CONCURRENT_PROCESSES), thread_name_prefix="rrr-exec") as pool:
+            replies = list(pool.map(lambda r: _run_one(r[2], r[3], timeout_s, budget), runnable))
+    else:
+        replies = [_run_one(r[2], r[3], timeout_s, budget) for r in runnable]
+    results: list[dict[str, Any]] = []
+    for (index, name, _, _), reply in zip(runnable, replies, strict=True):
+        reason = _reply_failure(reply, f"call {index} {name}", timeout_s, budget)
+        if reason:
+            return failed(reason, results=results)
+        results.append({"call": index, "name": name, "result": reply.get("result")})
+    if refusal:
+        return failed(refusal, results=results)
     return passed(results=results)

@@ -6,19 +6,31 @@ A spec is JSON, stored with each episode so the learner can re-run the same veri
 "timeout_s": 5}``, ``{"type": "countdown", "nums": [...], "target": N}`` and
 ``{"type": "all", "of": [spec, ...]}`` (every one must pass; the first failure gives the reason).
 A bad spec raises ValueError with what to change; bad model output only ever yields a verdict.
+
+A run takes the request's ``VerificationBudget``: a leaf started after it is spent fails with its
+reason, JSON-Schema pattern searches are charged to it, and the distinct `execution` leaves of a
+spec run concurrently (each once, however often it is repeated) before the leaves are judged in
+order. ``VerifierSpec.cost`` is what a client's spec costs per answer, capped at the API.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from tools.schema import regex_budget
 from tools.spec import ToolSpec
-from tools.verifiers.base import ModelOutput, Verdict, failed, passed
+from tools.verifiers.base import UNBOUNDED, ModelOutput, Verdict, VerificationBudget, failed, passed
 from tools.verifiers.countdown import verify_countdown
-from tools.verifiers.execution import DEFAULT_EXECUTION_MODULES, check_target, verify_execution
+from tools.verifiers.execution import (
+    DEFAULT_EXECUTION_MODULES,
+    MAX_CONCURRENT_PROCESSES,
+    check_target,
+    verify_execution,
+)
 from tools.verifiers.reference import verify_reference
 from tools.verifiers.relevance import verify_relevance
 from tools.verifiers.schema_check import verify_schema
@@ -134,6 +146,14 @@ class VerifierSpec:
         """The specs that judge something (an `all` spec's leaves, in order; else the spec itself)."""
         return [leaf for part in self.parts for leaf in part.leaves()] if self.kind == "all" else [self]
 
+    def cost(self) -> int:
+        """Leaves run per verified answer: what a client's spec is charged (``RRR_MAX_VERIFIER_COST``)."""
+        return len(self.leaves())
+
+    def key(self) -> str:
+        """The canonical JSON text of this spec (equal specs, equal keys)."""
+        return json.dumps(self.to_json(), sort_keys=True)
+
     @property
     def math(self) -> bool:
         """Countdown problems only: the reflection uses the paper's math prompt (serving and training alike)."""
@@ -160,30 +180,57 @@ def normalize_spec(
     return VerifierSpec.parse(spec, allowed_modules=allowed_modules).to_json()
 
 
-def _run(
-    spec: VerifierSpec,
-    output: ModelOutput,
-    tools: list[ToolSpec],
-    tool_choice: str | dict[str, Any],
-    expected: list[Any] | None,
-    allowed_modules: tuple[str, ...],
-) -> Verdict:
+@dataclass
+class _Run:
+    """What every leaf of one verifier run shares."""
+
+    output: ModelOutput
+    tools: list[ToolSpec]
+    tool_choice: str | dict[str, Any]
+    expected: list[Any] | None
+    allowed_modules: tuple[str, ...]
+    budget: VerificationBudget
+    executed: dict[str, Verdict] = field(default_factory=dict)
+
+    def execute(self, spec: VerifierSpec) -> Verdict:
+        return verify_execution(
+            self.output,
+            spec.params["functions"],
+            spec.params["timeout_s"],
+            allowed_modules=self.allowed_modules,
+            budget=self.budget,
+        )
+
+    def prefetch_executions(self, spec: VerifierSpec) -> None:
+        """Run the distinct execution leaves concurrently (a bounded pool), each once."""
+        distinct = {leaf.key(): leaf for leaf in spec.leaves() if leaf.kind == "execution"}
+        if len(distinct) < 2 or self.output.parse_error or not self.output.tool_calls:
+            return
+        with ThreadPoolExecutor(min(len(distinct), MAX_CONCURRENT_PROCESSES), thread_name_prefix="rrr-leaf") as pool:
+            verdicts = pool.map(self.execute, distinct.values())
+            self.executed.update(zip(distinct, verdicts, strict=True))
+
+
+def _run(spec: VerifierSpec, run: _Run) -> Verdict:
+    if run.budget.expired:
+        return failed(run.budget.reason())
     kind, params = spec.kind, spec.params
     if kind == "schema":
-        return verify_schema(output, tools, tool_choice)
+        return verify_schema(run.output, run.tools, run.tool_choice)
     if kind == "reference":
-        if expected is None:
+        if run.expected is None:
             return failed("no expected calls")
-        return verify_reference(output, expected, tools)
+        return verify_reference(run.output, run.expected, run.tools)
     if kind == "relevance":
-        return verify_relevance(output)
+        return verify_relevance(run.output)
     if kind == "execution":
-        return verify_execution(output, params["functions"], params["timeout_s"], allowed_modules=allowed_modules)
+        cached = run.executed.get(spec.key())
+        return cached if cached is not None else run.execute(spec)
     if kind == "countdown":
-        return verify_countdown(output.content, params["nums"], params["target"])
+        return verify_countdown(run.output.content, params["nums"], params["target"])
     results = []
     for index, part in enumerate(spec.parts):
-        verdict = _run(part, output, tools, tool_choice, expected, allowed_modules)
+        verdict = _run(part, run)
         if not verdict.ok:
             return Verdict(False, verdict.reason, {**verdict.details, "failed": part.kind, "failed_index": index})
         results.append({"type": part.kind, "details": verdict.details})
@@ -198,11 +245,15 @@ def run_verifier(
     tool_choice: str | dict[str, Any] = "auto",
     expected: list[Any] | None = None,
     allowed_modules: tuple[str, ...] = DEFAULT_EXECUTION_MODULES,
+    budget: VerificationBudget = UNBOUNDED,
 ) -> Verdict:
-    """Run the verifier a spec describes (parsed first unless it is a `VerifierSpec` already).
-    ValueError only for a bad spec, tool list or reference."""
+    """Run the verifier a spec describes (parsed first unless it is a `VerifierSpec` already), within
+    ``budget`` (the request's; unbounded by default). ValueError only for a bad spec, tool list or reference."""
     parsed = VerifierSpec.parse(spec, allowed_modules=allowed_modules)
-    return _run(parsed, output, tools, tool_choice, expected, allowed_modules)
+    run = _Run(output, tools, tool_choice, expected, allowed_modules, budget)
+    with regex_budget(budget if budget is not UNBOUNDED else None):
+        run.prefetch_executions(parsed)
+        return _run(parsed, run)
 
 
 def is_rerunnable(
