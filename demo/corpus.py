@@ -267,20 +267,9 @@ def _other_value(rng: random.Random, name: str, param: str, value: Any) -> Any:
 
 def _unmapped(item: DemoItem) -> tuple[str, Any, Any] | None:
     """(param, the phrase the user wrote, the mapped value) for a value that needs mapping, if any."""
-    tables: dict[str, dict[str, Any]] = {
-        "unit": phrases.UNIT_PHRASES,
-        "from_currency": phrases.CURRENCY_NAMES,
-        "to_currency": phrases.CURRENCY_NAMES,
-        "day": phrases.WEEKDAYS,
-        "target_language": phrases.LANGUAGES,
-        "symbol": phrases.COMPANIES,
-        "party_size": phrases.PARTY_WORDS,
-        "mode": phrases.MODE_PHRASES,
-        "minutes": phrases.TIMER_PHRASES,
-    }
     query = f" {item.query}"
     for param, value in item.arguments.items():
-        table = tables.get(param, {})
+        table = diagnosis.MAPPED_TABLES.get(param, {})
         written = [
             s
             for s, mapped in table.items()

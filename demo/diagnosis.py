@@ -44,7 +44,7 @@ FaultKind = Literal[
 STRUCTURAL: frozenset[str] = frozenset({"wrong_tool", "broken_json", "no_call", "extra_call"})
 """Faults whose fix is the whole call: after the right diagnosis the retry writes the correct call."""
 
-_MAPPED_TABLES: dict[str, dict[str, Any]] = {
+MAPPED_TABLES: dict[str, dict[str, Any]] = {
     "unit": phrases.UNIT_PHRASES,
     "from_currency": phrases.CURRENCY_NAMES,
     "to_currency": phrases.CURRENCY_NAMES,
@@ -55,6 +55,7 @@ _MAPPED_TABLES: dict[str, dict[str, Any]] = {
     "mode": phrases.MODE_PHRASES,
     "minutes": phrases.TIMER_PHRASES,
 }
+"""Parameters whose value the user may write as a phrase to be mapped ("°F" -> fahrenheit, "four" -> 4)."""
 _PM_TIME = re.compile(r"\b(\d{1,2})(?::(\d\d))? pm\b")
 
 
@@ -103,7 +104,7 @@ def value_span(query: str, param: str, value: Any) -> tuple[str, bool] | None:
     tables ("°F" -> fahrenheit, "yen" -> JPY, "four" -> 4, "7 pm" -> 19:00).
     """
     padded = f" {query} "
-    table = dict(_MAPPED_TABLES.get(param, {}))
+    table = dict(MAPPED_TABLES.get(param, {}))
     table.update({k[3:]: v for k, v in table.items() if k.startswith("in ")})  # "Tell me ..., metric"
     written = [
         s for s, mapped in table.items() if mapped == value and re.search(rf"(?<!\w){re.escape(s)}(?!\w)", query)
