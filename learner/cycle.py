@@ -62,7 +62,9 @@ SessionFactory = Callable[[], Session]
 
 
 CycleStatus = Literal["busy", "skipped", "promoted", "rejected", "failed"]
-Stage = Literal["busy", "skipped", "dataset", "train", "gate", "gate_done", "publish", "promoted", "rejected", "failed"]
+Stage = Literal[
+    "busy", "lease", "skipped", "dataset", "train", "gate", "gate_done", "publish", "promoted", "rejected", "failed"
+]
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,26 @@ def default_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def holder_is_gone(holder: str) -> bool:
+    """Whether a lease holder named by ``default_holder`` is a process of this host that no longer runs.
+
+    A learner killed with -9 cannot release its lease, and its TTL (minutes) would keep every other
+    learner out; on the same host, that its process is gone is known at once. Holders on other
+    hosts, or named otherwise, are never judged here (their TTL decides).
+    """
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) in (0, os.getpid()):
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists (another user's), or cannot be checked: not ours to judge
+        return False
+    return False
+
+
 # --- steps ------------------------------------------------------------------------------------------
 
 
@@ -132,11 +154,20 @@ class _Lease:
         self.holder = holder
         self.ttl_s = ttl_s
         self.held = False
+        self.taken_over: str | None = None
         self._task: asyncio.Task[None] | None = None
 
     def acquire(self) -> bool:
+        """Take the lease; a lease whose holder's process is gone (``holder_is_gone``) is taken over."""
+        self.taken_over = None
         with self.session_factory() as session, session.begin():
             self.held = repos.acquire_lease(session, LEASE_NAME, self.holder, self.ttl_s)
+            current = None if self.held else repos.get_lease(session, LEASE_NAME)
+            if current is not None and holder_is_gone(current.holder):
+                # Released only if that dead holder still holds it, then taken as anyone would.
+                repos.release_lease(session, LEASE_NAME, current.holder)
+                self.held = repos.acquire_lease(session, LEASE_NAME, self.holder, self.ttl_s)
+                self.taken_over = current.holder if self.held else None
         if self.held:
             self._task = asyncio.get_running_loop().create_task(self._renew())
         return self.held
@@ -256,6 +287,8 @@ async def run_cycle(
         if not lease.acquire():
             say("busy", "another learner holds the lease; nothing to do")
             return CycleResult(status="busy")
+        if lease.taken_over:
+            say("lease", f"took over the learner lease of {lease.taken_over}: that process is no longer running")
     except Exception as exc:
         log.exception("could not take the learner lease")
         return CycleResult(status="failed", error=_error_text(exc))

@@ -229,6 +229,49 @@ def test_skips_below_k_and_returns_busy_when_another_learner_holds_the_lease(
     assert trainer.calls == []
 
 
+def test_a_lease_left_by_a_dead_learner_on_this_host_is_taken_over_before_its_ttl(
+    tmp_path: Path,
+    database_url: str,
+    session_factory: Factory,
+    tiny_tool_model: ToolModel,
+    tiny_adapter_dir: Path,
+    serving: Any,
+    evaluator: Any,
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    config = make_config(tmp_path, database_url, tiny_tool_model.path)
+    trainer = StandInTrainer(tiny_adapter_dir)
+    add_episodes(session_factory, tiny_tool_model, 6)
+    host = socket.gethostname()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # A live learner process of this host holds it: busy, as for any holder.
+        with session_factory() as s, s.begin():
+            assert repos.acquire_lease(s, "learner", f"{host}:{alive.pid}:live", 300)
+        assert cycle(config, session_factory, serving, evaluator, trainer).status == "busy"
+        with session_factory() as s, s.begin():
+            assert repos.release_lease(s, "learner", f"{host}:{alive.pid}:live")
+    finally:
+        alive.kill()
+        alive.wait()
+    # That process is gone (kill -9): its lease, 300 s from expiring, no longer blocks the next cycle.
+    dead = f"{host}:{alive.pid}:gone"
+    with session_factory() as s, s.begin():
+        assert repos.acquire_lease(s, "learner", dead, 300)
+    events: list[CycleEvent] = []
+    result = cycle(config, session_factory, serving, evaluator, trainer, on_event=events.append)
+    assert result.status != "busy" and result.run_id is not None and len(trainer.calls) == 1
+    assert any("no longer running" in e.message for e in events)
+    # A holder on another host cannot be checked from here: its TTL decides.
+    with session_factory() as s, s.begin():
+        assert repos.acquire_lease(s, "learner", f"not-{host}:{alive.pid}:x", 300)
+    add_episodes(session_factory, tiny_tool_model, 6)
+    assert cycle(config, session_factory, serving, evaluator, trainer).status == "busy"
+
+
 def test_a_promoted_cycle_publishes_consumes_the_batch_and_releases_the_lease(
     tmp_path: Path,
     database_url: str,
