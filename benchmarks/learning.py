@@ -37,11 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _pct(rate: dict[str, Any]) -> str:
-    lo, hi = rate["ci95"]
-    return f"{100 * rate['rate']:5.1f}% [{100 * lo:4.1f}, {100 * hi:4.1f}]"
-
-
 def _pts(diff: dict[str, Any]) -> str:
     lo, hi = diff["ci95"]
     return f"{100 * diff['diff']:+5.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
@@ -65,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from demo.base_policy import demo_splits
     from demo.probe import Generator, failure_row, run_episodes
-    from demo.report import summarize_statuses
+    from demo.report import format_rate, summarize_statuses
     from demo.run import comparison, demo_train_config
     from learner.rows import render_rows
     from learner.train import train
@@ -91,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     print(
-        f"base: first attempt {_pct(base_summary['first_attempt'])}, after retry {_pct(base_summary['after_retry'])}",
+        f"base: first attempt {format_rate(base_summary['first_attempt'])}, "
+        f"after retry {format_rate(base_summary['after_retry'])}",
         flush=True,
     )
     runs: list[dict[str, Any]] = []
@@ -124,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"seed {seed}: reward {run['reward_first_5']:.2f} -> {run['reward_last_5']:.2f} "
                 f"(flat groups {100 * run['zero_variance_mean']:.0f}%); held-out first attempt "
-                f"{_pct(summary['first_attempt'])} ({_pts(c['first_attempt'])} pts), after retry "
-                f"{_pct(summary['after_retry'])} ({_pts(c['after_retry'])} pts); of the base's "
-                f"{rescue['n']} failures answered: base {_pct(rescue['base'])}, adapter {_pct(rescue['adapter'])}; "
+                f"{format_rate(summary['first_attempt'])} ({_pts(c['first_attempt'])} pts), after retry "
+                f"{format_rate(summary['after_retry'])} ({_pts(c['after_retry'])} pts); of the base's "
+                f"{rescue['n']} failures answered: base {format_rate(rescue['base'])}, "
+                f"adapter {format_rate(rescue['adapter'])}; "
                 f"{run['seconds']:.0f} s",
                 flush=True,
             )

@@ -27,7 +27,6 @@ torch/transformers are imported lazily.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -261,15 +260,6 @@ def format_checks(result: dict[str, Any]) -> str:
         for name, check in result["thresholds"].items()
     ]
     return "\n".join(lines)
-
-
-def sample_failures(
-    gen: Generator, items: Sequence[DemoItem], *, temperature: float, rng: random.Random
-) -> list[tuple[DemoItem, str]]:
-    """Own failures on ``items`` sampled at ``temperature`` (the second stage's material), shuffled."""
-    failures = own_failures(gen, items, temperature=temperature)
-    rng.shuffle(failures)
-    return failures
 
 
 def run_episodes(

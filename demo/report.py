@@ -64,7 +64,8 @@ def compare(before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, An
     }
 
 
-def _pct(rate: Mapping[str, Any]) -> str:
+def format_rate(rate: Mapping[str, Any]) -> str:
+    """A rate as the demo prints it: ``91.6% [88.8, 93.7]`` (its 95% Wilson interval)."""
     lo, hi = rate["ci95"]
     return f"{100 * rate['rate']:5.1f}% [{100 * lo:4.1f}, {100 * hi:4.1f}]"
 
@@ -81,7 +82,9 @@ def format_table(table: Mapping[str, Any], before_label: str, after_label: str) 
     lines = [head, "-" * (len(head) + 6)]
     for label, key in ((before_label, "before"), (after_label, "after")):
         row = table[key]
-        lines.append(f"{label:<{width}}{row['n']:>5}  {_pct(row['first_attempt']):<24}{_pct(row['after_retry'])}")
+        lines.append(
+            f"{label:<{width}}{row['n']:>5}  {format_rate(row['first_attempt']):<24}{format_rate(row['after_retry'])}"
+        )
     diff = table["difference"]
     lines.append(
         f"{'difference (after - before)':<{width}}{diff['after_retry']['n']:>5}  "

@@ -62,7 +62,7 @@ from demo.client import (
     wait_recorded,
 )
 from demo.corpus import DemoItem
-from demo.report import compare, format_table, summarize_statuses
+from demo.report import compare, format_rate, format_table, summarize_statuses
 from demo.servers import DemoServers, demo_servers
 from learner.config import GateConfig, TrainConfig
 
@@ -795,11 +795,6 @@ def _write_outputs(config: DemoConfig, result: DemoResult) -> None:
     json_path.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
 
 
-def _pct(rate: dict[str, Any]) -> str:
-    lo, hi = rate["ci95"]
-    return f"{100 * rate['rate']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
 def format_result(result: DemoResult) -> str:
     """The human summary: the learning curve, the base-vs-last table, each gate decision, times, files, URLs."""
     lines = []
@@ -813,8 +808,9 @@ def format_result(result: DemoResult) -> str:
         lines.append(f"{'policy':<{width}}{'n':>5}  {'first attempt':<24}{'after reflection + retry':<26}retry rescued")
         for row in result.curve:
             lines.append(
-                f"{row['label']:<{width}}{row['n']:>5}  {_pct(row['first_attempt']):<24}{_pct(row['after_retry']):<26}"
-                f"{_pct(row['retry_rescued'])} of {row['retry_rescued']['n']}"
+                f"{row['label']:<{width}}{row['n']:>5}  {format_rate(row['first_attempt']):<24}"
+                f"{format_rate(row['after_retry']):<26}"
+                f"{format_rate(row['retry_rescued'])} of {row['retry_rescued']['n']}"
             )
     if result.table is not None and result.after_label:
         lines += [
@@ -827,7 +823,8 @@ def format_result(result: DemoResult) -> str:
         if rescue:
             lines.append(
                 f"of the base's {rescue['n']} first-attempt failures, answered after reflection + retry: "
-                f"base {_pct(rescue['base'])}, {result.after_label.split(' ')[0]} {_pct(rescue['adapter'])}"
+                f"base {format_rate(rescue['base'])}, "
+                f"{result.after_label.split(' ')[0]} {format_rate(rescue['adapter'])}"
             )
     for cycle in result.cycles:
         warm = f", warm-started from {cycle['warm_start_from']}" if cycle.get("warm_start_from") else ", from the base"

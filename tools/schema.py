@@ -99,14 +99,7 @@ def _nested_quantifier(pattern: str) -> bool:  # noqa: C901 (a small regex scann
         if c == "\\":
             i += 2
         elif c == "[":
-            i += 1
-            if i < n and pattern[i] == "^":
-                i += 1
-            if i < n and pattern[i] == "]":
-                i += 1
-            while i < n and pattern[i] != "]":
-                i += 2 if pattern[i] == "\\" else 1
-            i += 1
+            i = _skip_class(pattern, i)
         elif c == "(":
             varies.append(False)
             i += 1
