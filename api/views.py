@@ -93,6 +93,7 @@ def adapter_view(adapter: Adapter) -> dict[str, Any]:
         "base_model": adapter.base_model,
         "run_id": adapter.run_id,
         "metrics": adapter.metrics,
+        "warm_start_from": adapter.warm_start_from,
         "created_at": iso(adapter.created_at),
         "activated_at": iso(adapter.activated_at),
     }
@@ -113,4 +114,7 @@ def run_view(run: TrainingRun) -> dict[str, Any]:
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
         "heartbeat_at": iso(run.heartbeat_at),
+        "warm_start_from": run.warm_start_from,
+        "resumed_from": run.resumed_from,
+        "resumed_from_step": run.resumed_from_step,
     }

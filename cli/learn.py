@@ -283,6 +283,7 @@ def learn_run(
 ) -> None:
     """One learner cycle now: count failures, train, gate, and publish or record why not."""
     import asyncio
+    import signal
 
     from tqdm import tqdm
 
@@ -302,6 +303,10 @@ def learn_run(
                 bar.write(event.message, file=sys.stderr)
 
         async def go() -> CycleResult:
+            # SIGTERM stops the cycle as Ctrl-C does: its run is marked interrupted, the lease released.
+            task = asyncio.current_task()
+            assert task is not None
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
             try:
                 return await run_cycle(
                     config, session_factory=sessions, engines=pool, on_event=on_event, on_step=on_step
@@ -309,7 +314,10 @@ def learn_run(
             finally:
                 await pool.aclose()
 
-        result = asyncio.run(go())
+        try:
+            result = asyncio.run(go())
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            fail("stopped: the run was marked interrupted and the lease released; the next cycle continues it")
     _print_cycle(result, as_json)
     if result.status == "failed":
         fail(f"the learner cycle failed: {result.error}")

@@ -40,7 +40,6 @@ it off) and stage lines go to the ``say`` callback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -367,11 +366,6 @@ async def run_learner(
             on_step=on_step,
             on_gate_item=on_gate_item,
         )
-    except BaseException:
-        # Cancelled (Ctrl-C, SIGTERM): the training child runs in a worker thread that asyncio cannot
-        # interrupt, and the event loop would wait for it at shutdown. Stop it; the thread then ends.
-        _stop_training_children(Path(learner.work_dir))
-        raise
     finally:
         bar.close()
         if gate_bar is not None:
@@ -382,23 +376,6 @@ async def run_learner(
     if "gate" in marks and "gate_done" in marks:
         timings["gate"] = marks["gate_done"] - marks["gate"]
     return result, steps, timings
-
-
-def _stop_training_children(work_dir: Path) -> None:
-    """Kill the `python -m learner.train` children of this process recorded under `work_dir`."""
-    import os
-    import signal
-
-    for pid_file in work_dir.glob("*/train.pid"):
-        try:
-            pid = int(pid_file.read_text().strip())
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue  # gone already, or not a Linux /proc: nothing we can safely check
-        if parent == os.getpid():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def _batch_sizes(learner: Any, sessions: sessionmaker[Session]) -> dict[str, int]:

@@ -337,7 +337,10 @@ class LearnerConfig:
     base_model_name: the engines' served base name (default: asked from the engines).
     min_new_failures: K, the new trainable failures needed before a cycle trains.
     interval_s / misfire_grace_s: the scheduler's tick and how late a tick may still run.
-    lease_ttl_s: the lease's lifetime; renewed every third of it while the cycle runs.
+    lease_ttl_s: the lease's lifetime without a renewal (the bound for any holder).
+    lease_heartbeat_s / lease_stale_s: while a cycle runs its learner renews the lease every
+        `lease_heartbeat_s` (at most a third of the TTL); another learner takes over a lease whose
+        holder has been silent for `lease_stale_s`, long before the TTL (a killed or lost host).
     drain_s: how long a replaced adapter stays loaded; at least the API's request deadline plus
         its policy cache TTL, so requests resolved just before a flip can finish.
     keep_cycles: folders of retired versions are deleted only this many publishes later.
@@ -366,6 +369,8 @@ class LearnerConfig:
     interval_s: float = 3600.0
     misfire_grace_s: float = 600.0
     lease_ttl_s: float = 300.0
+    lease_heartbeat_s: float = 10.0
+    lease_stale_s: float = 60.0
     drain_s: float = 120.0
     keep_cycles: int = 2
     max_lora_rank: int = 16
@@ -389,6 +394,11 @@ class LearnerConfig:
             raise ValueError("interval_s and misfire_grace_s must be positive")
         if self.lease_ttl_s < 3:
             raise ValueError(f"lease_ttl_s must be at least 3 seconds, got {self.lease_ttl_s}")
+        if not 0 < self.lease_heartbeat_s * 3 <= self.lease_stale_s:
+            raise ValueError(
+                f"lease_stale_s ({self.lease_stale_s}) must be at least three heartbeats"
+                f" (lease_heartbeat_s = {self.lease_heartbeat_s}, which must be positive)"
+            )
         if self.drain_s < 0 or self.keep_cycles < 1:
             raise ValueError("drain_s must be >= 0 and keep_cycles >= 1")
         if self.dataset_limit < 1:

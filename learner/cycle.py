@@ -6,7 +6,10 @@ The cycle reads top to bottom in `run_cycle` (steps 1-3, 8) and `_train_gate_pub
 1. Take the store lease `learner` (R17) or return `busy`. The lease is renewed in the background
    while the cycle runs; a cycle that loses it stops before publishing anything.
 2. Housekeeping: candidates left by an interrupted publish are rejected; adapters retired longer
-   than `drain_s` ago are unloaded from the engines (`adapters.serving.unload_drained`).
+   than `drain_s` ago are unloaded from the engines (`adapters.serving.unload_drained`). Runs left
+   unfinished by a process that died are marked `interrupted`, and the newest interrupted run is
+   continued in a new run (same data, same config, from its newest complete checkpoint; see
+   `learner.resume`) instead of steps 3-4, or the cycle says why it cannot.
 3. Count new trainable failures: unconsumed, and newer than the last run the gate rejected (so a
    rejected batch is not retrained until K more failures arrive). Fewer than K: `skipped`, no run.
 4. A training run row and the failure dataset (train / held-out / regression).
@@ -18,6 +21,9 @@ The cycle reads top to bottom in `run_cycle` (steps 1-3, 8) and `_train_gate_pub
    Otherwise the run is `rejected` with the gate's (or the publisher's) reasons and the batch
    stays available.
 8. Release the lease.
+
+Stopped (SIGTERM, Ctrl-C: the task is cancelled), a cycle kills its training child, marks its run
+`interrupted` with the stage it was in, releases the lease and re-raises; the next cycle continues it.
 
 Progress reaches callers as typed `CycleEvent`s (stage, message, time). Database calls run in
 worker threads, off the event loop.
@@ -48,9 +54,11 @@ from adapters import folder, serving
 from engines.base import AdapterError, Engine, EngineError
 from learner.config import LearnerConfig, TrainConfig
 from learner.gate import GateDecision, evaluate_gate
+from learner.resume import Resumable, continue_run, find_interrupted, save_dataset
 from store import repos
 from store.db import read_with, write_with
 from store.models import TrainingRun
+from store.records import utcnow
 
 if TYPE_CHECKING:
     from learner.dataset import FailureDataset
@@ -63,7 +71,19 @@ SessionFactory = Callable[[], Session]
 
 CycleStatus = Literal["busy", "skipped", "promoted", "rejected", "failed"]
 Stage = Literal[
-    "busy", "lease", "skipped", "dataset", "train", "gate", "gate_done", "publish", "promoted", "rejected", "failed"
+    "busy",
+    "lease",
+    "interrupted",
+    "resume",
+    "skipped",
+    "dataset",
+    "train",
+    "gate",
+    "gate_done",
+    "publish",
+    "promoted",
+    "rejected",
+    "failed",
 ]
 
 
@@ -147,27 +167,39 @@ def count_new_failures(session: Session) -> int:
 
 
 class _Lease:
-    """The store lease, renewed in the background; `held` turns False if a renewal fails."""
+    """The store lease with heartbeats: renewed every `heartbeat_s` in the background, taken over from
+    a holder silent for `stale_s` (or whose process on this host is gone); `held` turns False if a
+    renewal fails."""
 
-    def __init__(self, session_factory: SessionFactory, holder: str, ttl_s: float) -> None:
+    def __init__(
+        self, session_factory: SessionFactory, holder: str, ttl_s: float, *, heartbeat_s: float, stale_s: float
+    ) -> None:
         self.session_factory = session_factory
         self.holder = holder
         self.ttl_s = ttl_s
+        self.heartbeat_s = min(heartbeat_s, ttl_s / 3)
+        self.stale_s = stale_s
         self.held = False
         self.taken_over: str | None = None
         self._task: asyncio.Task[None] | None = None
 
     def acquire(self) -> bool:
-        """Take the lease; a lease whose holder's process is gone (``holder_is_gone``) is taken over."""
+        """Take the lease: free, expired, or its holder silent for `stale_s` or gone (`holder_is_gone`)."""
         self.taken_over = None
         with self.session_factory() as session, session.begin():
-            self.held = repos.acquire_lease(session, LEASE_NAME, self.holder, self.ttl_s)
-            current = None if self.held else repos.get_lease(session, LEASE_NAME)
-            if current is not None and holder_is_gone(current.holder):
+            before = repos.get_lease(session, LEASE_NAME)
+            other = before is not None and before.holder != self.holder
+            why = None
+            if before is not None and other and holder_is_gone(before.holder):
                 # Released only if that dead holder still holds it, then taken as anyone would.
-                repos.release_lease(session, LEASE_NAME, current.holder)
-                self.held = repos.acquire_lease(session, LEASE_NAME, self.holder, self.ttl_s)
-                self.taken_over = current.holder if self.held else None
+                repos.release_lease(session, LEASE_NAME, before.holder)
+                why = "that process is no longer running"
+            elif before is not None and other and before.expires_at > utcnow():
+                last = before.heartbeat_at or before.acquired_at
+                why = f"it sent no heartbeat for {(utcnow() - last).total_seconds():.0f} s"
+            self.held = repos.acquire_lease(session, LEASE_NAME, self.holder, self.ttl_s, stale_after_s=self.stale_s)
+            if self.held and before is not None and other and why:
+                self.taken_over = f"{before.holder}: {why}"
         if self.held:
             self._task = asyncio.get_running_loop().create_task(self._renew())
         return self.held
@@ -183,7 +215,7 @@ class _Lease:
 
     async def _renew(self) -> None:
         while self.held:
-            await asyncio.sleep(self.ttl_s / 3)
+            await asyncio.sleep(self.heartbeat_s)
             if not await asyncio.to_thread(self.renew):
                 log.error("the learner lease was lost; this cycle will not publish")
 
@@ -271,51 +303,57 @@ async def run_cycle(
     evaluation episode (a progress bar: 2 x (held-out + regression) episodes in all).
     """
 
-    def say(stage: Stage, message: str, run_id: str | None = None) -> None:
+    stage: list[Stage] = ["lease"]
+
+    def say(stage_now: Stage, message: str, run_id: str | None = None) -> None:
+        stage[0] = stage_now
         log.info("%s", message)
         if on_event is not None:
-            on_event(CycleEvent(stage=stage, message=message, at=time.monotonic(), run_id=run_id))
+            on_event(CycleEvent(stage=stage_now, message=message, at=time.monotonic(), run_id=run_id))
 
     if trainer is None:
         from learner.launch import launch_training
 
         trainer = functools.partial(launch_training, on_step=on_step, launcher=config.train_launcher or None)
 
-    # 1. The lease: one cycle at a time across every learner process (renewed in the background).
-    lease = _Lease(session_factory, holder or default_holder(), config.lease_ttl_s)
+    # 1. The lease: one cycle at a time across every learner process (heartbeats in the background).
+    lease = _Lease(
+        session_factory,
+        holder or default_holder(),
+        config.lease_ttl_s,
+        heartbeat_s=config.lease_heartbeat_s,
+        stale_s=config.lease_stale_s,
+    )
     try:
         if not lease.acquire():
             say("busy", "another learner holds the lease; nothing to do")
             return CycleResult(status="busy")
         if lease.taken_over:
-            say("lease", f"took over the learner lease of {lease.taken_over}: that process is no longer running")
+            say("lease", f"took over the learner lease of {lease.taken_over}")
     except Exception as exc:
         log.exception("could not take the learner lease")
         return CycleResult(status="failed", error=_error_text(exc))
     try:
-        # 2. Housekeeping left by earlier processes (stale candidates, drained adapters).
+        # 2. Housekeeping left by earlier processes (stale candidates, drained adapters, interrupted runs).
         await _housekeeping(config, session_factory, engines)
-
-        # 3. Enough new failures to be worth a run?
         try:
-            new = await asyncio.to_thread(read_with, session_factory, count_new_failures)
+            start = await _start_run(config, session_factory, say)
         except Exception as exc:
-            log.exception("could not count failures")
+            log.exception("could not start a run")
             return CycleResult(status="failed", error=_error_text(exc))
-        if new < config.min_new_failures:
-            say("skipped", f"{new} new trainable failures; training starts at {config.min_new_failures}")
-            return CycleResult(status="skipped", new_failures=new)
-
-        # 4-7. A run row, then dataset, training, gate and publish; any failure is stored on the run.
-        run_id = await asyncio.to_thread(
-            write_with, session_factory, lambda s: repos.create_training_run(s, config=config.to_dict()).id
-        )
-        say("dataset", f"{new} new trainable failures: starting training run {run_id}", run_id)
+        if isinstance(start, CycleResult):
+            return start
+        run_id, new, resumable = start
         result = CycleResult(status="failed", run_id=run_id, new_failures=new)
         try:
             await _train_gate_publish(
-                config, session_factory, engines, eval_engine, trainer, lease, say, result, on_gate_item
+                config, session_factory, engines, eval_engine, trainer, lease, say, result, on_gate_item, resumable
             )
+        except asyncio.CancelledError:
+            # Stopped (SIGTERM, Ctrl-C): the training child dies with us, the run says where it stopped.
+            _interrupt(config, session_factory, run_id, stage[0])
+            say("interrupted", f"run {run_id} interrupted during stage {stage[0]}; the next cycle continues it", run_id)
+            raise
         except Exception as exc:
             log.exception("learner cycle %s failed", run_id)
             result.status, result.error = "failed", _error_text(exc)
@@ -328,6 +366,50 @@ async def run_cycle(
         await lease.release()
 
 
+def _interrupt(config: LearnerConfig, session_factory: SessionFactory, run_id: str, stage: str) -> None:
+    """Kill the run's training child (its checkpoints stay) and mark the run `interrupted`. Blocking,
+    on purpose: it runs while the cycle's task is being cancelled."""
+    from learner.launch import stop_training
+
+    stop_training(Path(config.work_dir) / run_id)
+    try:
+        _set_run(session_factory, run_id, status="interrupted", error=f"interrupted during stage {stage}: stopped")
+    except Exception:  # the next cycle marks it from its status
+        log.warning("could not mark run %s interrupted", run_id, exc_info=True)
+
+
+async def _start_run(
+    config: LearnerConfig, session_factory: SessionFactory, say: Callable[..., None]
+) -> CycleResult | tuple[str, int, Resumable | None]:
+    """Steps 2-4's start: continue the newest interrupted run, or count new failures and create a
+    run. A `CycleResult` when there is nothing to run (busy: an orphaned trainer; skipped: below K)."""
+    interrupted = await asyncio.to_thread(find_interrupted, config, session_factory)
+    if interrupted.still_training:
+        say("busy", f"a training process of run {interrupted.still_training} is still running; waiting for it")
+        return CycleResult(status="busy")
+    for old in interrupted.marked:
+        say("interrupted", f"run {old} was interrupted (its process stopped); marked interrupted", old)
+    if interrupted.reason:
+        say("interrupted", f"the interrupted run cannot be continued: {interrupted.reason}; starting afresh")
+    resumable = interrupted.resumable
+    if resumable is not None:
+        run_id = await asyncio.to_thread(continue_run, resumable, config, session_factory)
+        where = "its trained adapter" if resumable.trained else f"checkpoint step {resumable.step or 0}"
+        say("resume", f"run {run_id} continues interrupted run {resumable.run_id} from {where}", run_id)
+        return run_id, len(resumable.dataset.episode_ids), resumable
+
+    # 3. Enough new failures to be worth a run?
+    new = await asyncio.to_thread(read_with, session_factory, count_new_failures)
+    if new < config.min_new_failures:
+        say("skipped", f"{new} new trainable failures; training starts at {config.min_new_failures}")
+        return CycleResult(status="skipped", new_failures=new)
+    run_id = await asyncio.to_thread(
+        write_with, session_factory, lambda s: repos.create_training_run(s, config=config.to_dict()).id
+    )
+    say("dataset", f"{new} new trainable failures: starting training run {run_id}", run_id)
+    return run_id, new, None
+
+
 async def _train_gate_publish(
     config: LearnerConfig,
     session_factory: SessionFactory,
@@ -338,44 +420,32 @@ async def _train_gate_publish(
     say: Callable[..., None],
     result: CycleResult,
     on_gate_item: Callable[[], None] | None,
+    resumable: Resumable | None = None,
 ) -> None:
-    """Steps 4-7 of one run; `result` is filled as they go (the caller stores a failure)."""
-    from learner.dataset import build_failure_dataset
-    from learner.rows import write_rows
-
+    """Steps 4-7 of one run; `result` is filled as they go (the caller stores a failure).
+    With `resumable`, the run continues an interrupted one: its dataset, folder and starting adapter."""
     assert result.run_id is not None
     run_id = result.run_id
 
     # 4. The policy in service (the gate's incumbent, and with `warm_start` the run's starting point);
     #    the failure dataset: train, held-out and regression splits (R20), written for the trainer.
     incumbent = await asyncio.to_thread(_incumbent, session_factory, config.adapters_root)
-    warm = incumbent if config.warm_start else None
-    dataset: FailureDataset = await asyncio.to_thread(
-        read_with,
-        session_factory,
-        lambda s: build_failure_dataset(
-            s,
-            limit=config.dataset_limit,
-            max_client_share=config.max_client_share,
-            heldout_fraction=config.heldout_fraction,
-            seed=config.seed,
-            regression_limit=config.regression_limit,
-            served_by=(incumbent[0] if incumbent else None) if config.warm_start else False,
-            replay_share=config.replay_share,
-        ),
-    )
+    work = Path(config.work_dir) / run_id
+    if resumable is not None:
+        warm, dataset = resumable.warm, resumable.dataset
+    else:
+        warm = incumbent if config.warm_start else None
+        dataset = await asyncio.to_thread(_new_dataset, config, session_factory, incumbent, work)
     result.dataset = dataset.summary()
     await asyncio.to_thread(_set_run, session_factory, run_id, status="running", dataset_size=len(dataset.train))
     say("dataset", f"run {run_id}: dataset {dataset.summary()}", run_id)
-    if not dataset.train:
-        raise ValueError("the failure dataset has no training rows (check max_client_share and the held-out split)")
-    work = Path(config.work_dir) / run_id
-    await asyncio.to_thread(write_rows, work / "train.jsonl", dataset.train)
 
     # 5. GRPO in a child process (the completion is the reflection; only its tokens are trained),
     #    continuing the adapter in service (cycles compound) or, with none, a fresh LoRA on the base.
     train_config = config.train or TrainConfig(max_lora_rank=config.max_lora_rank)
     start = f"from {warm[0]}" if warm else "from the base model"
+    if resumable is not None and resumable.step:
+        start += f", resuming after step {resumable.step}"
     say("train", f"run {run_id}: training ({train_config.max_steps} steps, {start})", run_id)
     if warm is not None:
         await asyncio.to_thread(_set_run, session_factory, run_id, warm_start_from=warm[0])
@@ -454,6 +524,34 @@ async def _train_gate_publish(
         await serving.collect_folders(config.adapters_root, session_factory, engines, keep_cycles=config.keep_cycles)
     except Exception:
         log.warning("could not clean up old adapter folders", exc_info=True)
+
+
+def _new_dataset(
+    config: LearnerConfig, session_factory: SessionFactory, incumbent: tuple[str, str] | None, work: Path
+) -> FailureDataset:
+    """Build the run's failure dataset and write it into the run's folder: the rows for the trainer
+    (`train.jsonl`) and the whole dataset (`learner.resume.save_dataset`) for a resumed run."""
+    from learner.dataset import build_failure_dataset
+    from learner.rows import write_rows
+
+    dataset = read_with(
+        session_factory,
+        lambda s: build_failure_dataset(
+            s,
+            limit=config.dataset_limit,
+            max_client_share=config.max_client_share,
+            heldout_fraction=config.heldout_fraction,
+            seed=config.seed,
+            regression_limit=config.regression_limit,
+            served_by=(incumbent[0] if incumbent else None) if config.warm_start else False,
+            replay_share=config.replay_share,
+        ),
+    )
+    if not dataset.train:
+        raise ValueError("the failure dataset has no training rows (check max_client_share and the held-out split)")
+    save_dataset(work, dataset)
+    write_rows(work / "train.jsonl", dataset.train)
+    return dataset
 
 
 async def _gate(

@@ -81,7 +81,9 @@ def launch_training(
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     reported = 0
     with log_path.open("ab") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env)
+        proc = subprocess.Popen(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env, preexec_fn=_die_with_parent(os.getpid())
+        )
         write_atomic(work / "train.pid", f"{proc.pid}\n")
         try:
             while True:
@@ -105,6 +107,56 @@ def launch_training(
     if proc.returncode != 0 or not (work / ADAPTER).is_dir():
         raise TrainingFailed(_failure_reason(proc.returncode, log_path))
     return read_result(work / "result.json", work / ADAPTER)
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A `preexec_fn` for the training child: on Linux it gets SIGTERM when this process dies, even
+    by SIGKILL, so no orphan keeps training (and holding the GPU) after its learner is gone. (Linux
+    sends it when the thread that started the child ends; that thread waits for the child.)"""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arm() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return arm
+
+
+def stop_training(work_dir: Path, *, grace_s: float = 10.0) -> bool:
+    """Stop the training child this process started in `work_dir` (its pid is in `train.pid`):
+    SIGTERM, then SIGKILL after `grace_s`. Its complete checkpoints stay for a resume. Only a child
+    of this process is signalled (checked in /proc). True if one was running."""
+    try:
+        pid = int((Path(work_dir) / "train.pid").read_text().strip())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return False  # gone already, or not a Linux /proc: nothing we can safely check
+    if parent != os.getpid():
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and _running(pid):
+            time.sleep(0.05)
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:  # reaped by the thread that waits for it
+        pass
+    return True
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (the thread in `launch_training` reaps it; we must not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _report_new_steps(path: Path, reported: int, on_step: Callable[[dict[str, Any]], None] | None) -> int:

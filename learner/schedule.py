@@ -16,6 +16,7 @@ This module does not train, gate or publish itself.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -91,6 +92,7 @@ class LearnerScheduler:
         self._thread = threading.Thread(target=self._loop.run_forever, name="rrr-learner-loop", daemon=True)
         self._thread.start()
         self._scheduler: BaseScheduler | None = None
+        self._current: asyncio.Task[Any] | None = None
 
     def _submit(self, make: Callable[[], Awaitable[Any]]) -> Any:
         async def wrapped() -> Any:
@@ -102,6 +104,7 @@ class LearnerScheduler:
         if self._engines is None:
             self._engines = self.make_engines()
         eval_engine = self.make_eval_engine() if self.make_eval_engine is not None else None
+        self._current = asyncio.current_task()
         return await run_cycle(
             self.config,
             session_factory=self.session_factory,
@@ -116,6 +119,8 @@ class LearnerScheduler:
         """Run one cycle now and wait for it. Never raises: a crash is a `failed` result."""
         try:
             result: CycleResult = self._submit(self._cycle)
+        except concurrent.futures.CancelledError:  # shutdown stopped it; its run is marked interrupted
+            result = CycleResult(status="failed", error="stopped by the shutdown; the next cycle resumes it")
         except Exception as exc:  # the scheduler must survive anything a cycle does
             log.exception("learner cycle crashed")
             result = CycleResult(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -149,7 +154,11 @@ class LearnerScheduler:
         return self._scheduler
 
     def shutdown(self, *, wait: bool = True) -> None:
-        """Stop the schedule (waiting for a running cycle), close the engines and the loop thread."""
+        """Stop the schedule, close the engines and the loop thread. A running cycle is stopped
+        (cancelled: its run is marked interrupted, the lease released) and waited for."""
+        current = self._current
+        if current is not None and not current.done() and self._loop.is_running():
+            self._loop.call_soon_threadsafe(current.cancel)
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=wait)
         if self._loop.is_running():

@@ -34,7 +34,7 @@ from store.records import ATTEMPT_KINDS, EPISODE_STATUSES, utcnow
 from store.sanitize import clamp_int32, clean_json, clean_limited, clean_text
 
 ADAPTER_STATUSES = ("candidate", "active", "retired", "rejected")
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "promoted", "rejected")
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "promoted", "rejected", "interrupted")
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -129,7 +129,11 @@ class Base(DeclarativeBase):
 
 
 class TrainingRun(Base):
-    """One learner run: queued → running → succeeded|failed → promoted|rejected (by the gate)."""
+    """One learner run: queued → running → succeeded|failed → promoted|rejected (by the gate).
+
+    ``interrupted``: the process running it was killed or stopped before it ended; the next cycle
+    marks it so (``learner.cycle``) and continues it in a new run whose ``resumed_from`` names it.
+    """
 
     __tablename__ = "training_runs"
     __table_args__ = (
@@ -152,6 +156,10 @@ class TrainingRun(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resumed_from: Mapped[str | None] = mapped_column(String(36))
+    """The interrupted run this one continues (same data, same config, its checkpoints)."""
+    resumed_from_step: Mapped[int | None] = mapped_column(SafeInteger)
+    """The checkpoint step training resumed from (None: from step 0)."""
 
 
 class Episode(Base):
@@ -275,3 +283,6 @@ class Lease(Base):
     holder: Mapped[str] = mapped_column(SafeString(200))
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """The holder's last sign of life; a holder silent for longer than the caller's
+    ``stale_after_s`` has lost the lease before ``expires_at`` (``store.runs.acquire_lease``)."""

@@ -34,6 +34,7 @@ from store.registry import (
 )
 from store.runs import (
     TERMINAL_RUN_STATUSES,
+    UNFINISHED_RUN_STATUSES,
     RunNotFound,
     acquire_lease,
     append_run_metrics,
@@ -45,6 +46,7 @@ from store.runs import (
     release_lease,
     renew_lease,
     set_gate_result,
+    unfinished_runs,
     update_training_run,
 )
 from store.stats import EpisodeStats, StatusCounts, episode_stats
@@ -52,6 +54,7 @@ from store.stats import EpisodeStats, StatusCounts, episode_stats
 __all__ = [
     "ANSWERED_STATUSES",
     "TERMINAL_RUN_STATUSES",
+    "UNFINISHED_RUN_STATUSES",
     "AdapterNotFound",
     "EpisodeStats",
     "InvalidCursor",
@@ -85,5 +88,6 @@ __all__ = [
     "set_adapter_status",
     "set_feedback",
     "set_gate_result",
+    "unfinished_runs",
     "update_training_run",
 ]

@@ -14,14 +14,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, case, delete, select, update
+from sqlalchemy import CursorResult, Table, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from store.models import RUN_STATUSES, Lease, TrainingRun
 from store.records import new_id, utcnow
 
-TERMINAL_RUN_STATUSES = ("succeeded", "failed", "promoted", "rejected")
+TERMINAL_RUN_STATUSES = ("succeeded", "failed", "promoted", "rejected", "interrupted")
+UNFINISHED_RUN_STATUSES = ("queued", "running", "succeeded")
+"""A cycle's run in one of these has not reached its end (``succeeded`` is trained, not yet gated)."""
 
 
 class RunNotFound(LookupError):
@@ -77,10 +79,12 @@ def update_training_run(
     adapter_name: str | None = None,
     dataset_size: int | None = None,
     warm_start_from: str | None = None,
+    resumed_from: str | None = None,
+    resumed_from_step: int | None = None,
     now: datetime | None = None,
 ) -> TrainingRun:
     """Change a run's status and/or fields. ``running`` stamps started_at (and a heartbeat);
-    a terminal status (succeeded/failed/promoted/rejected) stamps finished_at once."""
+    a terminal status (succeeded/failed/promoted/rejected/interrupted) stamps finished_at once."""
     run = _run(session, run_id)
     now = now or utcnow()
     if status is not None:
@@ -96,6 +100,10 @@ def update_training_run(
         run.error = error
     if warm_start_from is not None:
         run.warm_start_from = warm_start_from
+    if resumed_from is not None:
+        run.resumed_from = resumed_from
+    if resumed_from_step is not None:
+        run.resumed_from_step = resumed_from_step
     if adapter_name is not None:
         run.adapter_name = adapter_name
     if dataset_size is not None:
@@ -110,6 +118,17 @@ def append_run_metrics(session: Session, run_id: str, step_metrics: dict[str, An
     run.metrics = [*(run.metrics or []), step_metrics]  # a new list: JSON columns don't track mutation
     session.flush()
     return run
+
+
+def unfinished_runs(session: Session) -> list[TrainingRun]:
+    """Runs in an ``UNFINISHED_RUN_STATUSES`` status, newest first. Under the learner lease no cycle
+    runs but the caller's, so each of these was interrupted (its process died or was stopped)."""
+    stmt = (
+        select(TrainingRun)
+        .where(TrainingRun.status.in_(UNFINISHED_RUN_STATUSES))
+        .order_by(TrainingRun.created_at.desc(), TrainingRun.id.desc())
+    )
+    return list(session.execute(stmt).scalars())
 
 
 def heartbeat_run(session: Session, run_id: str, *, now: datetime | None = None) -> TrainingRun:
@@ -131,32 +150,53 @@ def _upsert(session: Session) -> Any:
     return postgresql.insert(table) if session.get_bind().dialect.name == "postgresql" else sqlite.insert(table)
 
 
-def acquire_lease(session: Session, name: str, holder: str, ttl_s: float, *, now: datetime | None = None) -> bool:
-    """Take or extend lease ``name`` for ``holder`` for ``ttl_s`` seconds; False if someone else holds it."""
+def acquire_lease(
+    session: Session,
+    name: str,
+    holder: str,
+    ttl_s: float,
+    *,
+    stale_after_s: float | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Take or extend lease ``name`` for ``holder`` for ``ttl_s`` seconds; False if someone else holds it.
+
+    It is free when nobody holds it, when it expired, or (with ``stale_after_s``) when its holder
+    has sent no heartbeat (``renew_lease``) for that long: a dead holder is recognised long before
+    its expiry. Taking it stamps the heartbeat.
+    """
     now = now or utcnow()
-    stmt = _upsert(session).values(name=name, holder=holder, acquired_at=now, expires_at=now + timedelta(seconds=ttl_s))
+    stmt = _upsert(session).values(
+        name=name, holder=holder, acquired_at=now, expires_at=now + timedelta(seconds=ttl_s), heartbeat_at=now
+    )
     table = cast(Table, Lease.__table__)
     ours = table.c.holder == stmt.excluded.holder
+    free = ours | (table.c.expires_at <= stmt.excluded.acquired_at)
+    if stale_after_s is not None:
+        last_sign = func.coalesce(table.c.heartbeat_at, table.c.acquired_at)
+        free = free | (last_sign <= now - timedelta(seconds=stale_after_s))
     stmt = stmt.on_conflict_do_update(
         index_elements=["name"],
         set_={
             "holder": stmt.excluded.holder,
             "acquired_at": case((ours, table.c.acquired_at), else_=stmt.excluded.acquired_at),
             "expires_at": stmt.excluded.expires_at,
+            "heartbeat_at": stmt.excluded.heartbeat_at,
         },
-        where=ours | (table.c.expires_at <= stmt.excluded.acquired_at),
+        where=free,
     ).returning(table.c.holder)
     taken = session.execute(stmt).scalar_one_or_none()
     return taken is not None
 
 
 def renew_lease(session: Session, name: str, holder: str, ttl_s: float, *, now: datetime | None = None) -> bool:
-    """Extend a lease ``holder`` still holds (not expired); False if it expired or is someone else's."""
+    """Extend a lease ``holder`` still holds (not expired) and stamp its heartbeat; False if it
+    expired or is someone else's (taken over, e.g. because its heartbeat went stale)."""
     now = now or utcnow()
     stmt = (
         update(Lease)
         .where(Lease.name == name, Lease.holder == holder, Lease.expires_at > now)
-        .values(expires_at=now + timedelta(seconds=ttl_s))
+        .values(expires_at=now + timedelta(seconds=ttl_s), heartbeat_at=now)
     )
     result = cast(CursorResult[Any], session.execute(stmt, execution_options={"synchronize_session": False}))
     return result.rowcount == 1

@@ -14,7 +14,7 @@ from adapters.folder import write_adapter_folder
 from store.episodes import record_episodes
 from store.records import EpisodeRecord
 from store.registry import create_adapter
-from store.runs import create_training_run
+from store.runs import create_training_run, update_training_run
 from tests.api.conftest import ADMIN, INFER, OTHER, Rrr, running
 from tests.store.helpers import T0, make_record
 
@@ -276,6 +276,15 @@ def test_training_runs_the_learner_stored_are_listed_and_read(db_rrr: Rrr) -> No
     assert admin.post("/v1/training-runs", json={}).status_code == 405  # runs are the learner's to create
     assert admin.get("/v1/training-runs", params={"status": "sleeping"}).status_code == 400
     assert _get(db_rrr, "/v1/training-runs", status="running")["data"] == []
+    # A run that continues an interrupted one says so, and where it resumed.
+    with db_rrr.state.session_factory() as session, session.begin():
+        update_training_run(session, first, status="interrupted", error="interrupted during stage train: stopped")
+        third = create_training_run(session, config={}).id
+        update_training_run(session, third, resumed_from=first, resumed_from_step=10, warm_start_from="rrr-v1")
+    assert _get(db_rrr, f"/v1/training-runs/{first}")["status"] == "interrupted"
+    assert [r["id"] for r in _get(db_rrr, "/v1/training-runs", status="interrupted")["data"]] == [first]
+    shown = _get(db_rrr, f"/v1/training-runs/{third}")
+    assert (shown["resumed_from"], shown["resumed_from_step"], shown["warm_start_from"]) == (first, 10, "rrr-v1")
 
 
 @pytest.mark.parametrize("tamper", ["weights", "extra_pickle", "manifest", "symlink", "outside_root", "dotdot"])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent import prompts
 from store.db import make_engine, make_session_factory
 from store.records import AttemptRecord, EpisodeRecord
+from tests.conftest import ToolModel
 from tests.support.db import backends, migrated_database
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -46,6 +48,31 @@ def session_factory(database_url: str) -> Iterator[sessionmaker[Session]]:
     engine = make_engine(database_url)
     yield make_session_factory(engine)
     engine.dispose()
+
+
+# The cycle tests' engines: one serving LocalEngine (adapters published by a test are unloaded after
+# it) and one for the gate, per module, over the tiny tool model.
+@pytest.fixture(scope="module")
+def serving(tiny_tool_model: ToolModel) -> Any:
+    from engines.local import LocalEngine
+
+    return LocalEngine(str(tiny_tool_model.path), served_name="tiny", max_lora_rank=16, name="serving")
+
+
+@pytest.fixture(scope="module")
+def evaluator(tiny_tool_model: ToolModel) -> Any:
+    from engines.local import LocalEngine
+
+    return LocalEngine(str(tiny_tool_model.path), served_name="tiny", max_lora_rank=16, name="eval")
+
+
+@pytest.fixture(autouse=True)
+def clean_serving(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "serving" in request.fixturenames:
+        engine = request.getfixturevalue("serving")
+        for card in asyncio.run(engine.list_models())[1:]:
+            asyncio.run(engine.unload_adapter(card["id"]))
 
 
 def call(city: str, name: str = "get_weather", call_id: str = "c1") -> dict[str, Any]:

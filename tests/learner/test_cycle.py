@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,29 +33,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:Fu
 
 Factory = Callable[[], Session]
 EXPECTED = [{"get_weather": {"city": ["Paris"]}}]
-
-
-@pytest.fixture(scope="module")
-def serving(tiny_tool_model: ToolModel) -> Any:
-    from engines.local import LocalEngine
-
-    return LocalEngine(str(tiny_tool_model.path), served_name="tiny", max_lora_rank=16, name="serving")
-
-
-@pytest.fixture(scope="module")
-def evaluator(tiny_tool_model: ToolModel) -> Any:
-    from engines.local import LocalEngine
-
-    return LocalEngine(str(tiny_tool_model.path), served_name="tiny", max_lora_rank=16, name="eval")
-
-
-@pytest.fixture(autouse=True)
-def clean_serving(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if "serving" in request.fixturenames:
-        engine = request.getfixturevalue("serving")
-        for card in asyncio.run(engine.list_models())[1:]:
-            asyncio.run(engine.unload_adapter(card["id"]))
 
 
 def balanced_ids(n: int, *, seed: int = 0, fraction: float = 0.5) -> list[str]:
@@ -265,11 +242,23 @@ def test_a_lease_left_by_a_dead_learner_on_this_host_is_taken_over_before_its_tt
     result = cycle(config, session_factory, serving, evaluator, trainer, on_event=events.append)
     assert result.status != "busy" and result.run_id is not None and len(trainer.calls) == 1
     assert any("no longer running" in e.message for e in events)
-    # A holder on another host cannot be checked from here: its TTL decides.
+    # A holder on another host cannot be checked from here: its heartbeats decide. While it beats: busy.
     with session_factory() as s, s.begin():
         assert repos.acquire_lease(s, "learner", f"not-{host}:{alive.pid}:x", 300)
     add_episodes(session_factory, tiny_tool_model, 6)
     assert cycle(config, session_factory, serving, evaluator, trainer).status == "busy"
+    # Silent for longer than lease_stale_s (60 s), 240 s before its expiry: taken over.
+    from datetime import timedelta
+
+    from store.records import utcnow
+
+    with session_factory() as s, s.begin():
+        repos.release_lease(s, "learner", f"not-{host}:{alive.pid}:x")
+        assert repos.acquire_lease(s, "learner", f"not-{host}:{alive.pid}:x", 300, now=utcnow() - timedelta(seconds=61))
+    events.clear()
+    result = cycle(config, session_factory, serving, evaluator, trainer, on_event=events.append)
+    assert result.status != "busy" and len(trainer.calls) == 2
+    assert any("sent no heartbeat for 61 s" in e.message for e in events), [e.message for e in events]
 
 
 def test_a_promoted_cycle_publishes_consumes_the_batch_and_releases_the_lease(

@@ -184,3 +184,39 @@ def test_a_crashing_cycle_does_not_kill_the_scheduler(
         scheduler.shutdown()
     assert first.status == second.status == "failed"
     assert "engine pool misconfigured" in (first.error or "")
+
+
+def test_shutdown_during_a_cycle_stops_it_marks_its_run_interrupted_and_frees_the_lease(
+    tmp_path: Path,
+    database_url: str,
+    session_factory: Callable[[], Session],
+    tiny_tool_model: ToolModel,
+    tiny_adapter_dir: Path,
+) -> None:
+    # `rrr learn schedule` on SIGTERM: the running cycle is stopped, not waited for to its end.
+    from engines.local import LocalEngine
+
+    serving = LocalEngine(str(tiny_tool_model.path), served_name="tiny", max_lora_rank=16)
+    add_episodes(session_factory, tiny_tool_model, 8)
+    config = make_config(tmp_path, database_url, tiny_tool_model.path, interval_s=3600)
+    trainer = StandInTrainer(tiny_adapter_dir, delay_s=3.0)
+    training = threading.Event()
+    results: list[CycleResult] = []
+    scheduler = LearnerScheduler(
+        config,
+        session_factory=session_factory,
+        make_engines=lambda: EnginePool([serving]),
+        trainer=trainer,
+        on_result=results.append,
+        on_event=lambda e: training.set() if e.stage == "train" else None,
+    )
+    scheduler.start(run_now=True)
+    try:
+        assert training.wait(60)
+    finally:
+        scheduler.shutdown()
+    assert [r.status for r in results] == ["failed"] and "stopped" in (results[0].error or "")
+    with session_factory() as s:
+        (run,) = repos.list_training_runs(s)
+        assert run.status == "interrupted" and "during stage train" in (run.error or "")
+        assert repos.get_lease(s, "learner") is None

@@ -82,3 +82,26 @@ def test_partial_unique_index_is_partial(database_url: str) -> None:
     assert one_active["unique"]
     where = one_active.get("dialect_options", {})
     assert any("active" in str(v) for k, v in where.items() if k.endswith("_where")), where
+
+
+def test_run_status_check_accepts_every_model_status_and_still_refuses_others(database_url: str) -> None:
+    # 0003 recreates the status check with `interrupted`: every status the models know is allowed,
+    # an unknown one is still refused by the database itself, after an upgrade from 0002 too.
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    from store.models import RUN_STATUSES
+
+    upgrade(database_url, "0002")
+    upgrade(database_url, "head")
+    engine = make_engine(database_url)
+    insert = "INSERT INTO training_runs (id, status, created_at) VALUES (:id, :status, CURRENT_TIMESTAMP)"
+    try:
+        with engine.begin() as conn:
+            for status in RUN_STATUSES:
+                conn.exec_driver_sql(insert.replace(":id", f"'{status}'").replace(":status", f"'{status}'"))
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.exec_driver_sql(insert.replace(":id", "'x'").replace(":status", "'paused'"))
+    finally:
+        engine.dispose()
+    assert "interrupted" in RUN_STATUSES

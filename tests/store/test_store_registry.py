@@ -194,6 +194,30 @@ def test_lease_renew_and_release(session_factory: sessionmaker[Session]) -> None
         assert row is not None and row.holder == "b"
 
 
+def test_a_holder_without_heartbeats_loses_the_lease_long_before_its_expiry(
+    session_factory: sessionmaker[Session],
+) -> None:
+    at = T0
+    assert lease(session_factory, "acquire_lease", "learner", "a", 300, now=at)
+    # a beats every 10 s: with stale_after_s=30 nobody can take it, however long it holds it.
+    for beat in (10, 20, 30, 40):
+        assert lease(session_factory, "renew_lease", "learner", "a", 300, now=at + timedelta(seconds=beat))
+        later = at + timedelta(seconds=beat + 29)
+        assert not lease(session_factory, "acquire_lease", "learner", "b", 300, stale_after_s=30, now=later)
+    with session_factory() as s:
+        row = repos.get_lease(s, "learner")
+        assert row is not None and row.heartbeat_at == at + timedelta(seconds=40)
+    # a falls silent at 40 s: 30 s later b takes it, 230 s before the expiry a's last renewal set.
+    assert not lease(session_factory, "acquire_lease", "learner", "b", 300, now=at + timedelta(seconds=71))
+    silent = at + timedelta(seconds=71)
+    assert lease(session_factory, "acquire_lease", "learner", "b", 300, stale_after_s=30, now=silent)
+    # ...and a, if it was only slow, finds out at its next heartbeat: the renewal fails.
+    assert not lease(session_factory, "renew_lease", "learner", "a", 300, now=at + timedelta(seconds=72))
+    with session_factory() as s:
+        row = repos.get_lease(s, "learner")
+        assert row is not None and row.holder == "b" and row.heartbeat_at == at + timedelta(seconds=71)
+
+
 def test_lease_real_clock_short_ttl(session_factory: sessionmaker[Session]) -> None:
     import time
 
