@@ -1,9 +1,13 @@
 """Which policy serves a request: the `rrr` alias, the base model, or a pinned adapter.
 
-Called by the API on every chat request and by `GET /v1/models`. The active adapter is read from
-the store and cached for at most ``ttl_s`` (one second by default), so an activation or rollback
-takes effect within a second on every API replica without a restart. This module does not load
-adapters into engines (the publisher and the admin routes do) and does not write to the store.
+Called by the API on every chat request and by `GET /v1/models`. The registry (the active adapter,
+the adapters a client may name) is read from the store into a ``Snapshot``. ``resolve`` and
+``models`` answer from the snapshot they are given without any I/O; given none, they use the
+current one, re-read (blocking) once it is older than ``ttl_s`` (one second by default), so an
+activation or rollback takes effect within a second on every API replica without a restart. The
+API re-reads in the background instead (``read``) and keeps answering from ``latest`` while the
+store is slow or unreachable (``api.state.ModelResolver``, R6). This module does not load adapters
+into engines (the publisher and the admin routes do) and does not write to the store.
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ class Resolved:
 
 
 @dataclass(frozen=True)
-class _Snapshot:
+class Snapshot:
+    """The registry as read by one read that started at ``taken`` (monotonic seconds)."""
+
     active: str | None
-    adapters: tuple[tuple[str, str, int], ...]  # (name, status, created unix seconds)
+    adapters: tuple[tuple[str, str, int], ...]  # (name, status, created unix seconds), oldest first
     taken: float
 
 
@@ -48,34 +54,44 @@ class PolicyResolver:
         self.base_model = base_model
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
-        self._snapshot: _Snapshot | None = None
+        self._snapshot: Snapshot | None = None
+        self._stale = False
+
+    @property
+    def latest(self) -> Snapshot | None:
+        """The last snapshot read, whatever its age (None before the first read succeeded)."""
+        return self._snapshot
 
     def invalidate(self) -> None:
-        with self._lock:
-            self._snapshot = None
+        """The next ``resolve`` or ``models`` without a snapshot reads the registry again."""
+        self._stale = True
 
-    def _current(self) -> _Snapshot:
+    def read(self) -> Snapshot:
+        """Read the registry now (blocking; the store's errors propagate) and keep it as ``latest``."""
+        taken = time.monotonic()
+        with self._session_factory() as session:
+            active = get_active_adapter(session)
+            rows = tuple(
+                (a.name, a.status, int(a.created_at.timestamp()))
+                for a in reversed(list_adapters(session))
+                if a.status != "rejected"
+            )
+        snap = Snapshot(active=active.name if active else None, adapters=rows, taken=taken)
+        with self._lock:
+            if self._snapshot is None or self._snapshot.taken <= taken:  # never replaced by an older read
+                self._snapshot = snap
+                self._stale = False
+        return snap
+
+    def _current(self) -> Snapshot:
         snap = self._snapshot
-        if snap is not None and time.monotonic() - snap.taken < self.ttl_s:
+        if snap is not None and not self._stale and time.monotonic() - snap.taken < self.ttl_s:
             return snap
-        with self._lock:
-            snap = self._snapshot
-            if snap is not None and time.monotonic() - snap.taken < self.ttl_s:
-                return snap
-            with self._session_factory() as session:
-                active = get_active_adapter(session)
-                rows = tuple(
-                    (a.name, a.status, int(a.created_at.timestamp()))
-                    for a in reversed(list_adapters(session))
-                    if a.status != "rejected"
-                )
-                snap = _Snapshot(active=active.name if active else None, adapters=rows, taken=time.monotonic())
-            self._snapshot = snap
-            return snap
+        return self.read()
 
-    def resolve(self, requested: str | None) -> Resolved:
+    def resolve(self, requested: str | None, snapshot: Snapshot | None = None) -> Resolved:
         """``None``/``"rrr"`` → the active adapter (or the base); the base name; a registered adapter."""
-        snap = self._current()
+        snap = snapshot or self._current()
         if requested in (None, "", ALIAS):
             if snap.active is None:
                 return Resolved(engine_model=self.base_model, adapter=None)
@@ -86,9 +102,9 @@ class PolicyResolver:
             return Resolved(engine_model=requested, adapter=requested)
         raise UnknownModel(requested)
 
-    def models(self) -> list[dict[str, Any]]:
+    def models(self, snapshot: Snapshot | None = None) -> list[dict[str, Any]]:
         """OpenAI model cards: the alias first, then the base model, then the adapters (oldest first)."""
-        snap = self._current()
+        snap = snapshot or self._current()
         now = int(time.time())
         cards: list[dict[str, Any]] = [
             {

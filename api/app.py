@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -149,14 +150,19 @@ async def build_state(
         # SQLite files are migrated by default (one process owns them); shared servers only on request.
         sqlite = url.startswith("sqlite")
         migrate = settings.auto_migrate if settings.auto_migrate is not None else sqlite
+        bounds: dict[str, Any] = {
+            "connect_timeout_s": settings.db_connect_timeout_s,
+            "statement_timeout_s": settings.db_statement_timeout_s,
+            "pool_timeout_s": settings.db_pool_timeout_s,
+        }
         if migrate:
             await asyncio.to_thread(upgrade, url)
-        elif await asyncio.to_thread(schema_state, url) == "outdated":  # unreachable: serve degraded (R6)
+        elif await asyncio.to_thread(schema_state, url, **bounds) == "outdated":  # unreachable: degraded (R6)
             raise StartupError(
                 "the database schema is missing or out of date: run `rrr db upgrade "
                 "--database-url ...` first (or set RRR_AUTO_MIGRATE=true)"
             )
-        db_engine = make_engine(url)
+        db_engine = make_engine(url, **bounds)
         closers.append(db_engine.dispose)
         session_factory = make_session_factory(db_engine)
     if writer is None:
@@ -166,6 +172,7 @@ async def build_state(
                 settings.resolved_spool_path(),
                 max_queue=settings.writer_max_queue,
                 batch_size=settings.writer_batch_size,
+                write_timeout_s=settings.db_write_timeout_s,
             )
         except SpoolInUse:
             raise StartupError(
@@ -181,6 +188,9 @@ async def build_state(
     if base_model is None:
         base_model = await _discover_base_model(engine, settings.engine_startup_timeout_s)
     policy = PolicyResolver(session_factory, base_model, ttl_s=settings.policy_ttl_s / 2)
+    resolver = ModelResolver(policy, ttl_s=settings.policy_ttl_s / 2)
+    await resolver.start()  # the first snapshot; re-read in the background from now on (R6)
+    closers.append(resolver.aclose)
     loop_config = LoopConfig(
         max_calls=settings.max_calls,
         deadline_s=settings.deadline_s,
@@ -197,7 +207,7 @@ async def build_state(
         engine=engine,
         session_factory=session_factory,
         writer=writer,
-        models=ModelResolver(policy, ttl_s=settings.policy_ttl_s / 2),
+        models=resolver,
         loop_config=loop_config,
     )
     metrics.attach(writer.stats, state.engine_up)

@@ -62,6 +62,22 @@ class Settings(BaseSettings):
     )
     writer_max_queue: int = Field(default=10_000, ge=1)
     writer_batch_size: int = Field(default=200, ge=1)
+    db_connect_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest wait for a new PostgreSQL connection (libpq: whole seconds, >= 2)."
+    )
+    db_statement_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="Statement timeout (0: none); the client waits at most 2 s longer for any answer, then drops "
+        "the connection (a stalled network or proxy).",
+    )
+    db_pool_timeout_s: float = Field(default=5.0, gt=0, description="Longest wait for a free pooled connection.")
+    db_write_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest wait for one transaction of the episode writer; past it episodes are spooled and "
+        "/health is degraded (R6).",
+    )
 
     # engines
     engine_urls: CommaList = Field(default_factory=list, description="Engine replica URLs (with or without /v1).")

@@ -15,6 +15,13 @@ written either (disk full), the batch is dropped and counted (R7). A record the 
 data (constraint, bad value) is isolated by retrying the batch one record at a time and dropped
 alone; it never blocks the others. This module never raises into the caller.
 
+Every database call of the writer (a batch, a replayed batch, a probe) runs on a second daemon
+thread and is waited for at most ``write_timeout_s``. A call past that bound counts as an outage
+(a stalled database: connections open, no answer): the writer is ``degraded`` and spools the batch.
+The late call is left to end by itself (the engine's own bounds close a stalled connection) and no
+other call starts before it has; if it commits after all, replaying the spooled copy stores nothing
+twice (the inserts are idempotent), so nothing is lost or duplicated either way.
+
 One writer per spool file: the writer holds an exclusive ``flock`` on it while open, and a second
 writer on the same path fails at construction (``SpoolInUse``); give each process its own path
 (e.g. one per worker index, so a restarted worker replays what its predecessor left).
@@ -30,9 +37,11 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, text
 from sqlalchemy import exc as sa_exc
@@ -43,6 +52,7 @@ from store.episodes import record_episodes
 from store.records import EpisodeRecord
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _OUTAGE_ERRORS = (
     sa_exc.OperationalError,
@@ -69,6 +79,53 @@ def _is_outage(exc: BaseException) -> bool:
     return isinstance(exc, _OUTAGE_ERRORS)
 
 
+class _Calls:
+    """Runs calls on a daemon thread of its own and waits at most ``timeout_s`` for each (None: no bound).
+
+    A call past its bound raises ``_Outage`` in the caller and goes on in the background; until it has
+    returned, every new call is an ``_Outage`` at once, so stalled calls never pile up.
+    """
+
+    def __init__(self, timeout_s: float | None) -> None:
+        self.timeout_s = timeout_s
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = queue.SimpleQueue()
+        self._late: Future[Any] | None = None
+        self._thread: threading.Thread | None = None
+
+    def run(self, work: Callable[[], T]) -> T:
+        if self.timeout_s is None:
+            return work()
+        if self._late is not None:
+            if not self._late.done():
+                raise _Outage(f"an earlier database call has not returned after {self.timeout_s:g}s")
+            log.info("the late database call has returned")
+            self._late = None
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._work, name="rrr-episode-writer-db", daemon=True)
+            self._thread.start()
+        future: Future[Any] = Future()
+        self._jobs.put((work, future))
+        try:
+            result: T = future.result(self.timeout_s)
+        except FutureTimeout:
+            self._late = future
+            raise _Outage(f"a database call did not return within {self.timeout_s:g}s") from None
+        return result
+
+    def stop(self) -> None:
+        """End the thread once it is idle (a late call still running ends it when it returns)."""
+        if self._thread is not None:
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            work, future = job
+            try:
+                future.set_result(work())
+            except BaseException as exc:  # handed to the caller, or to nobody if it gave up waiting
+                future.set_exception(exc)
+
+
 class EpisodeWriter:
     """Batched, spooling writer of ``EpisodeRecord``s. Thread-safe; see the module docstring."""
 
@@ -81,6 +138,7 @@ class EpisodeWriter:
         batch_size: int = 200,
         flush_interval_s: float = 0.05,
         retry_interval_s: float = 2.0,
+        write_timeout_s: float | None = 5.0,
         start: bool = True,
     ) -> None:
         self._factory = target if isinstance(target, sessionmaker) else make_session_factory(target)
@@ -88,6 +146,7 @@ class EpisodeWriter:
         self._batch_size = max(1, batch_size)
         self._flush_interval_s = max(0.0, flush_interval_s)
         self._retry_interval_s = max(0.01, retry_interval_s)
+        self._calls = _Calls(write_timeout_s if write_timeout_s and write_timeout_s > 0 else None)
         self._queue: queue.Queue[EpisodeRecord] = queue.Queue(maxsize=max(1, max_queue))
         self._lock = threading.Lock()
         self._handled_cond = threading.Condition(self._lock)
@@ -148,6 +207,8 @@ class EpisodeWriter:
             remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
             self._thread.join(remaining)
         stopped = not self._thread.is_alive()
+        if stopped:
+            self._calls.stop()
         if stopped and self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
@@ -230,9 +291,10 @@ class EpisodeWriter:
     def _commit(self, records: Sequence[EpisodeRecord]) -> int:
         """Store records in one transaction; on a data error, one by one. Returns how many were dropped."""
         try:
-            with self._factory.begin() as session:
-                record_episodes(session, records)
+            self._calls.run(lambda: self._store(records))
             return 0
+        except _Outage:
+            raise
         except Exception as exc:
             if _is_outage(exc):
                 raise _Outage(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
@@ -242,6 +304,11 @@ class EpisodeWriter:
                 self._count("dropped", 1)
                 return 1
         return sum(self._commit([record]) for record in records)
+
+    def _store(self, records: Sequence[EpisodeRecord]) -> None:
+        """One transaction (on the calls thread)."""
+        with self._factory.begin() as session:
+            record_episodes(session, records)
 
     # ---- spool -------------------------------------------------------------------------------
 
@@ -297,9 +364,14 @@ class EpisodeWriter:
                     os.truncate(self._spool, position)
 
     def _probe(self) -> None:
-        try:
+        def select_one() -> None:
             with self._factory() as session:
                 session.execute(text("SELECT 1"))
+
+        try:
+            self._calls.run(select_one)
+        except _Outage:
+            raise
         except Exception as exc:
             raise _Outage(type(exc).__name__) from exc
 

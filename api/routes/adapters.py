@@ -4,10 +4,10 @@ The routes are thin: ``adapters.serving.activate`` / ``rollback`` (the same code
 verify the folder (R16), load it on every engine replica, probe each, and only then flip the active
 pointer in one store transaction; a failed check, load or probe answers 409 and changes nothing
 (loads made by the attempt are undone). A rollback plans from the registry, loads and probes its
-target, and commits only if the plan still holds. After a flip the app's model cache is
-invalidated so the alias ``rrr`` follows at once. Adapter paths and engine messages are never
-shown (R14); the engines' own admin endpoints are never exposed (R15). The replaced adapter stays
-loaded (the learner's cycle unloads it after its drain).
+target, and commits only if the plan still holds. After a flip the app's snapshot of the registry
+is read again (``ModelResolver.reload``) so the alias ``rrr`` follows at once. Adapter paths and
+engine messages are never shown (R14); the engines' own admin endpoints are never exposed (R15).
+The replaced adapter stays loaded (the learner's cycle unloads it after its drain).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ async def rollback(request: Request) -> Response:
         log.warning("database call failed: %s", type(exc).__name__)
         raise database_unavailable() from None
     finally:
-        state.models.invalidate()
+        await state.models.reload()  # the flip serves from the next request on
     if not flip.changed:
         raise ApiError(
             409,
@@ -121,7 +121,7 @@ async def activate(request: Request, name: str) -> Response:
         log.warning("database call failed: %s", type(exc).__name__)
         raise database_unavailable() from None
     finally:
-        state.models.invalidate()
+        await state.models.reload()  # the flip serves from the next request on
     assert flip.active is not None
     log.info("activated adapter %s", name)
     return json_response(adapter_view(flip.active))

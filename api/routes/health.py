@@ -4,7 +4,8 @@
 
 * ``ok`` (200): an engine answers and episodes are written to the database;
 * ``degraded`` (200): one of the two is failing — no engine answers (inspection and admin still
-  work), or the database is unreachable and episodes go to the spool (serving still works, R6);
+  work), or the episode writer cannot write (the database is unreachable, or a write did not complete
+  within ``RRR_DB_WRITE_TIMEOUT_S``) and episodes go to the spool (serving still works, R6);
 * ``down`` (503): neither works, or the app is shutting down (``draining``), so a load balancer
   should send traffic elsewhere.
 

@@ -1,5 +1,14 @@
-"""A tiny TCP forwarder for outage tests: put it in front of PostgreSQL, stop it to make the
-database unreachable (listener closed, live connections killed), start it again on the same port."""
+"""A tiny TCP forwarder for outage tests, put in front of PostgreSQL.
+
+Two kinds of outage:
+
+* ``stop`` / ``start``: the database is unreachable — the listener is closed and live connections
+  are killed (the peer sees a reset or a refused connection); ``start`` listens again on the same port.
+* ``blackhole`` / ``resume``: the database stalls — connections stay open and new ones are still
+  accepted (and connected upstream), but no byte is passed in either direction, so a client waits
+  for an answer that does not come (its kernel's TCP keepalives are still answered, as by a peer
+  whose server hangs). ``resume`` passes bytes again, including what was held back.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +25,8 @@ class TCPForwarder:
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._running = threading.Event()
+        self._flowing = threading.Event()  # cleared while blackholed
+        self._flowing.set()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -42,6 +53,15 @@ class TCPForwarder:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
             conn.close()
+        self._flowing.set()  # pumps held by a blackhole see their closed sockets and end
+
+    def blackhole(self) -> None:
+        """Keep every connection open and keep accepting, but pass no bytes until ``resume``."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Pass bytes again, on the connections held open by ``blackhole`` too."""
+        self._flowing.set()
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
@@ -68,9 +88,11 @@ class TCPForwarder:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while True:
+                self._flowing.wait()
                 data = src.recv(65536)
                 if not data:
                     break
+                self._flowing.wait()  # bytes read just before a blackhole are held back too
                 dst.sendall(data)
         except OSError:
             pass
