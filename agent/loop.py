@@ -11,6 +11,7 @@ only engine failures are raised, after the attempts made so far are kept on the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 import uuid
@@ -161,7 +162,7 @@ def verify_message(
         parse_error = parse_error or "the output was cut off at max_tokens (finish_reason=length)"
     text = content if isinstance(content, str) else None  # a non-string content is named by parse_error
     output = ModelOutput(tool_calls=calls, content=text, parse_error=parse_error)
-    return run_verifier(
+    verdict = run_verifier(
         options.verifier,
         output,
         tools=tools,
@@ -169,6 +170,9 @@ def verify_message(
         expected=options.expected,
         budget=budget,
     )
+    if finish_reason == "length" and verdict.code == "parse_error":  # cut off, not malformed by choice
+        verdict = dataclasses.replace(verdict, code="truncated")
+    return verdict
 
 
 def _timed(
@@ -182,7 +186,7 @@ def _timed(
     budget.start()  # the budget's clock runs only while verifying (not while a model call runs)
     try:
         if budget.expired:
-            return Verdict(False, budget.reason())
+            return Verdict(False, budget.reason(), code="timeout")
         return verify_message(
             message, finish_reason, tools=tools, tool_choice=tool_choice, options=options, budget=budget
         )
@@ -212,7 +216,7 @@ async def verify_off_loop(
         return await asyncio.wait_for(future, timeout=None if limit == float("inf") else limit + _GRACE_S)
     except TimeoutError:
         budget.exhaust()
-        return Verdict(False, budget.reason())
+        return Verdict(False, budget.reason(), code="timeout")
 
 
 _GRACE_S = 0.5

@@ -32,6 +32,8 @@ def outcome_to_record(
                 ok=None if verdict is None else verdict.ok,
                 reason=None if verdict is None else verdict.reason,
                 details=None if verdict is None else verdict.details,
+                code=None if verdict is None else verdict.code,
+                path=None if verdict is None else verdict.path,
                 prompt_tokens=attempt.prompt_tokens,
                 completion_tokens=attempt.completion_tokens,
                 latency_ms=round(attempt.latency_ms),

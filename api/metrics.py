@@ -83,6 +83,9 @@ class Metrics:
             registry=r,
         )
         self.verdicts = Counter("rrr_verdicts", "Verifier verdicts by attempt kind", ["kind", "ok"], registry=r)
+        self.failures = Counter(
+            "rrr_verdict_failures", "Failed verdicts by attempt kind and failure code", ["kind", "code"], registry=r
+        )
         self.retries = Counter("rrr_retries", "Reflect-and-retry rounds started", registry=r)
         self.model_calls = Counter("rrr_model_calls", "Model calls by kind", ["kind"], registry=r)
         self.rejected = Counter(
@@ -105,6 +108,8 @@ class Metrics:
                 self.retries.inc()
             if attempt.verdict is not None:
                 self.verdicts.labels(attempt.kind, "true" if attempt.verdict.ok else "false").inc()
+                if not attempt.verdict.ok:
+                    self.failures.labels(attempt.kind, attempt.verdict.code or "unknown").inc()
         if outcome.error is not None:
             self.upstream_errors.labels(type(outcome.error).__name__).inc()
 

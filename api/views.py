@@ -45,6 +45,7 @@ def episode_summary(episode: Episode) -> dict[str, Any]:
         "trainable": episode.trainable,
         "purpose": episode.purpose,
         "consumed_by_run": episode.consumed_by_run,
+        "failure_code": episode.failure_code,
     }
 
 
@@ -57,7 +58,13 @@ def attempt_view(attempt: Attempt) -> dict[str, Any]:
         "finish_reason": attempt.finish_reason,
         "verdict": None
         if attempt.ok is None
-        else {"ok": attempt.ok, "reason": attempt.reason, "details": attempt.details},
+        else {
+            "ok": attempt.ok,
+            "reason": attempt.reason,
+            "code": attempt.code,
+            "path": attempt.path,
+            "details": attempt.details,
+        },
         "prompt_tokens": attempt.prompt_tokens,
         "completion_tokens": attempt.completion_tokens,
         "latency_ms": attempt.latency_ms,

@@ -28,6 +28,7 @@ def eval_score(
     """Score a predictions file against a dataset's reference answers."""
     import json
 
+    from evals import format_failures
     from tools.formats import load_dataset
     from tools.score import score_predictions
 
@@ -48,6 +49,8 @@ def eval_score(
         typer.echo(f"{'category':<{width}}  {'correct':>7}  {'total':>5}  accuracy")
         for name, cat in report.categories.items():
             typer.echo(f"{name:<{width}}  {cat['correct']:>7}  {cat['total']:>5}  {cat['accuracy']:.2%}")
+    if report.failures:
+        typer.echo("\n" + format_failures(report.failures, max(1, report.total), "failure code"))
     if report.unmatched:
         typer.echo(f"\n{len(report.unmatched)} predictions matched no dataset item", err=True)
 
@@ -145,6 +148,7 @@ def eval_run(  # noqa: C901 (a command: flag checks, then one call per stage)
         ServerRunner,
         TargetError,
         eval_tasks,
+        format_failures,
         format_table,
         run_evaluation,
     )
@@ -218,6 +222,10 @@ def eval_run(  # noqa: C901 (a command: flag checks, then one call per stage)
         typer.echo(json.dumps(run.summary))
     else:
         typer.echo(format_table(run.summary))
+        for row in run.summary["models"]:
+            if row.get("first_failures"):
+                title = f"{row['model']}: first-attempt failures"
+                typer.echo("\n" + format_failures(row["first_failures"], max(1, row["n"]), title))
     reports = run.reports
     if reports is not None:
         files = [str(reports.summary.parent / "items.jsonl"), str(reports.summary), str(reports.table)]

@@ -14,7 +14,7 @@ demo all judge items here.
 """
 
 from evals.items import EvalTask, eval_task, eval_tasks
-from evals.report import format_markdown, format_table, summarize, write_reports
+from evals.report import failure_counts, format_failures, format_markdown, format_table, summarize, write_reports
 from evals.results import AttemptResult, EvalOutput, ItemResult, OutputError, score_trace
 from evals.run import EvalConfig, EvalRun, run_evaluation
 from evals.runners import (
@@ -43,6 +43,8 @@ __all__ = [
     "TargetError",
     "eval_task",
     "eval_tasks",
+    "failure_counts",
+    "format_failures",
     "format_markdown",
     "format_table",
     "local_runner",

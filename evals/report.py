@@ -70,10 +70,27 @@ def summarize(
                 "accuracy": _accuracies(items, attempts),
                 "categories": {c: _accuracies(r, attempts) for c, r in sorted(categories.items())},
                 "statuses": dict(sorted(Counter(i.status or "unknown" for i in items).items())),
+                "first_failures": failure_counts(items),
                 "adapters": sorted({i.adapter for i in items if i.adapter}),
             }
         )
     return {"dataset": dataset, "target": target, "items": len(item_ids), "attempts": attempts, "models": rows}
+
+
+def failure_counts(items: Iterable[ItemResult]) -> dict[str, int]:
+    """How many items failed their first attempt with each failure code, biggest first."""
+    codes = Counter(i.attempts[0].code or "unknown" for i in items if i.attempts and not i.attempts[0].ok)
+    return dict(sorted(codes.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def format_failures(counts: dict[str, int], total: int, title: str = "first-attempt failures") -> str:
+    """A per-code table: code, count, share of all items."""
+    if not counts:
+        return ""
+    width = max(len(title), *(len(code) for code in counts))
+    lines = [f"{title:<{width}}  {'items':>5}  share"]
+    lines += [f"{code:<{width}}  {n:>5}  {n / total:.1%}" for code, n in counts.items()]
+    return "\n".join(lines)
 
 
 def _cell(acc: dict[str, Any]) -> str:

@@ -50,6 +50,10 @@ class AttemptResult:
     """The self-reflection this attempt was given (None for the first attempt)."""
     served_ok: bool | None = None
     """rrr's own verdict while serving (the score above is the reference scorer's)."""
+    code: str | None = None
+    """The failure code of a failed attempt (``tools.verify.FAILURE_CODES``)."""
+    path: str | None = None
+    """The argument that failure is about, where one applies (``arguments.city``)."""
 
 
 @dataclass
@@ -100,6 +104,8 @@ def score_trace(task: EvalTask, model: str, trace: Trace, attempts: int) -> Item
                 number=len(scored) + 1,
                 ok=verdict.ok,
                 reason=verdict.reason,
+                code=verdict.code,
+                path=verdict.path,
                 content=output.content,
                 tool_calls=[c.to_dict() for c in output.tool_calls],
                 parse_error=output.parse_error,

@@ -101,6 +101,7 @@ def _episode_row(record: EpisodeRecord) -> dict[str, Any]:
         "error": record.error,
         "trainable": bool(record.trainable) and record.purpose != "eval",
         "purpose": record.purpose if record.purpose in EPISODE_PURPOSES else "traffic",
+        "failure_code": next((a.code for a in record.attempts if a.ok is False), None),
     }
 
 
@@ -139,6 +140,8 @@ def record_episodes(session: Session, records: Iterable[EpisodeRecord]) -> int:
                     "ok": a.ok,
                     "reason": a.reason,
                     "details": a.details,
+                    "code": a.code if a.ok is False else None,
+                    "path": a.path if a.ok is False else None,
                     "prompt_tokens": a.prompt_tokens or 0,
                     "completion_tokens": a.completion_tokens or 0,
                     "latency_ms": a.latency_ms,
@@ -186,6 +189,7 @@ def list_episodes(
     tool: str | None = None,
     adapter: str | None = None,
     task: str | None = None,
+    failure: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 50,
@@ -207,6 +211,8 @@ def list_episodes(
         stmt = stmt.where(Episode.adapter == adapter)
     if task is not None:
         stmt = stmt.where(Episode.task == task)
+    if failure is not None:
+        stmt = stmt.where(Episode.failure_code == failure)
     if since is not None:
         stmt = stmt.where(Episode.created_at >= since)
     if until is not None:

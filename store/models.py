@@ -175,6 +175,7 @@ class Episode(Base):
         Index("ix_episodes_task_created_at", "task", "created_at"),
         Index("ix_episodes_consumed_by_run", "consumed_by_run"),
         Index("ix_episodes_purpose_created_at", "purpose", "created_at"),
+        Index("ix_episodes_failure_code_created_at", "failure_code", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -202,6 +203,9 @@ class Episode(Base):
     purpose: Mapped[str] = mapped_column(SafeString(16), default="traffic", server_default="traffic")
     """`traffic` may become training data; `eval` (evaluation traffic) never does."""
     consumed_by_run: Mapped[str | None] = mapped_column(String(36), ForeignKey("training_runs.id", ondelete="SET NULL"))
+    failure_code: Mapped[str | None] = mapped_column(SafeString(32))
+    """The failure code (``tools.verifiers.base.FAILURE_CODES``) of the episode's first failed
+    attempt (None: its first attempt passed, or it got no answer)."""
 
     attempts: Mapped[list[Attempt]] = relationship(
         back_populates="episode", order_by="Attempt.index", cascade="all, delete-orphan", passive_deletes=True
@@ -224,6 +228,10 @@ class Attempt(Base):
     ok: Mapped[bool | None] = mapped_column(Boolean)
     reason: Mapped[str | None] = mapped_column(SafeText)
     details: Mapped[dict[str, Any] | None] = mapped_column(SafeJSON)
+    code: Mapped[str | None] = mapped_column(SafeString(32))
+    """A failed verdict's failure code; None for a passed one, a reflection, or a verdict stored before codes."""
+    path: Mapped[str | None] = mapped_column(SafeString(200))
+    """The argument the failure is about (``arguments.origin``), where one applies."""
     prompt_tokens: Mapped[int] = mapped_column(SafeInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(SafeInteger, default=0)
     latency_ms: Mapped[int | None] = mapped_column(SafeInteger)

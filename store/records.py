@@ -50,6 +50,8 @@ class AttemptRecord:
     ok: bool | None = None
     reason: str | None = None
     details: dict[str, Any] | None = None
+    code: str | None = None
+    path: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: int | None = None

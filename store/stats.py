@@ -1,4 +1,5 @@
-"""Success statistics over episodes, by adapter and by UTC day (``GET /v1/stats``).
+"""Success statistics over episodes, by adapter and by UTC day, and failure codes by tool, adapter
+and day (``GET /v1/stats``).
 
 Called through ``store.repos`` by the API and the eval tooling. Counting happens in SQL (conditional
 sums, portable to SQLite and PostgreSQL; the only dialect-specific piece is the UTC day bucket,
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from store.models import Episode
+from store.models import Episode, EpisodeTool
 from store.records import EPISODE_STATUSES
 
 
@@ -140,3 +141,30 @@ def episode_stats(session: Session, *, since: datetime | None = None, until: dat
         by_adapter=adapters,
         by_day=[_counts(row.key, row) for row in by_day],
     )
+
+
+def failure_stats(session: Session, *, since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
+    """Episodes per failure code (of their first failed attempt) in the window: overall, by tool
+    (offered, called or expected), by adapter (None = base model) and by UTC day; biggest first."""
+    count = func.count().label("episodes")
+    code = Episode.failure_code.label("code")
+    failing = Episode.failure_code.is_not(None)
+
+    def rows(*keys: Any, join_tools: bool = False) -> list[Any]:
+        stmt = select(*keys, code, count).where(failing)
+        if join_tools:
+            stmt = stmt.join(EpisodeTool, EpisodeTool.episode_id == Episode.id)
+        stmt = _window(stmt, since, until).group_by(*keys, Episode.failure_code)
+        return list(session.execute(stmt).all())
+
+    by_code = sorted(rows(), key=lambda r: (-r.episodes, r.code))
+    by_tool = sorted(rows(EpisodeTool.name.label("tool"), join_tools=True), key=lambda r: (-r.episodes, r.tool, r.code))
+    by_adapter = sorted(rows(Episode.adapter.label("adapter")), key=lambda r: (-r.episodes, r.adapter or "", r.code))
+    day = utc_day(Episode.created_at).label("day")
+    by_day = sorted(rows(day), key=lambda r: (r.day, -r.episodes, r.code))
+    return {
+        "by_code": [{"code": r.code, "episodes": int(r.episodes)} for r in by_code],
+        "by_tool": [{"tool": r.tool, "code": r.code, "episodes": int(r.episodes)} for r in by_tool],
+        "by_adapter": [{"adapter": r.adapter, "code": r.code, "episodes": int(r.episodes)} for r in by_adapter],
+        "by_day": [{"day": r.day, "code": r.code, "episodes": int(r.episodes)} for r in by_day],
+    }

@@ -20,10 +20,12 @@ import contextvars
 import hashlib
 import itertools
 import json
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
@@ -550,20 +552,66 @@ class CompiledSchema:
         self.schema_hash = schema_hash
         self._validator = validator
 
-    def errors(self, instance: Any, *, limit: int = MAX_ERRORS) -> list[str]:
-        """Human-readable violations, each ``"<JSON path>: <message> (<keyword>)"``; [] when valid."""
-        found: list[str] = []
+    def violations(self, instance: Any, *, limit: int = MAX_ERRORS) -> list[Violation]:
+        """The violations, each with its JSON path, a short message and the failing keyword; [] when valid."""
+        found: list[Violation] = []
         try:
             for error in self._validator.iter_errors(instance):
-                found.append(f"{error.json_path}: {_short(error.message)} ({error.validator})")
+                message = _short(error.message)
+                keyword = str(error.validator)
+                found.append(Violation(_violation_path(error.json_path, keyword, error.message), message, keyword))
                 if len(found) >= limit:
                     break
         except (RecursionError, Unresolvable) as exc:  # bounded by the caps; kept as data if reached
-            found.append(f"$: could not be validated: {_short(str(exc))}")
+            found.append(Violation("$", f"could not be validated: {_short(str(exc))}", "unvalidated"))
+        return found
+
+    def errors(self, instance: Any, *, limit: int = MAX_ERRORS) -> list[str]:
+        """Human-readable violations, each ``"<JSON path>: <message> (<keyword>)"``; [] when valid."""
+        found = []
+        for violation in self.violations(instance, limit=limit):
+            if violation.keyword == "unvalidated":
+                found.append(f"{violation.path}: {violation.message}")
+            else:
+                found.append(f"{_json_path_of(violation)}: {violation.message} ({violation.keyword})")
         return found
 
     def is_valid(self, instance: Any) -> bool:
         return not self.errors(instance, limit=1)
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One schema violation: ``path`` is the JSON path of the offending value (for ``required`` and
+    ``additionalProperties``, of the missing or unexpected property itself), ``keyword`` the failing
+    schema keyword (``unvalidated`` if validation gave up)."""
+
+    path: str
+    message: str
+    keyword: str
+
+    @property
+    def timed_out(self) -> bool:
+        """A ``pattern`` that was not checked in time (per search, or the request's regex budget)."""
+        return self.keyword == "pattern" and ("was not checked" in self.message or "took longer than" in self.message)
+
+
+_NAMED_PROPERTY = re.compile(r"'((?:[^'\\]|\\.)*)'")
+
+
+def _violation_path(json_path: str, keyword: str, message: str) -> str:
+    if keyword in ("required", "additionalProperties", "unevaluatedProperties", "dependentRequired"):
+        named = _NAMED_PROPERTY.search(message)
+        if named:
+            return f"{json_path}.{named.group(1)}"
+    return json_path
+
+
+def _json_path_of(violation: Violation) -> str:
+    """The path as ``errors`` always printed it: the parent object for required/additional properties."""
+    if violation.keyword in ("required", "additionalProperties", "unevaluatedProperties", "dependentRequired"):
+        return violation.path.rsplit(".", 1)[0]
+    return violation.path
 
 
 class _LRU:

@@ -37,7 +37,7 @@ class PredictionsError(ValueError):
 
 @dataclass
 class ScoreReport:
-    """Totals plus one ``{"id", "ok", "reason"}`` per dataset item, in dataset order."""
+    """Totals plus one ``{"id", "ok", "reason", "code", "path"}`` per dataset item, in dataset order."""
 
     total: int
     correct: int
@@ -46,9 +46,24 @@ class ScoreReport:
     categories: dict[str, dict[str, Any]] = field(default_factory=dict)
     unmatched: list[str] = field(default_factory=list)
 
+    @property
+    def failures(self) -> dict[str, int]:
+        """Wrong items per failure code, biggest first."""
+        codes: dict[str, int] = {}
+        for row in self.items:
+            if not row["ok"]:
+                codes[row.get("code") or "unknown"] = codes.get(row.get("code") or "unknown", 0) + 1
+        return dict(sorted(codes.items(), key=lambda kv: (-kv[1], kv[0])))
+
     def to_dict(self) -> dict[str, Any]:
         """The ``rrr eval score --json`` object."""
-        return {"total": self.total, "correct": self.correct, "accuracy": self.accuracy, "items": self.items}
+        return {
+            "total": self.total,
+            "correct": self.correct,
+            "accuracy": self.accuracy,
+            "failures": self.failures,
+            "items": self.items,
+        }
 
 
 def _output_from_line(obj: dict[str, Any], where: str) -> ModelOutput:
@@ -117,7 +132,7 @@ def _with_tool_names(item: DatasetItem, output: ModelOutput) -> ModelOutput:
 def score_item(item: DatasetItem, output: ModelOutput | None) -> Verdict:
     """The verdict for one item (``output`` None: no prediction)."""
     if output is None:
-        return Verdict(ok=False, reason=NO_PREDICTION, details={})
+        return Verdict(ok=False, reason=NO_PREDICTION, details={}, code="no_call")
     if item.task == "countdown":
         return verify_countdown(output.content or "", item.extra["nums"], item.extra["target"])
     if item.extra.get("relevance"):
@@ -142,7 +157,8 @@ def score_predictions(
     for item in items:
         raw = preds.get(item.id)
         verdict = score_item(item, _as_output(raw) if raw is not None else None)
-        rows.append({"id": item.id, "ok": verdict.ok, "reason": verdict.reason})
+        row = {"id": item.id, "ok": verdict.ok, "reason": verdict.reason, "code": verdict.code, "path": verdict.path}
+        rows.append(row)
         if item.category is not None:
             cat = categories.setdefault(item.category, {"total": 0, "correct": 0, "accuracy": 0.0})
             cat["total"] += 1

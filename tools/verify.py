@@ -16,7 +16,7 @@ implementations live one per module in ``tools.verifiers``:
 None of them raises on model output: a failed call is a Verdict. Bad specs raise ValueError.
 """
 
-from tools.verifiers.base import ModelOutput, Verdict, VerificationBudget
+from tools.verifiers.base import FAILURE_CODES, ModelOutput, Verdict, VerificationBudget
 from tools.verifiers.countdown import verify_countdown
 from tools.verifiers.execution import DEFAULT_EXECUTION_MODULES, verify_execution
 from tools.verifiers.reference import (
@@ -39,6 +39,7 @@ from tools.verifiers.specs import (
 
 __all__ = [
     "DEFAULT_EXECUTION_MODULES",
+    "FAILURE_CODES",
     "SCHEMA",
     "VERIFIER_TYPES",
     "Expected",

@@ -178,7 +178,9 @@ def _trace(outcome: Outcome) -> list[dict[str, Any]]:
             "kind": a.kind,
             "message": wire_message(a.message),
             "finish_reason": a.finish_reason,
-            "verdict": None if a.verdict is None else {"ok": a.verdict.ok, "reason": a.verdict.reason or None},
+            "verdict": None
+            if a.verdict is None
+            else {"ok": a.verdict.ok, "reason": a.verdict.reason or None, "code": a.verdict.code},
         }
         for a in outcome.attempts
     ]
@@ -193,6 +195,7 @@ def _rrr(outcome: Outcome, resolved: Resolved, *, trace: bool = False) -> dict[s
         "status": outcome.status,
         "attempts": len(outcome.attempts),
         "reason": verdict.reason if verdict is not None and not verdict.ok else None,
+        "failure_code": verdict.code if verdict is not None and not verdict.ok else None,
         "adapter": resolved.adapter,
     }
     if outcome.error is not None:

@@ -1,6 +1,6 @@
 """Episodes: listing and detail (admin key), late feedback (inference key).
 
-``GET /v1/episodes`` filters by status, tool, adapter, task and a ``since``/``until`` window and
+``GET /v1/episodes`` filters by status, tool, adapter, task, failure code and a ``since``/``until`` window and
 pages with an opaque ``next_cursor`` (keyset pagination in ``store.episodes``: no row repeated or
 skipped while new episodes arrive). ``GET /v1/episodes/{id}`` adds the request, attempts,
 reflections and verdicts. ``POST /v1/episodes/{id}/feedback`` records a client's late verdict: only
@@ -27,7 +27,7 @@ from api.views import episode_detail, episode_summary
 from store.episodes import InvalidCursor, get_episode, list_episodes, set_feedback
 from store.models import Episode
 from store.records import EPISODE_STATUSES
-from tools.verify import normalize_expected
+from tools.verify import FAILURE_CODES, normalize_expected
 
 router = APIRouter(tags=["inspection"], dependencies=[Depends(require_admin)])
 feedback_router = APIRouter(tags=["inference"], dependencies=[Depends(require_inference)])
@@ -43,6 +43,9 @@ async def list_episodes_route(
     tool: str | None = Query(None, description="Episodes that offered, called or expected this tool."),
     adapter: str | None = Query(None, description="Episodes served by this adapter."),
     task: str | None = Query(None, description="Episodes with this rrr.task tag."),
+    failure: str | None = Query(
+        None, description=f"Episodes whose first failed attempt has this failure code: {', '.join(FAILURE_CODES)}."
+    ),
     since: datetime | None = Query(None, description="created_at >= since (ISO 8601; UTC if no offset)."),
     until: datetime | None = Query(None, description="created_at < until (ISO 8601; UTC if no offset)."),
     limit: int = Query(50, ge=1, le=1000),
@@ -50,6 +53,8 @@ async def list_episodes_route(
 ) -> Response:
     if status is not None and status not in EPISODE_STATUSES:
         raise bad_request(f"status must be one of {', '.join(EPISODE_STATUSES)}.", "status")
+    if failure is not None and failure not in FAILURE_CODES:
+        raise bad_request(f"failure must be one of {', '.join(FAILURE_CODES)}.", "failure")
     since, until = utc(since, "since"), utc(until, "until")
 
     def work(session: Session) -> dict[str, Any]:
@@ -60,6 +65,7 @@ async def list_episodes_route(
                 tool=tool,
                 adapter=adapter,
                 task=task,
+                failure=failure,
                 since=since,
                 until=until,
                 limit=limit,

@@ -1,4 +1,5 @@
-"""``GET /v1/stats`` (admin key): success rates overall, by adapter and by UTC day (``store.stats``).
+"""``GET /v1/stats`` (admin key): success rates overall, by adapter and by UTC day, and failure codes
+overall, by tool, by adapter and by day (``store.stats``).
 
 Rates use each episode's current status, so client feedback shows here. The writer's counters are
 included so an operator sees at a glance whether episodes are being stored, spooled or dropped.
@@ -17,7 +18,7 @@ from api.auth import require_admin
 from api.errors import json_response
 from api.state import get_state, run_db
 from api.validate import utc
-from store.stats import episode_stats
+from store.stats import episode_stats, failure_stats
 
 router = APIRouter(tags=["inspection"], dependencies=[Depends(require_admin)])
 
@@ -32,7 +33,10 @@ async def get_stats(
     since, until = utc(since, "since"), utc(until, "until")
 
     def work(session: Session) -> dict[str, Any]:
-        return episode_stats(session, since=since, until=until).to_dict()
+        return {
+            **episode_stats(session, since=since, until=until).to_dict(),
+            "failures": failure_stats(session, since=since, until=until),
+        }
 
     stats = await run_db(state, work)
     return json_response({"object": "stats", **stats, "writer": state.writer.stats()})

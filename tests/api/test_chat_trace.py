@@ -20,10 +20,11 @@ def test_the_trace_lists_answer_reflection_and_retry_with_their_verdicts(rrr: Rr
     assert [(s["index"], s["kind"]) for s in trace] == [(0, "answer"), (1, "reflection"), (2, "retry")]
     answer, reflection, retry = trace
     assert answer["verdict"]["ok"] is False and "city" in answer["verdict"]["reason"]
+    assert answer["verdict"]["code"] == "type_mismatch"
     assert json.loads(answer["message"]["tool_calls"][0]["function"]["arguments"]) == {"city": 7}
     assert answer["finish_reason"] == "tool_calls"
     assert reflection["verdict"] is None and reflection["message"]["content"] == "The city is a string."
-    assert retry["verdict"] == {"ok": True, "reason": None}
+    assert retry["verdict"] == {"ok": True, "reason": None, "code": None}
     assert retry["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
     assert extra["attempts"] == 3 and extra["status"] == "retry_ok"
 

@@ -87,6 +87,12 @@ def _extra_param(call: ToolCall, item: DatasetItem) -> ToolCall | None:
     return ToolCall(call.name, {**call.arguments, "verbose_mode": True})
 
 
+CODES = {  # the failure code each mutation must be scored with
+    "wrong name": {"unknown_tool"},  # the renamed function is not among the item's tools
+    "wrong value": {"wrong_value"},
+    "missing required param": {"missing_argument"},
+    "extra param": {"unexpected_argument"},
+}
 MUTATIONS: dict[str, Callable[[ToolCall, DatasetItem], ToolCall | None]] = {
     "wrong name": _wrong_name,
     "wrong value": _wrong_value,
@@ -100,11 +106,11 @@ def test_reference_answers_score_100_percent(fmt: str, tmp_path: Path) -> None:
     items = load_dataset(DATASETS[fmt])
     preds = write_predictions(tmp_path / "p.jsonl", {i.id: reference_prediction(i) for i in items})
     report = score_json(DATASETS[fmt], preds)
-    assert set(report) == {"total", "correct", "accuracy", "items"}
+    assert set(report) == {"total", "correct", "accuracy", "failures", "items"} and report["failures"] == {}
     assert report["total"] == len(items)
     assert report["correct"] == len(items), [r for r in report["items"] if not r["ok"]]
     assert report["accuracy"] == 1.0
-    assert all(set(r) == {"id", "ok", "reason"} for r in report["items"])
+    assert all(set(r) == {"id", "ok", "reason", "code", "path"} and r["code"] is None for r in report["items"])
 
 
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
@@ -126,6 +132,8 @@ def test_changed_predictions_score_0_percent(fmt: str, mutation: str, tmp_path: 
     outcome = {r["id"]: r for r in report["items"]}
     assert [i for i in changed if outcome[i]["ok"]] == []
     assert all(outcome[i]["reason"] for i in changed)
+    assert {i: outcome[i]["code"] for i in changed if outcome[i]["code"] not in CODES[mutation]} == {}
+    assert report["failures"] == {next(iter(CODES[mutation])): len(changed)}
     unchanged = set(outcome) - changed
     assert all(outcome[i]["ok"] for i in unchanged)
     assert report["correct"] == len(unchanged)
@@ -145,6 +153,7 @@ def test_table_output_with_categories(tmp_path: Path) -> None:
     table = {line.split()[0]: line.split()[1:] for line in lines[4:] if line.strip()}
     assert table["simple"] == ["1", "2", "50.00%"]
     assert table["live_parallel_multiple"] == ["1", "1", "100.00%"]
+    assert table["no_call"] == ["1", "8.3%"]  # the per-code table: the one wrong item made no call
 
 
 def test_table_without_categories(tmp_path: Path) -> None:

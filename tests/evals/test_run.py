@@ -153,11 +153,17 @@ def test_every_format_scores_attempt_1_and_2_exactly(fmt: str, served: Rrr, plan
     assert row["statuses"] == {s: c for s in (FIRST_OK, RETRY_OK, FAILED) if (c := sum(p == s for p in plans.values()))}
 
     # the printed table: one row per model, accuracy at attempt 1 and 2
-    header, *rows = result.stdout.strip().splitlines()
+    table, *failure_tables = result.stdout.strip().split("\n\n")
+    header, *rows = table.splitlines()
     assert header.split()[:6] == ["model", "n", "attempt", "1", "attempt", "2"]
     (line,) = rows
     assert line.split()[:4] == ["base", str(n), f"{100 * first / n:.1f}%", f"[{100 * lo:.1f},"]
     assert f"{100 * second / n:.1f}%" in line
+    # then the failure codes of the first attempts that failed: they add up to n - first
+    assert sum(row["first_failures"].values()) == n - first and "unknown" not in row["first_failures"]
+    (codes,) = failure_tables
+    assert codes.splitlines()[0].startswith("base: first-attempt failures")
+    assert sum(int(c.split()[1]) for c in codes.splitlines()[1:]) == n - first
 
     # one JSON line per item, scored by the reference scorer, agreeing with rrr's own verdicts
     records = {r["id"]: r for r in read_items(out)}
@@ -205,7 +211,7 @@ def test_several_model_names_give_one_row_each(served: Rrr, planner: Planner, tm
         assert [(a["correct"], a["total"]) for a in row["accuracy"]] == [(first, n), (second, n)]
     assert summary["models"][1]["adapters"] == ["rrr-v1"] and summary["models"][0]["adapters"] == []
     assert {m for m, _ in planner.calls("answer")} == {"base", "rrr-v1"}  # each name reached the engine
-    rows = result.stdout.strip().splitlines()[1:]
+    rows = result.stdout.strip().split("\n\n")[0].splitlines()[1:]
     assert [r.split()[0] for r in rows] == ["base", "rrr-v1"]
     assert rows[1].split()[2] == "100.0%" and rows[1].split()[-2:] == ["+0.0", "pts"]
     assert len(read_items(out)) == 2 * len(items)

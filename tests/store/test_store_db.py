@@ -59,7 +59,7 @@ def test_upgrade_twice_is_a_no_op(migrated_url: str) -> None:
     before = state()
     upgrade(migrated_url)
     upgrade(migrated_url, "head")
-    assert state() == before and before[0] == "0003"
+    assert state() == before and before[0] == "0004"
 
 
 def test_migrations_ship_inside_the_package() -> None:
@@ -69,4 +69,5 @@ def test_migrations_ship_inside_the_package() -> None:
         "0001_initial.py",
         "0002_purpose_warm_start.py",
         "0003_interrupted_runs_lease_heartbeats.py",
+        "0004_failure_codes.py",
     ]

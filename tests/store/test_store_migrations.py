@@ -7,7 +7,7 @@ from typing import Any
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from store.db import alembic_config, downgrade, make_engine, upgrade
 from store.models import Base
@@ -105,3 +105,62 @@ def test_run_status_check_accepts_every_model_status_and_still_refuses_others(da
     finally:
         engine.dispose()
     assert "interrupted" in RUN_STATUSES
+
+
+def test_failure_codes_are_back_filled_from_the_reasons_stored_before_them(database_url: str) -> None:
+    # Verdicts stored under 0003 had only a reason; 0004 derives the code the reason allows.
+    reasons = {
+        "e1": [
+            ("malformed tool call: Expecting value", False),
+            ("call 1 get_weather: $: 'city' is a required property (required)", False),
+        ],
+        "e2": [("get_weather: parameter 'city': 'London' is not 'Paris'", False), (None, True)],
+        "e3": [("call 1 names unknown tool 'x'; offered tools: get_weather", False)],
+        "e4": [
+            ("something no pattern knows", False),
+            ("call 1 get_weather: $.unit: 'k' is not one of ['c'] (enum)", False),
+        ],
+        "e5": [(None, True)],
+    }
+    upgrade(database_url, "0003")
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            for episode_id, attempts in reasons.items():
+                conn.execute(
+                    text(
+                        "INSERT INTO episodes (id, created_at, status, served_status, prompt_tokens,"
+                        " completion_tokens, trainable, purpose)"
+                        " VALUES (:e, CURRENT_TIMESTAMP, 'failed', 'failed', 0, 0, false, 'traffic')"
+                    ),
+                    {"e": episode_id},
+                )
+                for index, (reason, ok) in enumerate(attempts):
+                    conn.execute(
+                        text(
+                            'INSERT INTO attempts (episode_id, "index", kind, ok, reason, prompt_tokens,'
+                            " completion_tokens) VALUES (:e, :i, 'answer', :ok, :reason, 0, 0)"
+                        ),
+                        {"e": episode_id, "i": index, "ok": ok, "reason": reason},
+                    )
+    finally:
+        engine.dispose()
+    upgrade(database_url, "head")
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            codes = dict(conn.execute(text("SELECT id, failure_code FROM episodes")).all())
+            attempt_codes = conn.execute(text('SELECT episode_id, "index", code FROM attempts ORDER BY 1, 2')).all()
+    finally:
+        engine.dispose()
+    assert codes == {"e1": "parse_error", "e2": "wrong_value", "e3": "unknown_tool", "e4": None, "e5": None}
+    assert [tuple(r) for r in attempt_codes] == [
+        ("e1", 0, "parse_error"),
+        ("e1", 1, "missing_argument"),
+        ("e2", 0, "wrong_value"),
+        ("e2", 1, None),
+        ("e3", 0, "unknown_tool"),
+        ("e4", 0, None),
+        ("e4", 1, "schema_violation"),
+        ("e5", 0, None),
+    ]

@@ -50,7 +50,7 @@ def test_missing_predictions_are_wrong() -> None:
     report = score_predictions(items, preds)
     assert report.correct == report.total - 1
     row = next(r for r in report.items if r["id"] == "7")
-    assert row == {"id": "7", "ok": False, "reason": "no prediction"}
+    assert row == {"id": "7", "ok": False, "reason": "no prediction", "code": "no_call", "path": None}
 
 
 def test_wrong_predictions_are_wrong_with_a_reason() -> None:
@@ -70,7 +70,15 @@ def test_wrong_predictions_are_wrong_with_a_reason() -> None:
         "total": 12,
         "correct": 8,
         "accuracy": 8 / 12,
+        "failures": {"no_call": 1, "unexpected_call": 1, "wrong_call_count": 1, "wrong_value": 1},
         "items": report.items,
+    }
+    codes = {r["id"]: (r["code"], r["path"]) for r in report.items if not r["ok"]}
+    assert codes == {
+        "simple_0": ("wrong_value", "arguments.height"),
+        "irrelevance_0": ("unexpected_call", None),
+        "parallel_0": ("wrong_call_count", None),
+        "live_relevance_0-0-0": ("no_call", None),
     }
 
 

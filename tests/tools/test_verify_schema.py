@@ -34,7 +34,7 @@ def out(*calls: ToolCall, content: str | None = None, parse_error: str | None = 
 def test_valid_calls_pass() -> None:
     verdict = verify_schema(out(WEATHER, TIME), TOOLS)
     assert verdict == Verdict(True, "", {"calls": 2})
-    assert verdict.to_dict() == {"ok": True, "reason": "", "details": {"calls": 2}}
+    assert verdict.to_dict() == {"ok": True, "reason": "", "details": {"calls": 2}, "code": None, "path": None}
 
 
 def test_a_parse_error_fails_with_its_reason() -> None:

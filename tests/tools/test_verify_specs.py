@@ -109,7 +109,7 @@ def test_schema_spec_dispatches_with_tool_choice() -> None:
 
 def test_reference_spec_needs_expected_calls() -> None:
     verdict = run_verifier("reference", out(ToolCall("add", {"a": 1, "b": 2})), tools=TOOLS)
-    assert verdict == Verdict(False, "no expected calls")
+    assert verdict == Verdict(False, "no expected calls", code="verifier_error")
     assert run_verifier(
         "reference", out(ToolCall("add", {"a": 1, "b": 2})), tools=TOOLS, expected=[{"add": {"a": [1], "b": [2]}}]
     ).ok

@@ -1,7 +1,9 @@
 """What every verifier takes and returns: a ``ModelOutput`` in, a ``Verdict`` out.
 
 A verdict is data (stored on the Attempt, quoted in the reflection prompt, used as a reward), so
-it is JSON-serialisable and its reason is short. Verifiers never raise on model output.
+it is JSON-serialisable and its reason is short. Verifiers never raise on model output. Every
+failed verdict carries a ``code`` from ``FAILURE_CODES`` (one closed set an operator can count),
+and the argument ``path`` where one applies (``arguments.origin``).
 
 A ``VerificationBudget`` is the time one request's verification may take (R1, R10, R11): made once
 per client request and passed through every verifier run of that request (answer and retry alike).
@@ -36,35 +38,85 @@ def clip(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+FAILURE_CODES: dict[str, str] = {
+    "parse_error": "the output's tool call cannot be decoded (malformed JSON or markup)",
+    "truncated": "the output was cut off by the token limit before its call was complete",
+    "no_call": "a tool call was needed and none was made",
+    "unexpected_call": "a call was made where none was wanted (tool_choice none, an irrelevant request)",
+    "unknown_tool": "a call names a tool the request did not offer",
+    "wrong_tool": "a call names an offered tool, but not the one needed",
+    "wrong_call_count": "more or fewer calls than needed",
+    "missing_argument": "a required argument is missing",
+    "unexpected_argument": "an argument the tool does not take, or the task does not ask for",
+    "type_mismatch": "an argument has the wrong JSON type",
+    "wrong_value": "an argument has the wrong value",
+    "schema_violation": "an argument breaks its schema otherwise (enum, pattern, range, format, size)",
+    "ungrounded_value": "an argument's value appears nowhere in the conversation",
+    "rule_violation": "the call (or answer) breaks a rule of the task",
+    "execution_error": "running the call failed, or its result was refused",
+    "timeout": "verification ran out of time",
+    "verifier_error": "the verifier could not judge (a plugin raised, a webhook failed, no reference)",
+}
+"""The closed set of failure codes (docs/design.md lists them too); a failed verdict has exactly one."""
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """Binary outcome of a verifier, a reason a model can act on, and JSON details."""
+    """Binary outcome of a verifier, a reason a model can act on, and JSON details; a failed one
+    has a ``code`` (``FAILURE_CODES``) and, where one applies, the argument ``path``."""
 
     ok: bool
     reason: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    code: str | None = None
+    path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "reason": self.reason, "details": self.details}
+        return {"ok": self.ok, "reason": self.reason, "details": self.details, "code": self.code, "path": self.path}
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> Verdict:
-        return cls(ok=bool(obj["ok"]), reason=str(obj.get("reason", "")), details=dict(obj.get("details") or {}))
+        code = obj.get("code")
+        return cls(
+            ok=bool(obj["ok"]),
+            reason=str(obj.get("reason", "")),
+            details=dict(obj.get("details") or {}),
+            code=code if code in FAILURE_CODES else None,
+            path=str(obj["path"]) if obj.get("path") else None,
+        )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an output: its failure code, a message for the model, the argument path."""
+
+    code: str
+    message: str
+    path: str | None = None
 
 
 def passed(**details: Any) -> Verdict:
     return Verdict(True, "", details)
 
 
-def failed(reason: str, **details: Any) -> Verdict:
+def failed(reason: str, *, code: str, path: str | None = None, **details: Any) -> Verdict:
+    """A failed verdict; ``code`` must be one of ``FAILURE_CODES`` (a wrong one is a bug: ValueError)."""
+    if code not in FAILURE_CODES:
+        raise ValueError(f"unknown failure code {code!r}; one of {', '.join(FAILURE_CODES)}")
     if len(reason) > MAX_REASON_CHARS:
         reason = reason[: MAX_REASON_CHARS - 1] + "…"
-    return Verdict(False, reason, details)
+    return Verdict(False, reason, details, code=code, path=path)
 
 
-def failed_with(errors: list[str], **details: Any) -> Verdict:
-    """Fail with the first error as the reason and up to MAX_DETAIL_ERRORS of them in details."""
-    return failed(errors[0], errors=errors[:MAX_DETAIL_ERRORS], **details)
+def failed_problem(problem: Problem, **details: Any) -> Verdict:
+    return failed(problem.message, code=problem.code, path=problem.path, **details)
+
+
+def failed_with(problems: list[Problem], **details: Any) -> Verdict:
+    """Fail with the first problem as reason, code and path, and up to MAX_DETAIL_ERRORS messages in details."""
+    first = problems[0]
+    errors = [p.message for p in problems[:MAX_DETAIL_ERRORS]]
+    return failed(first.message, code=first.code, path=first.path, errors=errors, **details)
 
 
 @dataclass(frozen=True)

@@ -55,14 +55,16 @@ def verify_countdown(content: str | None, nums: list[int], target: float) -> Ver
     """Pass if the last ``<answer>`` uses each of ``nums`` once and equals ``target`` (±1e-5)."""
     answers = _ANSWER_RE.findall(content) if isinstance(content, str) else []
     if not answers:
-        return failed("no <answer>...</answer> in the response")
+        return failed("no <answer>...</answer> in the response", code="parse_error")
     equation = answers[-1].strip()
     details = {"equation": equation[:MAX_ANSWER_CHARS]}
     if len(equation) > MAX_ANSWER_CHARS:
-        return failed(f"the answer is longer than {MAX_ANSWER_CHARS} characters", **details)
+        return failed(f"the answer is longer than {MAX_ANSWER_CHARS} characters", code="rule_violation", **details)
     if not _ALLOWED_RE.fullmatch(equation):
         bad = ", ".join(repr(c) for c in sorted({c for c in equation if not _ALLOWED_RE.fullmatch(c)}))
-        return failed(f"the answer may only contain digits, + - * / ( ) and spaces; found {bad}", **details)
+        return failed(
+            f"the answer may only contain digits, + - * / ( ) and spaces; found {bad}", code="rule_violation", **details
+        )
     used = Counter(int(n) for n in re.findall(r"\d+", equation))
     given = Counter(int(n) for n in nums)
     if used != given:
@@ -72,19 +74,22 @@ def verify_countdown(content: str | None, nums: list[int], target: float) -> Ver
             parts.append(f"not used: {sorted(missing.elements())}")
         if extra:
             parts.append(f"not given or used too often: {sorted(extra.elements())}")
-        return failed(f"each of {sorted(given.elements())} must be used exactly once ({'; '.join(parts)})", **details)
+        text = f"each of {sorted(given.elements())} must be used exactly once ({'; '.join(parts)})"
+        return failed(text, code="rule_violation", **details)
     try:
         value = _evaluate(ast.parse(" ".join(equation.split()), mode="eval"))  # newlines are spaces too
     except SyntaxError:
-        return failed(f"{clip(equation)} is not a valid arithmetic expression", **details)
+        return failed(f"{clip(equation)} is not a valid arithmetic expression", code="parse_error", **details)
     except _Refused as exc:
-        return failed(f"{clip(equation)}: {exc}", **details)
+        return failed(f"{clip(equation)}: {exc}", code="rule_violation", **details)
     except RecursionError:
-        return failed("the equation is nested too deeply", **details)
+        return failed("the equation is nested too deeply", code="rule_violation", **details)
     try:
         result = float(value)
     except OverflowError:
-        return failed("the equation's value is out of range", **details)
+        return failed("the equation's value is out of range", code="wrong_value", **details)
     if abs(result - float(target)) >= TOLERANCE:
-        return failed(f"{equation} = {result:g}, not the target {float(target):g}", value=result, **details)
+        return failed(
+            f"{equation} = {result:g}, not the target {float(target):g}", code="wrong_value", value=result, **details
+        )
     return passed(value=result, **details)

@@ -29,7 +29,17 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tools.verifiers.base import UNBOUNDED, ModelOutput, Verdict, VerificationBudget, clip, failed, passed
+from tools.verifiers.base import (
+    UNBOUNDED,
+    ModelOutput,
+    Problem,
+    Verdict,
+    VerificationBudget,
+    clip,
+    failed,
+    failed_problem,
+    passed,
+)
 
 DEFAULT_EXECUTION_MODULES: tuple[str, ...] = ("tools.catalog",)
 MAX_RESULT_CHARS = 64 * 1024
@@ -121,18 +131,18 @@ def _run_one(target: str, arguments: dict[str, Any], timeout_s: float, budget: V
         _SLOTS.release()
 
 
-def _reply_failure(reply: dict[str, Any], prefix: str, timeout_s: float, budget: VerificationBudget) -> str | None:
-    """The reason a call's reply fails the verdict, or None if the call passed."""
+def _reply_failure(reply: dict[str, Any], prefix: str, timeout_s: float, budget: VerificationBudget) -> Problem | None:
+    """Why a call's reply fails the verdict (code and reason), or None if the call passed."""
     if reply.get("budget"):
-        return f"{prefix}: {budget.reason()}"
+        return Problem("timeout", f"{prefix}: {budget.reason()}")
     if "unsendable" in reply:
-        return f"{prefix}: arguments cannot be sent to the tool: {reply['unsendable']}"
+        return Problem("type_mismatch", f"{prefix}: arguments cannot be sent to the tool: {reply['unsendable']}")
     if reply.get("timeout"):
-        return f"{prefix}: timed out after {timeout_s:g}s"
+        return Problem("timeout", f"{prefix}: timed out after {timeout_s:g}s")
     if not reply.get("ok"):
         error, message = reply.get("error", "Error"), reply.get("message", "")
         text = f"{error}: {message}" if message else str(error)
-        return f"{prefix} raised {text}"
+        return Problem("execution_error", f"{prefix} raised {text}")
     return None
 
 
@@ -146,19 +156,19 @@ def verify_execution(
 ) -> Verdict:
     """Pass if every call's registered function runs to completion within ``timeout_s`` (and the budget)."""
     if output.parse_error:
-        return failed(f"malformed tool call: {output.parse_error}")
+        return failed(f"malformed tool call: {output.parse_error}", code="parse_error")
     if not output.tool_calls:
-        return failed("the model made no tool call to execute")
+        return failed("the model made no tool call to execute", code="no_call")
     runnable: list[tuple[int, str, str, dict[str, Any]]] = []
-    refusal: str | None = None
+    refusal: Problem | None = None
     for index, call in enumerate(output.tool_calls, start=1):
         target = functions.get(call.name)
         if target is None:
-            refusal = f"call {index}: tool {clip(call.name)} has no registered function"
+            refusal = Problem("unknown_tool", f"call {index}: tool {clip(call.name)} has no registered function")
             break
         refused = check_target(target, allowed_modules)
         if refused:
-            refusal = f"call {index} {call.name}: {refused}"
+            refusal = Problem("verifier_error", f"call {index} {call.name}: {refused}")
             break
         runnable.append((index, call.name, target, call.arguments))
     if len(runnable) > 1:
@@ -168,10 +178,10 @@ def verify_execution(
         replies = [_run_one(r[2], r[3], timeout_s, budget) for r in runnable]
     results: list[dict[str, Any]] = []
     for (index, name, _, _), reply in zip(runnable, replies, strict=True):
-        reason = _reply_failure(reply, f"call {index} {name}", timeout_s, budget)
-        if reason:
-            return failed(reason, results=results)
+        problem = _reply_failure(reply, f"call {index} {name}", timeout_s, budget)
+        if problem:
+            return failed_problem(problem, results=results)
         results.append({"call": index, "name": name, "result": reply.get("result")})
     if refusal:
-        return failed(refusal, results=results)
+        return failed_problem(refusal, results=results)
     return passed(results=results)

@@ -22,7 +22,7 @@ import re
 from typing import Any
 
 from tools.spec import ToolCall, ToolSpec
-from tools.verifiers.base import ModelOutput, Verdict, clip, failed, failed_with, passed
+from tools.verifiers.base import ModelOutput, Problem, Verdict, clip, failed, failed_problem, failed_with, passed
 
 Expected = list[dict[str, dict[str, list[Any]]]]
 MAX_CALLS = 128
@@ -120,58 +120,74 @@ def _as_list(acceptable: Any) -> list[Any]:
     return acceptable if isinstance(acceptable, list) else [acceptable]
 
 
+Mismatch = tuple[str, str]
+"""(failure code, message): ``type_mismatch`` or ``wrong_value`` for a value, more for a call."""
+
+
+def _type(message: str) -> Mismatch:
+    return ("type_mismatch", message)
+
+
+def _value(message: str) -> Mismatch:
+    return ("wrong_value", message)
+
+
+def _nested(prefix: str, inner: Mismatch) -> Mismatch:
+    return (inner[0], f"{prefix}: {inner[1]}")
+
+
 # Complexity: BFCL's value rules, one branch each.
-def _match(value: Any, acceptable: Any, schema: Any, float_ok: bool) -> str | None:  # noqa: C901
-    """None if ``value`` matches one acceptable value, else why not."""
+def _match(value: Any, acceptable: Any, schema: Any, float_ok: bool) -> Mismatch | None:  # noqa: C901
+    """None if ``value`` matches one acceptable value, else the code and why not."""
     float_ok = float_ok or "number" in _schema_types(schema) or isinstance(acceptable, float)
     if isinstance(acceptable, dict):
         if not isinstance(value, dict):
-            return f"expected an object, got {_json_type(value)}"
+            return _type(f"expected an object, got {_json_type(value)}")
         for key, item in value.items():
             if key not in acceptable:
-                return f"unexpected key {clip(key)}"
+                return _value(f"unexpected key {clip(key)}")
             reason = _match_any(item, _as_list(acceptable[key]), _sub(schema, "properties", key), False)
             if reason:
-                return f"key {clip(key)}: {reason}"
+                return _nested(f"key {clip(key)}", reason)
         for key, options in acceptable.items():
             if key not in value and "" not in _as_list(options):
-                return f"missing key {clip(key)}"
+                return _value(f"missing key {clip(key)}")
         return None
     if isinstance(acceptable, list):
         if not isinstance(value, list):
-            return f"expected an array, got {_json_type(value)}"
+            return _type(f"expected an array, got {_json_type(value)}")
         if len(value) != len(acceptable):
-            return f"expected {len(acceptable)} items, got {len(value)}"
+            return _value(f"expected {len(acceptable)} items, got {len(value)}")
         items = _sub(schema, "items")
         for index, (item, wanted) in enumerate(zip(value, acceptable, strict=True)):
             reason = _match(item, wanted, items, False)
             if reason:
-                return f"item {index}: {reason}"
+                return _nested(f"item {index}", reason)
         return None
     if isinstance(acceptable, str):
         if not isinstance(value, str):
-            return f"expected a string, got {_json_type(value)}"
+            return _type(f"expected a string, got {_json_type(value)}")
         return (
             None
             if normalize_string(value) == normalize_string(acceptable)
-            else f"{clip(value)} is not {clip(acceptable)}"
+            else _value(f"{clip(value)} is not {clip(acceptable)}")
         )
     if isinstance(acceptable, bool) or acceptable is None:
         if type(value) is not type(acceptable):
-            return f"expected {_json_type(acceptable)}, got {_json_type(value)}"
-        return None if value == acceptable else f"{clip(value)} is not {clip(acceptable)}"
+            return _type(f"expected {_json_type(acceptable)}, got {_json_type(value)}")
+        return None if value == acceptable else _value(f"{clip(value)} is not {clip(acceptable)}")
     if isinstance(acceptable, int | float):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"expected a number, got {_json_type(value)}"
+            return _type(f"expected a number, got {_json_type(value)}")
         if isinstance(value, float) and not float_ok:
-            return f"expected an integer, got float {clip(value)}"
-        return None if value == acceptable else f"{clip(value)} is not {clip(acceptable)}"
-    return f"unsupported acceptable value {clip(acceptable)}"
+            return _type(f"expected an integer, got float {clip(value)}")
+        return None if value == acceptable else _value(f"{clip(value)} is not {clip(acceptable)}")
+    return ("verifier_error", f"unsupported acceptable value {clip(acceptable)}")
 
 
-def _match_any(value: Any, acceptable: list[Any], schema: Any, float_ok: bool) -> str | None:
+def _match_any(value: Any, acceptable: list[Any], schema: Any, float_ok: bool) -> Mismatch | None:
     float_ok = float_ok or any(isinstance(a, float) for a in acceptable)
-    reasons = []
+    reasons: list[Mismatch] = []
     for candidate in acceptable:
         if candidate == "" and not isinstance(value, str):
             continue  # the "may be omitted" marker; only an explicit "" matches it
@@ -182,25 +198,26 @@ def _match_any(value: Any, acceptable: list[Any], schema: Any, float_ok: bool) -
             reasons.append(reason)
     if len(reasons) == 1:
         return reasons[0]
-    return f"{clip(value)} is not one of the acceptable values {clip(acceptable, 160)}"
+    code = "type_mismatch" if reasons and all(r[0] == "type_mismatch" for r in reasons) else "wrong_value"
+    return (code, f"{clip(value)} is not one of the acceptable values {clip(acceptable, 160)}")
 
 
-def _check_param(value: Any, acceptable: list[Any], schema: Any) -> str | None:
+def _check_param(value: Any, acceptable: list[Any], schema: Any) -> Mismatch | None:
     types = _schema_types(schema)
     if types and not any(_has_type(value, t) for t in types):
         # BFCL's "variable" case: a value of the reference's own type is accepted
         reference_types = {_json_type(a) for a in acceptable if a != ""}
         if _json_type(value) not in reference_types:
-            return f"expected type {'/'.join(sorted(types))}, got {_json_type(value)} {clip(value)}"
+            return _type(f"expected type {'/'.join(sorted(types))}, got {_json_type(value)} {clip(value)}")
     return _match_any(value, acceptable, schema, False)
 
 
-def check_call(call: ToolCall, name: str, params: dict[str, list[Any]], tool: ToolSpec | None) -> str | None:
+def check_call(call: ToolCall, name: str, params: dict[str, list[Any]], tool: ToolSpec | None) -> Problem | None:
     """BFCL's simple-function check of one call against one expected call; None when it matches."""
     if call.name != name:
-        return f"expected a call to {name!r}, got {clip(call.name)}"
+        return Problem("wrong_tool", f"expected a call to {name!r}, got {clip(call.name)}")
     if not isinstance(call.arguments, dict):
-        return f"{name}: arguments must be an object, got {_json_type(call.arguments)}"
+        return Problem("type_mismatch", f"{name}: arguments must be an object, got {_json_type(call.arguments)}")
     properties = _sub(tool.parameters, "properties") if tool is not None else None
     if tool is not None:
         declared = tool.parameters.get("required")
@@ -209,17 +226,17 @@ def check_call(call: ToolCall, name: str, params: dict[str, list[Any]], tool: To
         required = [param for param, acceptable in params.items() if "" not in acceptable]
     for param in required:
         if param not in call.arguments:
-            return f"{name}: missing required parameter {param!r}"
+            return Problem("missing_argument", f"{name}: missing required parameter {param!r}", f"arguments.{param}")
     for param, value in call.arguments.items():
         if param not in params or (isinstance(properties, dict) and param not in properties):
-            return f"{name}: unexpected parameter {clip(param)}"
+            return Problem("unexpected_argument", f"{name}: unexpected parameter {clip(param)}", f"arguments.{param}")
         schema = properties.get(param) if isinstance(properties, dict) else None
         reason = _check_param(value, params[param], schema)
         if reason:
-            return f"{name}: parameter {param!r}: {reason}"
+            return Problem(reason[0], f"{name}: parameter {param!r}: {reason[1]}", f"arguments.{param}")
     for param, acceptable in params.items():
         if param not in call.arguments and "" not in acceptable:
-            return f"{name}: missing parameter {param!r}"
+            return Problem("missing_argument", f"{name}: missing parameter {param!r}", f"arguments.{param}")
     return None
 
 
@@ -254,39 +271,58 @@ def verify_reference(output: ModelOutput, expected: Any, tools: list[ToolSpec] |
     """
     reference = normalize_expected(expected)
     if output.parse_error:
-        return failed(f"malformed tool call: {output.parse_error}")
+        return failed(f"malformed tool call: {output.parse_error}", code="parse_error")
     calls = output.tool_calls
     if not reference:
         if calls:
             return failed(
                 "no tool call was expected (the request is irrelevant to the tools), "
-                f"but the model called {output.describe_calls()}"
+                f"but the model called {output.describe_calls()}",
+                code="unexpected_call",
             )
         return passed()
     names = ", ".join(next(iter(entry)) for entry in reference)
     if not calls:
-        return failed(f"expected a call to {names}, but the model made no tool call")
+        return failed(f"expected a call to {names}, but the model made no tool call", code="no_call")
     if len(calls) != len(reference):
-        return failed(f"expected {len(reference)} tool call(s) ({names}), got {len(calls)} ({output.describe_calls()})")
+        return failed(
+            f"expected {len(reference)} tool call(s) ({names}), got {len(calls)} ({output.describe_calls()})",
+            code="wrong_call_count",
+        )
     if len(calls) > MAX_CALLS:
-        return failed(f"too many tool calls ({len(calls)}) to compare")
+        return failed(f"too many tool calls ({len(calls)}) to compare", code="wrong_call_count")
     by_name = {tool.name: tool for tool in tools or []}
     reasons = []
     for entry in reference:
         name, params = next(iter(entry.items()))
-        reasons.append([check_call(call, name, params, by_name.get(name)) for call in calls])
+        reasons.append([_unknown(check_call(call, name, params, by_name.get(name)), call, by_name) for call in calls])
     assignment = _perfect_matching([[reason is None for reason in row] for row in reasons])
     if assignment is not None:
         return passed(matching=assignment)
     if len(calls) == 1:
-        return failed(str(reasons[0][0]))
-    errors = []
+        assert reasons[0][0] is not None
+        return failed_problem(reasons[0][0])
+    problems = [
+        Problem("unknown_tool", f"call {k} names unknown tool {clip(call.name)}")
+        for k, call in enumerate(calls, start=1)
+        if by_name and call.name not in by_name
+    ]
     for i, row in enumerate(reasons):
         if all(reason is not None for reason in row):
             name = next(iter(reference[i]))
             same_name = [reason for call, reason in zip(calls, row, strict=True) if call.name == name]
             closest = (same_name or [r for r in row if r])[0]
-            errors.append(f"no call matches expected call {i + 1} ({name}): {closest}")
-    if not errors:  # every expected call matches some call, but not all at once
-        errors.append(f"the calls cannot be paired one-to-one with the expected calls ({names})")
-    return failed_with(errors)
+            assert closest is not None
+            message = f"no call matches expected call {i + 1} ({name}): {closest.message}"
+            problems.append(Problem(closest.code, message, closest.path))
+    if not problems:  # every expected call matches some call, but not all at once
+        message = f"the calls cannot be paired one-to-one with the expected calls ({names})"
+        problems.append(Problem("wrong_value", message))
+    return failed_with(problems)
+
+
+def _unknown(problem: Problem | None, call: ToolCall, by_name: dict[str, ToolSpec]) -> Problem | None:
+    """A call to a tool the request did not offer is `unknown_tool`, not merely the wrong one."""
+    if problem is not None and problem.code == "wrong_tool" and by_name and call.name not in by_name:
+        return Problem("unknown_tool", problem.message, problem.path)
+    return problem

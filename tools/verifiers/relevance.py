@@ -12,7 +12,7 @@ from tools.verifiers.base import ModelOutput, Verdict, failed, passed
 def verify_relevance(output: ModelOutput) -> Verdict:
     """Passes when the output holds at least one well-formed tool call."""
     if output.parse_error:
-        return failed(f"the tool call could not be parsed: {output.parse_error}")
+        return failed(f"the tool call could not be parsed: {output.parse_error}", code="parse_error")
     if not output.tool_calls:
-        return failed("expected a tool call, got none")
+        return failed("expected a tool call, got none", code="no_call")
     return passed(calls=len(output.tool_calls))

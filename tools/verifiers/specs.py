@@ -213,13 +213,13 @@ class _Run:
 
 def _run(spec: VerifierSpec, run: _Run) -> Verdict:
     if run.budget.expired:
-        return failed(run.budget.reason())
+        return failed(run.budget.reason(), code="timeout")
     kind, params = spec.kind, spec.params
     if kind == "schema":
         return verify_schema(run.output, run.tools, run.tool_choice)
     if kind == "reference":
         if run.expected is None:
-            return failed("no expected calls")
+            return failed("no expected calls", code="verifier_error")
         return verify_reference(run.output, run.expected, run.tools)
     if kind == "relevance":
         return verify_relevance(run.output)
@@ -232,7 +232,8 @@ def _run(spec: VerifierSpec, run: _Run) -> Verdict:
     for index, part in enumerate(spec.parts):
         verdict = _run(part, run)
         if not verdict.ok:
-            return Verdict(False, verdict.reason, {**verdict.details, "failed": part.kind, "failed_index": index})
+            details = {**verdict.details, "failed": part.kind, "failed_index": index}
+            return Verdict(False, verdict.reason, details, code=verdict.code, path=verdict.path)
         results.append({"type": part.kind, "details": verdict.details})
     return passed(results=results)
 
