@@ -24,11 +24,14 @@ from engines.base import ChatRequest, ChatResult, Engine, EngineError, EngineTim
 from store.records import AttemptKind, EpisodePurpose, EpisodeStatus
 from tools.parse import parse_openai_tool_calls
 from tools.spec import ToolSpec
+from tools.toolcall_formats import DEFAULT_TOOL_CALL_PARSER, check_tool_call_parser
 from tools.verify import (
+    DEFAULT_CONTEXT,
     SCHEMA,
     ModelOutput,
     Verdict,
     VerificationBudget,
+    VerifierContext,
     VerifierSpec,
     effective_tool_choice,
     run_verifier,
@@ -49,6 +52,8 @@ class LoopConfig:
     verify_regex_budget_s: time for all JSON-Schema pattern searches of a request (None: unbounded).
     verify_workers: threads that run verification, shared by every request of the process; the
         event loop never verifies, so one slow verification stalls no other request.
+    tool_call_parser: the model's tool-call format (vLLM's `--tool-call-parser` name), in which a
+        failed attempt's calls are quoted back for the reflection (`tools.toolcall_formats`).
     """
 
     max_calls: int = 3
@@ -58,6 +63,10 @@ class LoopConfig:
     verify_budget_s: float | None = 30.0
     verify_regex_budget_s: float | None = 1.0
     verify_workers: int = 8
+    tool_call_parser: str = DEFAULT_TOOL_CALL_PARSER
+
+    def __post_init__(self) -> None:
+        check_tool_call_parser(self.tool_call_parser)
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -87,6 +96,8 @@ class TaskOptions:
     max_retries: int = 1
     purpose: EpisodePurpose = "traffic"
     """`eval` marks evaluation traffic: stored, never trainable, never a regression item."""
+    context: VerifierContext = field(default=DEFAULT_CONTEXT, compare=False, repr=False)
+    """The operator's webhooks and enabled plugins (``tools.verifiers.policy``), not stored."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.verifier, VerifierSpec):
@@ -152,8 +163,10 @@ def verify_message(
     tool_choice: str | dict[str, Any],
     options: TaskOptions,
     budget: VerificationBudget | None = None,
+    conversation: list[dict[str, Any]] | None = None,
 ) -> Verdict:
     """Parse an assistant message strictly and run the request's verifier on it, within ``budget``.
+    ``conversation`` is the client's messages (what `grounded` traces values to).
     Blocking (subprocesses, regex searches): ``run_episode`` calls it in a worker thread."""
     budget = budget if budget is not None else VerificationBudget()
     content = message.get("content")
@@ -162,6 +175,9 @@ def verify_message(
         parse_error = parse_error or "the output was cut off at max_tokens (finish_reason=length)"
     text = content if isinstance(content, str) else None  # a non-string content is named by parse_error
     output = ModelOutput(tool_calls=calls, content=text, parse_error=parse_error)
+    repeated = repeated_call(output, conversation)
+    if repeated is not None:
+        return repeated
     verdict = run_verifier(
         options.verifier,
         output,
@@ -169,10 +185,40 @@ def verify_message(
         tool_choice=tool_choice,
         expected=options.expected,
         budget=budget,
+        messages=conversation,
+        context=options.context,
     )
     if finish_reason == "length" and verdict.code == "parse_error":  # cut off, not malformed by choice
         verdict = dataclasses.replace(verdict, code="truncated")
     return verdict
+
+
+def _answered_calls(conversation: list[dict[str, Any]] | None) -> list[tuple[str, Any]]:
+    """The calls of the assistant turn whose tool results end the conversation (none if it does not end so)."""
+    messages = list(conversation or [])
+    end = len(messages)
+    while end > 0 and isinstance(messages[end - 1], dict) and messages[end - 1].get("role") == "tool":
+        end -= 1
+    if end == len(messages) or end == 0 or not isinstance(messages[end - 1], dict):
+        return []
+    calls, _ = parse_openai_tool_calls(messages[end - 1].get("tool_calls"), None)
+    return [(call.name, call.arguments) for call in calls]
+
+
+def repeated_call(output: ModelOutput, conversation: list[dict[str, Any]] | None) -> Verdict | None:
+    """A failed verdict (``repeated_call``) when the output calls again, with the same arguments, a
+    tool whose result is the last thing in the conversation: an agent loop that never ends. A text
+    answer after a tool result, or the next (different) call, is not this."""
+    answered = _answered_calls(conversation)
+    for index, call in enumerate(output.tool_calls, start=1):
+        if (call.name, call.arguments) in answered:
+            return Verdict(
+                False,
+                f"call {index} repeats {call.name} with the same arguments right after its result; "
+                "answer from the result, or call something else",
+                code="repeated_call",
+            )
+    return None
 
 
 def _timed(
@@ -182,13 +228,20 @@ def _timed(
     tools: list[ToolSpec],
     tool_choice: str | dict[str, Any],
     options: TaskOptions,
+    conversation: list[dict[str, Any]] | None,
 ) -> Verdict:
     budget.start()  # the budget's clock runs only while verifying (not while a model call runs)
     try:
         if budget.expired:
             return Verdict(False, budget.reason(), code="timeout")
         return verify_message(
-            message, finish_reason, tools=tools, tool_choice=tool_choice, options=options, budget=budget
+            message,
+            finish_reason,
+            tools=tools,
+            tool_choice=tool_choice,
+            options=options,
+            budget=budget,
+            conversation=conversation,
         )
     finally:
         budget.stop()
@@ -203,13 +256,14 @@ async def verify_off_loop(
     options: TaskOptions,
     budget: VerificationBudget,
     workers: int = LoopConfig.verify_workers,
+    conversation: list[dict[str, Any]] | None = None,
 ) -> Verdict:
     """``verify_message`` in the bounded verification pool, never on the event loop. Verifiers stop
     by themselves once ``budget`` is spent; if one does not (a long non-cooperative step), the
     verdict fails with the budget's reason at the budget's end (plus a short grace) all the same."""
     loop = asyncio.get_running_loop()
     future = loop.run_in_executor(
-        verification_pool(workers), _timed, budget, message, finish_reason, tools, tool_choice, options
+        verification_pool(workers), _timed, budget, message, finish_reason, tools, tool_choice, options, conversation
     )
     limit = budget.remaining()
     try:
@@ -264,6 +318,7 @@ async def run_episode(
                 options=options,
                 budget=verification,
                 workers=config.verify_workers,
+                conversation=request.messages,
             )
         outcome.attempts.append(attempt)
         return attempt
@@ -275,7 +330,9 @@ async def run_episode(
         while not (answer.verdict and answer.verdict.ok) and len(outcome.attempts) + 2 <= budget:
             if time.monotonic() >= deadline:
                 break
-            failed = prompts.failed_assistant_message(answer.content, answer.tool_calls)
+            failed = prompts.failed_assistant_message(
+                answer.content, answer.tool_calls, tool_call_parser=config.tool_call_parser
+            )
             reason = answer.verdict.reason if (answer.verdict and config.reflection_with_reason) else None
             reflect_history = prompts.reflection_messages(history, failed, reason, math=options.math)
             reflection = await call(

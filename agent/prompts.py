@@ -11,6 +11,8 @@ import json
 import re
 from typing import Any
 
+from tools.toolcall_formats import DEFAULT_TOOL_CALL_PARSER, tool_call_format
+
 # Verbatim from the paper (Bensal et al., arXiv 2505.24726).
 REFLECTION_PROMPT = (
     "You tried performing the task, but failed in generating the correct tool call. "
@@ -47,19 +49,24 @@ def _quote_json(value: Any) -> str:
         return f"<{type(value).__name__}>"
 
 
-def failed_assistant_message(content: str | None, tool_calls: list[Any] | None) -> dict[str, Any]:
+def failed_assistant_message(
+    content: str | None, tool_calls: list[Any] | None, *, tool_call_parser: str = DEFAULT_TOOL_CALL_PARSER
+) -> dict[str, Any]:
     """The failed attempt as a plain assistant turn, truncated to the quote cap.
 
-    Tool calls are written out as hermes ``<tool_call>`` blocks in the content rather than as
-    ``tool_calls``: an OpenAI-strict server would otherwise demand tool results for them, and the
-    hermes chat templates render calls as exactly this text anyway. The calls are model output and
-    may be anything: an item that is not an object is quoted as the JSON it was, and a
-    ``function`` that is not an object counts as an empty one. Never raises.
+    Tool calls are written out as text in the content, in the model's own tool-call format
+    (``tool_call_parser``, vLLM's parser name; hermes ``<tool_call>`` blocks by default), rather than
+    as ``tool_calls``: an OpenAI-strict server would otherwise demand tool results for them, and the
+    chat templates render calls as exactly this text anyway. The calls are model output and may be
+    anything: an item that is not an object is quoted as the JSON it was, and a ``function`` that is
+    not an object counts as an empty one. Never raises (an unknown parser name is a ValueError).
     """
+    fmt = tool_call_format(tool_call_parser)
     parts = [content] if isinstance(content, str) and content else []
+    quoted: list[Any] = []
     for call in tool_calls if isinstance(tool_calls, list) else []:
         if not isinstance(call, dict):
-            parts.append(f"<tool_call>\n{_quote_json(call)}\n</tool_call>")
+            quoted.append(call)
             continue
         fn = call.get("function", {})
         if not isinstance(fn, dict):
@@ -67,8 +74,9 @@ def failed_assistant_message(content: str | None, tool_calls: list[Any] | None) 
         arguments = fn.get("arguments", "{}")
         if not isinstance(arguments, str):
             arguments = _quote_json(arguments)
-        name = _quote_json(fn.get("name", ""))
-        parts.append(f'<tool_call>\n{{"name": {name}, "arguments": {arguments}}}\n</tool_call>')
+        quoted.append((fn.get("name", ""), arguments))
+    if quoted:
+        parts.append(fmt.quote(quoted))
     return {"role": "assistant", "content": truncate("\n".join(parts))}
 
 

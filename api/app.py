@@ -34,7 +34,7 @@ from agent.policy import PolicyResolver
 from api.auth import KeyRing, check_bind
 from api.errors import install_error_handlers
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import adapters, chat, episodes, health, models, runs, stats
+from api.routes import adapters, chat, episodes, health, models, runs, stats, verifiers
 from api.settings import Settings
 from api.state import AppState, ModelResolver
 from engines.base import Engine, EngineError
@@ -53,6 +53,7 @@ ROUTERS = (
     stats.router,
     runs.router,
     adapters.router,
+    verifiers.router,
     health.router,
 )
 
@@ -102,6 +103,7 @@ async def _build_engine(settings: Settings) -> tuple[Engine, str | None]:
                 served_name=name,
                 enable_lora=True,
                 name="local",
+                tool_call_parser=settings.tool_call_parser,
             )
         except ImportError as exc:
             raise StartupError(
@@ -199,6 +201,7 @@ async def build_state(
         verify_budget_s=settings.verify_budget_s,
         verify_regex_budget_s=settings.verify_regex_budget_s,
         verify_workers=settings.verify_workers,
+        tool_call_parser=settings.tool_call_parser,
     )
     state = AppState(
         settings=settings,
@@ -209,6 +212,7 @@ async def build_state(
         writer=writer,
         models=resolver,
         loop_config=loop_config,
+        policy=settings.verifier_policy(),
     )
     metrics.attach(writer.stats, state.engine_up)
     return state

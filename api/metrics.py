@@ -22,7 +22,7 @@ from agent.loop import Outcome
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-WRITER_COUNTERS = ("queued", "written", "spooled", "replayed", "dropped", "invalid", "spool_skipped")
+WRITER_COUNTERS = ("queued", "written", "spooled", "replayed", "dropped", "invalid", "spool_skipped", "overflowed")
 
 
 class _StateCollector(Collector):

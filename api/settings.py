@@ -23,6 +23,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from tools.toolcall_formats import DEFAULT_TOOL_CALL_PARSER, check_tool_call_parser
+from tools.verifiers.policy import VerifierPolicy
+
 CONFIG_ENV = "RRR_CONFIG"
 
 CommaList = Annotated[list[str], NoDecode]
@@ -55,13 +58,20 @@ class Settings(BaseSettings):
         description="Run schema migrations at startup; default: for SQLite files only (others: `rrr db upgrade`).",
     )
     spool_path: Path | None = Field(
-        default=None, description="Episode spool file (one per process); default data_dir/spool/episodes-<port>.jsonl."
+        default=None,
+        description="Episode journal and spool file (one per process); default data_dir/spool/episodes-<port>.jsonl.",
     )
     adapters_root: Path | None = Field(
         default=None, description="Published adapter folders (R16); default data_dir/adapters, as the learner's."
     )
     writer_max_queue: int = Field(default=10_000, ge=1)
     writer_batch_size: int = Field(default=200, ge=1)
+    writer_journal_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Longest wait of an answer for its episode to be fsync'd to the journal (R5); past it the "
+        "answer goes out anyway. 0: answers do not wait (a kill -9 may lose the episodes answered last).",
+    )
     db_connect_timeout_s: float = Field(
         default=5.0, gt=0, description="Longest wait for a new PostgreSQL connection (libpq: whole seconds, >= 2)."
     )
@@ -98,6 +108,12 @@ class Settings(BaseSettings):
         default=None, description="torch device of the local engine (default: cuda if any)."
     )
     policy_ttl_s: float = Field(default=1.0, ge=0, description="How long the active adapter is cached.")
+    tool_call_parser: str = Field(
+        default=DEFAULT_TOOL_CALL_PARSER,
+        description="The model's tool-call format, by vLLM's --tool-call-parser name (hermes, llama3_json, "
+        "mistral, pythonic): the local engine parses with it and failed calls are quoted back in it. Give vLLM "
+        "the same --tool-call-parser.",
+    )
 
     # access
     api_keys: CommaList = Field(default_factory=list, repr=False)
@@ -121,6 +137,10 @@ class Settings(BaseSettings):
         default=32,
         ge=1,
         description="Largest cost of a client's rrr.verifier: its leaves times the answers it may judge.",
+    )
+    verifiers: dict[str, Any] | None = Field(
+        default=None,
+        description="The verifier policy: default, per-tool verifiers, webhooks, plugins, client (see README).",
     )
 
     # the reflect/retry loop
@@ -152,6 +172,21 @@ class Settings(BaseSettings):
         if isinstance(value, list | tuple):
             return [str(part).strip() for part in value if str(part).strip()]
         return value
+
+    def verifier_policy(self) -> VerifierPolicy:
+        """The parsed verifier policy; ``PolicyError`` names the file (or variable) and the wrong key."""
+        where = f"{os.environ[CONFIG_ENV]}: verifiers" if os.environ.get(CONFIG_ENV) else "RRR_VERIFIERS"
+        return VerifierPolicy.parse(self.verifiers, where=where)
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> Settings:
+        self.verifier_policy()  # a bad policy fails at startup, naming the key
+        return self
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _known_parser(cls, value: str) -> str:
+        return check_tool_call_parser(value)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

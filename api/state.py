@@ -39,6 +39,7 @@ from api.metrics import Metrics
 from api.settings import Settings
 from engines.base import Engine
 from store.writer import EpisodeWriter
+from tools.verifiers.policy import VerifierPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -220,6 +221,7 @@ class AppState:
     writer: EpisodeWriter
     models: ModelResolver
     loop_config: LoopConfig
+    policy: VerifierPolicy = field(default_factory=VerifierPolicy)
     recent: RecentEpisodes = field(default_factory=RecentEpisodes)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     draining: bool = False

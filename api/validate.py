@@ -25,6 +25,7 @@ from engines.base import ChatRequest
 from store.records import EPISODE_PURPOSES
 from tools.schema import SchemaError, validate_tool_specs
 from tools.spec import ToolSpec, canonical_json
+from tools.verifiers.policy import VerifierPolicy
 from tools.verify import VerifierSpec, normalize_expected, parse_tool_choice
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -199,18 +200,22 @@ def _tools(body: dict[str, Any], settings: Settings) -> tuple[list[dict[str, Any
     return tools, specs
 
 
-def _task_options(body: dict[str, Any], settings: Settings) -> TaskOptions:
+def _task_options(body: dict[str, Any], settings: Settings, policy: VerifierPolicy, offered: list[str]) -> TaskOptions:
+    """How the request is judged: the operator's policy for the tools it offers, plus what the
+    client's ``rrr`` extension adds (never removing a check of the policy)."""
+    base = policy.spec_for(offered)
     ext = body.get("rrr")
     if ext is None:
-        return TaskOptions()
+        return TaskOptions(verifier=base, context=policy.context)
     if not isinstance(ext, dict):
         raise _reject(f"`rrr` must be an object with {', '.join(RRR_FIELDS[:-1])} or {RRR_FIELDS[-1]}.", "rrr", "rrr")
     unknown = sorted(set(ext) - set(RRR_FIELDS))
     if unknown:
         raise _reject(f"`rrr` does not take {', '.join(unknown)} (it takes {', '.join(RRR_FIELDS)}).", "rrr", "rrr")
-    verifier_raw = ext.get("verifier", "schema")
+    verifier_raw = ext.get("verifier")
     try:
-        verifier = VerifierSpec.parse(verifier_raw if verifier_raw is not None else "schema")
+        client = VerifierSpec.parse(verifier_raw) if verifier_raw is not None else None
+        verifier = policy.with_client(base, client)
     except (ValueError, TypeError) as exc:
         raise _reject(f"rrr.verifier: {exc}.", "rrr", "rrr.verifier") from None
     expected = ext.get("expected_tool_calls")
@@ -234,10 +239,11 @@ def _task_options(body: dict[str, Any], settings: Settings) -> TaskOptions:
             f"rrr.max_retries must be an integer from 0 to {settings.max_client_retries}.", "rrr", "rrr.max_retries"
         )
     answers = (min(settings.max_calls, 1 + 2 * retries) + 1) // 2
-    cost = verifier.cost() * answers
+    client_cost = client.cost() if client is not None else 0  # the operator's own checks are not charged
+    cost = client_cost * answers
     if cost > settings.max_verifier_cost:
         raise _reject(
-            f"rrr.verifier costs {cost} ({verifier.cost()} checks x {answers} answers to judge); the limit is "
+            f"rrr.verifier costs {cost} ({client_cost} checks x {answers} answers to judge); the limit is "
             f"{settings.max_verifier_cost}. Use fewer checks in the verifier or fewer retries.",
             "verifier_cost",
             "rrr.verifier",
@@ -249,7 +255,9 @@ def _task_options(body: dict[str, Any], settings: Settings) -> TaskOptions:
             "rrr",
             "rrr.purpose",
         )
-    return TaskOptions(verifier=verifier, expected=expected, task=task, max_retries=retries, purpose=purpose)
+    return TaskOptions(
+        verifier=verifier, expected=expected, task=task, max_retries=retries, purpose=purpose, context=policy.context
+    )
 
 
 def _include_attempts(body: dict[str, Any]) -> bool:
@@ -288,7 +296,7 @@ def _stop(body: dict[str, Any]) -> list[str] | None:
 
 
 # Complexity: one check per field of the chat body, in the order OpenAI documents them.
-def parse_chat(body: Any, settings: Settings) -> ChatInput:  # noqa: C901
+def parse_chat(body: Any, settings: Settings, policy: VerifierPolicy | None = None) -> ChatInput:  # noqa: C901
     """Check a chat-completion body against the shape and the limits; raise Rejection if it fails."""
     if not isinstance(body, dict):
         raise _reject("The request body must be a JSON object.", "shape")
@@ -351,7 +359,7 @@ def parse_chat(body: Any, settings: Settings) -> ChatInput:  # noqa: C901
         model=model or None,
         request=request,
         specs=specs,
-        options=_task_options(body, settings),
+        options=_task_options(body, settings, policy or VerifierPolicy(), [spec.name for spec in specs]),
         stream=stream,
         include_usage=include_usage,
         include_attempts=_include_attempts(body),

@@ -17,12 +17,19 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 eval_app = typer.Typer(help="Score and evaluate tool calls.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
+_SCORER_HELP = (
+    "How answers are scored: reference (rrr's rules, BFCL's AST checker made consistent at every depth), "
+    "bfcl (BFCL's own verdict, quirks included, comparable with the leaderboard) or exact (the paper's exact "
+    "match of name and every argument)."
+)
+
 
 @eval_app.command("score")
 def eval_score(
     dataset: str = typer.Option(..., "--dataset", help="FORMAT:PATH with FORMAT xlam, bfcl, openai or countdown."),
     predictions: str = typer.Option(..., "--predictions", help="JSON Lines of {id, tool_calls, content?}."),
     answers: str | None = typer.Option(None, "--answers", help="BFCL possible_answer file (default: BFCL's layout)."),
+    scorer: str = typer.Option("reference", "--scorer", help=_SCORER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Score a predictions file against a dataset's reference answers."""
@@ -31,16 +38,23 @@ def eval_score(
     from evals import format_failures
     from tools.formats import load_dataset
     from tools.score import score_predictions
+    from tools.scorers import check_scorer
 
     try:
+        check_scorer(scorer)
         items = load_dataset(dataset, answers)
-        report = score_predictions(items, predictions)
+        report = score_predictions(items, predictions, scorer)
     except ValueError as exc:
         fail(str(exc))
     if as_json:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False))
         return
-    rows = [("total", str(report.total)), ("correct", str(report.correct)), ("accuracy", f"{report.accuracy:.2%}")]
+    rows = [
+        ("total", str(report.total)),
+        ("correct", str(report.correct)),
+        ("accuracy", f"{report.accuracy:.2%}"),
+        ("scorer", report.scorer),
+    ]
     width = max(len(name) for name in ["accuracy", *report.categories])
     for name, value in rows:
         typer.echo(f"{name:<{width}}  {value}")
@@ -131,6 +145,9 @@ def eval_run(  # noqa: C901 (a command: flag checks, then one call per stage)
         4, "--concurrency", help="Items in flight at once (--base-url only; a local model runs one at a time)."
     ),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds per item (all its model calls)."),
+    scorer: str | None = typer.Option(
+        None, "--scorer", help=_SCORER_HELP + " Default: the --out folder's scorer, else reference."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object instead of the table."),
 ) -> None:
     """Run each item through rrr's reflect/retry loop and report accuracy at attempt 1 and 2 (paper style)."""
@@ -166,7 +183,7 @@ def eval_run(  # noqa: C901 (a command: flag checks, then one call per stage)
     if max_tokens < 1 or timeout <= 0 or not 0.0 <= temperature <= 2.0:
         fail("--max-tokens must be at least 1, --timeout above 0 and --temperature between 0 and 2")
     try:
-        config = EvalConfig(attempts=attempts, concurrency=concurrency if base_url else 1)
+        config = EvalConfig(attempts=attempts, concurrency=concurrency if base_url else 1, scorer=scorer)
         fmt, path = split_spec(dataset)
         items = load_dataset(dataset, answers)
         if limit is not None:

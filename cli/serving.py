@@ -61,7 +61,13 @@ def engine_serve(
     auto_tools: bool = typer.Option(
         True,
         "--enable-auto-tool-choice/--no-enable-auto-tool-choice",
-        help="Parse hermes tool calls (on by default, unlike vLLM); off answers tool requests with vLLM's 400.",
+        help="Parse tool calls (on by default, unlike vLLM); off answers tool requests with vLLM's 400.",
+    ),
+    tool_call_parser: str = typer.Option(
+        "hermes",
+        "--tool-call-parser",
+        envvar="RRR_TOOL_CALL_PARSER",
+        help="The model's tool-call format, by vLLM's parser name: hermes, llama3_json, mistral or pythonic.",
     ),
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
     legacy_errors: bool = typer.Option(False, "--legacy-error-shape", help="Errors in the pre-0.10.1 flat shape."),
@@ -81,6 +87,12 @@ def engine_serve(
         fail(f"--max-lora-rank must be one of 1, 8, 16, 32, 64, 128, 256, 320, 512 (got {max_lora_rank})")
     if max_waiting_requests < 0:
         fail(f"--max-waiting-requests must be 0 or more (got {max_waiting_requests})")
+    from tools.toolcall_formats import check_tool_call_parser
+
+    try:
+        check_tool_call_parser(tool_call_parser)
+    except ValueError as exc:
+        fail(f"--tool-call-parser: {exc}")
     try:
         import uvicorn
 
@@ -97,6 +109,7 @@ def engine_serve(
             max_model_len=max_model_len,
             max_lora_rank=max_lora_rank,
             enable_lora=enable_lora,
+            tool_call_parser=tool_call_parser,
         )
     except Exception as exc:  # one line for the operator, details in the log
         logging.getLogger(__name__).debug("model load failed", exc_info=True)

@@ -117,16 +117,20 @@ def wait_recorded(sessions: sessionmaker[Session], task: str, n: int, timeout_s:
         time.sleep(0.2)
 
 
-async def wait_model_listed(api_url: str, name: str, timeout_s: float = 15.0) -> None:
-    """The API resolves models from a cached registry snapshot: wait until `name` is listed (or is
-    what the `rrr` alias points at)."""
+async def wait_model_listed(api_url: str, name: str, timeout_s: float = 15.0, *, alias: bool = False) -> None:
+    """The API resolves models from a registry snapshot refreshed in the background: wait until
+    `name` is listed (or is what the `rrr` alias points at); with ``alias``, until the alias points at it
+    (a promoted adapter is listed a moment before the snapshot that makes it the active one)."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(timeout=5.0) as http:
         while time.monotonic() < deadline:
             cards = (await http.get(f"{api_url}/v1/models")).json().get("data", [])
-            if any(card.get("id") == name or (card.get("id") == "rrr" and card.get("root") == name) for card in cards):
+            if any(
+                (card.get("id") == name and not alias) or (card.get("id") == "rrr" and card.get("root") == name)
+                for card in cards
+            ):
                 return
             await asyncio.sleep(0.25)
     raise ClientError(f"the API does not list {name} after {timeout_s:g}s")

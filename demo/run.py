@@ -718,7 +718,7 @@ async def _measure_cycle(
     """The held-out split under cycle ``k``'s adapter: the promoted one via ``model="rrr"``, or a
     gate-rejected candidate registered, loaded and pinned by name, then marked rejected."""
     if cycle.status == "promoted" and cycle.adapter:
-        await wait_model_listed(servers.api_url, cycle.adapter)
+        await wait_model_listed(servers.api_url, cycle.adapter, alias=True)
         label = f"{cycle.adapter} (promoted, cycle {k})"
         sent = await _heldout(
             config, servers, heldout_items, "rrr", f"{HELDOUT_TAG}-{k}", f"held-out, {cycle.adapter}", progress

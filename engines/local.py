@@ -3,7 +3,8 @@
 Who calls it: the agent on machines without vLLM (the embedded default), `rrr engine serve` (which
 wraps it in the vLLM-compatible HTTP server and uses `render_prompt`/`encode`/`generate` for
 streaming), and tests. Prompts are rendered with the tokenizer's own chat template; output is run
-through the hermes parser (`tools.parse.parse_hermes`) and turned into the exact non-streaming
+through the model's tool-call parser (`tool_call_parser`, vLLM's names: hermes by default,
+llama3_json, mistral, pythonic; `tools.toolcall_formats`, §3.9) and turned into the exact non-streaming
 response of vLLM 0.33 (docs/vllm.md §3.3-§3.5), adapters are validated as vLLM does
 (§7, §8.4) and routed per request by `model` (§2.7).
 
@@ -44,6 +45,7 @@ from engines.wire import (
     normalize_messages,
     validate_adapter_dir,
 )
+from tools.toolcall_formats import DEFAULT_TOOL_CALL_PARSER, tool_call_format
 
 if TYPE_CHECKING:
     import torch
@@ -92,7 +94,10 @@ class LocalEngine:
         name: str = "local",
         timeout: float | None = None,
         load: bool = True,
+        tool_call_parser: str = DEFAULT_TOOL_CALL_PARSER,
     ) -> None:
+        self.tool_call_format = tool_call_format(tool_call_parser)  # unknown names fail before loading
+        self.tool_call_parser = tool_call_parser
         self.name = name
         self.model_path = model_path
         self.served_name = served_name or model_path
@@ -566,6 +571,7 @@ class LocalEngine:
         max_tokens = request.max_tokens if request.max_tokens is not None else extra.get("max_completion_tokens")
         stop = request.stop if request.stop is not None else extra.get("stop")
         cancel = cancel if cancel is not None else threading.Event()
+        keep_special = self.tool_call_format.keeps_special_tokens
 
         def work() -> dict[str, Any]:
             prompt = self.encode(self.render_prompt(request.messages, request.tools))
@@ -579,8 +585,8 @@ class LocalEngine:
                 repetition_penalty=extra.get("repetition_penalty"),
                 seed=request.seed,
                 stop=[stop] if isinstance(stop, str) else stop,
-                # vLLM's hermes parser keeps special tokens whenever tools may be called.
-                skip_special_tokens=not (request.tools and tool_choice != "none"),
+                # vLLM's hermes and mistral parsers keep special tokens whenever tools may be called.
+                skip_special_tokens=not (request.tools and tool_choice != "none" and keep_special),
                 deadline=deadline,
                 cancel=cancel,
             )
@@ -594,6 +600,7 @@ class LocalEngine:
                 tool_choice=tool_choice,
                 parallel_tool_calls=request.parallel_tool_calls,
                 stop_reason=out.stop_reason,
+                tool_call_parser=self.tool_call_parser,
             )
 
         try:

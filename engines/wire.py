@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import AdapterError, EngineRequestError
-from tools.parse import parse_hermes
+from tools.toolcall_formats import DEFAULT_TOOL_CALL_PARSER, tool_call_format
 from tools.verify import effective_tool_choice
 
 log = logging.getLogger(__name__)
@@ -202,10 +202,12 @@ def build_chat_completion(
     tool_choice: str | dict[str, Any] = "none",
     parallel_tool_calls: bool | None = None,
     stop_reason: str | int | None = None,
+    tool_call_parser: str = DEFAULT_TOOL_CALL_PARSER,
 ) -> dict[str, Any]:
     """The non-streaming `chat.completion` body vLLM 0.33 sends for `text` (§3.3-§3.5).
 
-    `tool_calls` is omitted unless the hermes parse found calls; null-valued fields are present.
+    `tool_calls` is omitted unless the parse (vLLM's `tool_call_parser`, §3.9) found calls;
+    null-valued fields are present.
     """
     message: dict[str, Any] = {
         "role": "assistant",
@@ -218,9 +220,9 @@ def build_chat_completion(
     }
     finish_reason = engine_finish_reason
     if tools and tool_choice != "none":
-        parsed = parse_hermes(text)
+        parsed = tool_call_format(tool_call_parser).parse(text)
         if parsed.error:
-            log.info("hermes parse failed, returning raw text as content: %s", parsed.error)
+            log.info("%s parse failed, returning raw text as content: %s", tool_call_parser, parsed.error)
         if parsed.tools_called and parsed.tool_calls:
             calls = parsed.tool_calls if parallel_tool_calls is not False else parsed.tool_calls[:1]
             forced = tool_choice == "required" or isinstance(tool_choice, dict)

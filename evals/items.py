@@ -7,7 +7,9 @@
   these specs, `rrr learn mine` stores them on the episodes it records, and so the gate, which
   re-runs the stored spec, judges mined items exactly as they were judged when mined.
 * `score_answer`: the final score of an attempt, always ``tools.score.score_item`` (the scorer of
-  ``rrr eval score``), which applies the same rules to the same items.
+  ``rrr eval score``), which applies the same rules to the same items; by the ``reference`` scorer
+  unless another is asked for (``tools.scorers``: ``bfcl``, ``exact``). The serving-time verifier
+  that drives reflection stays ``reference`` whatever the scorer.
 * `EvalItem` / `gate_item`: a stored episode (a dataset row of the learner) as an item to re-run.
 
 This module runs no model and does no I/O.
@@ -108,9 +110,11 @@ def model_output(message: dict[str, Any], finish_reason: str | None) -> ModelOut
     return ModelOutput(tool_calls=calls, content=content if isinstance(content, str) else None, parse_error=parse_error)
 
 
-def score_answer(task: EvalTask, message: dict[str, Any], finish_reason: str | None) -> Verdict:
-    """The reference score of one answer attempt (``rrr eval score``'s rules)."""
-    return score_item(task.item, model_output(message, finish_reason))
+def score_answer(
+    task: EvalTask, message: dict[str, Any], finish_reason: str | None, scorer: str = "reference"
+) -> Verdict:
+    """The score of one answer attempt by ``scorer`` (``rrr eval score``'s rules)."""
+    return score_item(task.item, model_output(message, finish_reason), scorer)
 
 
 @dataclass(frozen=True)

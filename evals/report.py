@@ -46,11 +46,13 @@ def summarize(
     attempts: int,
     dataset: str,
     target: str | None = None,
+    scorer: str = "reference",
 ) -> dict[str, Any]:
     """Per model: n, accuracy at each attempt (with intervals), per category, and rrr's statuses.
 
     Only results of ``item_ids`` count (a run with --limit reports on its items); models are
-    reported in the order given, a model with no results yet as n = 0.
+    reported in the order given, a model with no results yet as n = 0. ``scorer`` names how the
+    attempts were scored (``tools.scorers``).
     """
     wanted = set(item_ids)
     by_model: dict[str, list[ItemResult]] = {m: [] for m in models}
@@ -74,7 +76,14 @@ def summarize(
                 "adapters": sorted({i.adapter for i in items if i.adapter}),
             }
         )
-    return {"dataset": dataset, "target": target, "items": len(item_ids), "attempts": attempts, "models": rows}
+    return {
+        "dataset": dataset,
+        "target": target,
+        "scorer": scorer,
+        "items": len(item_ids),
+        "attempts": attempts,
+        "models": rows,
+    }
 
 
 def failure_counts(items: Iterable[ItemResult]) -> dict[str, int]:
@@ -115,14 +124,14 @@ def _rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """A plain-text table: accuracy at each attempt with [95% interval], per model."""
+    """A caption naming the scorer, then a plain-text table: accuracy at each attempt with [95% interval], per model."""
     header, body = _rows(summary)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
         for r in [header, *body]
     ]
-    return "\n".join(line.rstrip() for line in lines)
+    return "\n".join([f"scorer: {summary.get('scorer', 'reference')}", *(line.rstrip() for line in lines)])
 
 
 def format_markdown(summary: dict[str, Any]) -> str:
@@ -130,7 +139,8 @@ def format_markdown(summary: dict[str, Any]) -> str:
     header, body = _rows(summary)
     out = [
         f"Accuracy on `{summary['dataset']}` at attempt 1..{summary['attempts']} "
-        "(attempt k = solved within k attempts; a retry follows a self-reflection), 95% Wilson intervals.",
+        "(attempt k = solved within k attempts; a retry follows a self-reflection), 95% Wilson intervals; "
+        f"scored by the `{summary.get('scorer', 'reference')}` scorer.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",

@@ -4,7 +4,8 @@ Who calls it: ``evals.run`` (scores a trace into an ``ItemResult``, appends it,
 reads what an earlier run wrote) and anything that reads ``items.jsonl`` back (the report, the
 demo). Layout of an output folder:
 
-    run.json      the dataset and --attempts the results belong to (a rerun must match)
+    run.json      the dataset, --attempts and --scorer the results belong to (a rerun must match;
+                  one without --scorer takes the folder's, a folder from before --scorer is ``reference``)
     items.jsonl   one ItemResult per line, append-only, written as each item finishes
     summary.json, table.md, chart.png   written by ``evals.report`` at the end
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 RESULTS = "items.jsonl"
 MANIFEST = "run.json"
+MANIFEST_DEFAULTS: dict[str, Any] = {"scorer": "reference"}
+"""Manifest keys a rerun may leave unset (None: take the folder's), with their value in a folder that lacks them."""
 
 
 class OutputError(ValueError):
@@ -49,7 +52,7 @@ class AttemptResult:
     reflection: str | None = None
     """The self-reflection this attempt was given (None for the first attempt)."""
     served_ok: bool | None = None
-    """rrr's own verdict while serving (the score above is the reference scorer's)."""
+    """rrr's own verdict while serving (the score above is the run's scorer's, ``reference`` by default)."""
     code: str | None = None
     """The failure code of a failed attempt (``tools.verify.FAILURE_CODES``)."""
     path: str | None = None
@@ -86,8 +89,8 @@ class ItemResult:
         return cls(**fields)
 
 
-def score_trace(task: EvalTask, model: str, trace: Trace, attempts: int) -> ItemResult:
-    """Score every answer attempt of an episode with the reference scorer (at most ``attempts``)."""
+def score_trace(task: EvalTask, model: str, trace: Trace, attempts: int, scorer: str = "reference") -> ItemResult:
+    """Score every answer attempt of an episode by ``scorer`` (at most ``attempts``)."""
     scored: list[AttemptResult] = []
     reflection: str | None = None
     for step in trace.steps:
@@ -97,7 +100,7 @@ def score_trace(task: EvalTask, model: str, trace: Trace, attempts: int) -> Item
             continue
         if len(scored) == attempts:
             break
-        verdict = score_answer(task, step.message, step.finish_reason)
+        verdict = score_answer(task, step.message, step.finish_reason, scorer)
         output = model_output(step.message, step.finish_reason)
         scored.append(
             AttemptResult(
@@ -135,9 +138,14 @@ class EvalOutput:
         self.folder = Path(folder)
         self.results_path = self.folder / RESULTS
         self.manifest_path = self.folder / MANIFEST
+        self.manifest: dict[str, Any] = {}
+        """The run's manifest once ``open`` returned (keys of ``MANIFEST_DEFAULTS`` filled in)."""
 
     def open(self, manifest: dict[str, Any]) -> list[ItemResult]:
-        """Create the folder or check it belongs to the same run; return the results already written."""
+        """Create the folder or check it belongs to the same run; return the results already written.
+
+        A key of ``MANIFEST_DEFAULTS`` given as None takes the folder's value (or the default)."""
+        wanted = dict(manifest)
         if self.folder.exists() and not self.folder.is_dir():
             raise OutputError(f"--out {self.folder} is a file, not a folder")
         try:
@@ -155,8 +163,21 @@ class EvalOutput:
                         f"--out {self.folder} holds results of another evaluation ({key} {old.get(key)!r}, "
                         f"now {manifest.get(key)!r}); use another --out to start a new one"
                     )
+            for key, default in MANIFEST_DEFAULTS.items():
+                stored = old.get(key) or default
+                if key in wanted and wanted[key] is not None and wanted[key] != stored:
+                    raise OutputError(
+                        f"--out {self.folder} holds results of another evaluation ({key} {stored!r}, "
+                        f"now {wanted[key]!r}); give --{key} {stored} or use another --out to start a new one"
+                    )
+                if key in wanted:
+                    wanted[key] = stored
         else:
-            _write_atomic(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            for key, default in MANIFEST_DEFAULTS.items():
+                if key in wanted and wanted[key] is None:
+                    wanted[key] = default
+            _write_atomic(self.manifest_path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+        self.manifest = wanted
         return self._read()
 
     def _read(self) -> list[ItemResult]:

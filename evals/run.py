@@ -1,9 +1,10 @@
 """Items x policies through rrr's reflect/retry loop: the one way every caller measures a policy.
 
 * `run_evaluation` (``rrr eval run``): for each (model, dataset item) not yet in the output folder
-  it asks the runner for one episode, scores each answer attempt with the reference scorer
-  (``evals.items``), and appends the result to ``items.jsonl`` at once, so an interrupted run
-  resumes where it stopped. At the end it writes the summary, the table and the chart over
+  it asks the runner for one episode, scores each answer attempt with the run's scorer
+  (``EvalConfig.scorer``: ``reference``, ``bfcl`` or ``exact``, see ``tools.scorers``; kept in
+  ``run.json`` so a resumed run scores alike), and appends the result to ``items.jsonl`` at once,
+  so an interrupted run resumes where it stopped. At the end it writes the summary, the table and the chart over
   everything the folder holds for these items. Items the target could not run (``ItemError``) are
   reported, not written: the next run with the same ``--out`` retries them. A ``TargetError``
   stops the run (results so far are kept).
@@ -27,6 +28,7 @@ from evals.items import EvalItem, EvalTask
 from evals.report import Reports, summarize, write_reports
 from evals.results import EvalOutput, ItemResult, score_trace
 from evals.runners import ItemError, Runner, TargetError
+from tools.scorers import check_scorer
 from tools.verify import VerifierSpec
 
 log = logging.getLogger(__name__)
@@ -37,10 +39,13 @@ MAX_ATTEMPTS = 8
 @dataclass(frozen=True)
 class EvalConfig:
     """attempts: answer attempts per item (2 = the paper's first try and retry after reflection).
-    concurrency: items in flight at once (the server batches them; a local engine queues them)."""
+    concurrency: items in flight at once (the server batches them; a local engine queues them).
+    scorer: how each attempt is scored (``tools.scorers.SCORERS``); None = the output folder's, or
+    ``reference`` for a new folder."""
 
     attempts: int = 2
     concurrency: int = 4
+    scorer: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.attempts <= MAX_ATTEMPTS:
@@ -49,6 +54,8 @@ class EvalConfig:
             )
         if self.concurrency < 1:
             raise ValueError(f"--concurrency must be at least 1, got {self.concurrency}")
+        if self.scorer is not None:
+            check_scorer(self.scorer)
 
 
 @dataclass
@@ -85,7 +92,8 @@ async def run_evaluation(  # noqa: C901 (resume bookkeeping and the worker pool 
     if len(set(models)) != len(models):
         raise ValueError("each --model-name may be given once")
     output = EvalOutput(out_dir)
-    existing = output.open({"dataset": dataset, "attempts": config.attempts})
+    existing = output.open({"dataset": dataset, "attempts": config.attempts, "scorer": config.scorer})
+    scorer = str(output.manifest["scorer"])
     ids = [t.id for t in tasks]
     wanted = set(ids)
     done = {(r.model, r.id) for r in existing}
@@ -115,7 +123,7 @@ async def run_evaluation(  # noqa: C901 (resume bookkeeping and the worker pool 
                     if on_item is not None:
                         on_item(None)
                     continue
-                result = score_trace(task, model, trace, config.attempts)
+                result = score_trace(task, model, trace, config.attempts, scorer)
                 output.append(result, config.attempts)
                 results.append(result)
                 if on_item is not None:
@@ -127,7 +135,13 @@ async def run_evaluation(  # noqa: C901 (resume bookkeeping and the worker pool 
     # Report every model the folder holds results for (an earlier run's adapter next to this one's).
     names = list(dict.fromkeys([*(r.model for r in existing if r.id in wanted), *models]))
     summary = summarize(
-        results, models=names, item_ids=ids, attempts=config.attempts, dataset=dataset, target=runner.target
+        results,
+        models=names,
+        item_ids=ids,
+        attempts=config.attempts,
+        dataset=dataset,
+        target=runner.target,
+        scorer=scorer,
     )
     reports = write_reports(output.folder, summary)
     selected = [r for r in results if r.id in wanted]

@@ -19,10 +19,11 @@ This module does not import torch or TRL at import time; `resolved_bf16()` asks 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from agent.loop import LoopConfig
+from tools.toolcall_formats import DEFAULT_TOOL_CALL_PARSER, TOOL_CALL_FORMATS, check_tool_call_parser
 
 #: vLLM's accepted values for `--max-lora-rank` (vllm/config/lora.py).
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -132,6 +133,9 @@ class TrainConfig:
     use_vllm: bool = False
     """Generate reflections and retries with TRL's colocated vLLM (CUDA only)."""
     vllm_gpu_memory_utilization: float = 0.3
+    tool_call_parser: str = DEFAULT_TOOL_CALL_PARSER
+    """The policy's tool-call format, by vLLM's `--tool-call-parser` name (`tools.toolcall_formats`):
+    the reward parses each retry with it. The same as the serving engines' (the learner checks)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Further GRPOConfig fields, passed through as given (e.g. `{"top_p": 0.95}`). Fields this
     class owns cannot be overridden here."""
@@ -212,6 +216,11 @@ class TrainConfig:
         need(
             0 < self.vllm_gpu_memory_utilization < 1,
             f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}",
+        )
+        need(
+            self.tool_call_parser in TOOL_CALL_FORMATS,
+            f"tool_call_parser must be one of vLLM's parser names {', '.join(TOOL_CALL_FORMATS)}, "
+            f"got {self.tool_call_parser!r}",
         )
         owned = sorted(set(self.extra) & (_OWNED_GRPO_FIELDS | {f.name for f in fields(self)}))
         need(not owned, f"extra may not set {', '.join(owned)}: set the TrainConfig field instead")
@@ -356,6 +365,10 @@ class LearnerConfig:
         every run trains a fresh LoRA from the base on any unconsumed failures.
     replay_share: with `warm_start`, at most this share of a batch comes from earlier failures of
         other policies that no promoted run solved.
+    tool_call_parser: the policy's tool-call format, by vLLM's `--tool-call-parser` name (the
+        engines' own): failed calls are quoted back in it in the training prompts and by the gate's
+        loop, and the reward parses retries with it. It is set on `gate_loop` and `train` too; one
+        of those naming another format is an error.
     """
 
     adapters_root: str
@@ -386,8 +399,10 @@ class LearnerConfig:
     train_launcher: tuple[str, ...] = ()
     warm_start: bool = True
     replay_share: float = 0.25
+    tool_call_parser: str = DEFAULT_TOOL_CALL_PARSER
 
     def __post_init__(self) -> None:
+        self._same_tool_call_parser()
         if self.min_new_failures < 1:
             raise ValueError(f"min_new_failures (K) must be at least 1, got {self.min_new_failures}")
         if self.interval_s <= 0 or self.misfire_grace_s <= 0:
@@ -407,6 +422,20 @@ class LearnerConfig:
             raise ValueError(f"regression_limit must be >= 0, got {self.regression_limit}")
         if not 0 <= self.replay_share <= 1:
             raise ValueError(f"replay_share must be in [0, 1], got {self.replay_share}")
+
+    def _same_tool_call_parser(self) -> None:
+        """One tool-call format for the whole learner: `gate_loop` and `train` follow this config's."""
+        name = check_tool_call_parser(self.tool_call_parser)
+        parts: list[tuple[str, Any]] = [("gate_loop", self.gate_loop), ("train", self.train)]
+        for label, part in parts:
+            if part is None or part.tool_call_parser == name:
+                continue
+            if part.tool_call_parser != DEFAULT_TOOL_CALL_PARSER:
+                raise ValueError(
+                    f"{label}.tool_call_parser is {part.tool_call_parser!r} but the learner's is {name!r}: "
+                    "set tool_call_parser (RRR_TOOL_CALL_PARSER) once, for the learner"
+                )
+            setattr(self, label, replace(part, tool_call_parser=name))
 
     def to_dict(self) -> dict[str, Any]:
         """What is stored on the training run (no URLs or keys: R14)."""

@@ -442,7 +442,9 @@ async def _train_gate_publish(
 
     # 5. GRPO in a child process (the completion is the reflection; only its tokens are trained),
     #    continuing the adapter in service (cycles compound) or, with none, a fresh LoRA on the base.
-    train_config = config.train or TrainConfig(max_lora_rank=config.max_lora_rank)
+    train_config = config.train or TrainConfig(
+        max_lora_rank=config.max_lora_rank, tool_call_parser=config.tool_call_parser
+    )
     start = f"from {warm[0]}" if warm else "from the base model"
     if resumable is not None and resumable.step:
         start += f", resuming after step {resumable.step}"
@@ -545,6 +547,7 @@ def _new_dataset(
             regression_limit=config.regression_limit,
             served_by=(incumbent[0] if incumbent else None) if config.warm_start else False,
             replay_share=config.replay_share,
+            tool_call_parser=config.tool_call_parser,
         ),
     )
     if not dataset.train:

@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session, aliased, selectinload
 from agent import prompts
 from learner.rows import FailureRow
 from store.models import Attempt, Episode, TrainingRun
+from tools.toolcall_formats import DEFAULT_TOOL_CALL_PARSER
 from tools.verify import VerifierSpec, is_rerunnable
 
 log = logging.getLogger(__name__)
@@ -90,14 +91,16 @@ def build_failure_dataset(
     with_reason: bool = False,
     served_by: str | bool | None = False,
     replay_share: float = 0.25,
+    tool_call_parser: str = DEFAULT_TOOL_CALL_PARSER,
 ) -> FailureDataset:
     """Select up to `limit` failures (newest first within each client's quota) and split them.
 
     `heldout_fraction` of the batch (by id hash, seeded) is held out for the gate.
     `regression_limit` (default `limit`) caps the regression set. `with_reason` appends the
     verifier's reason to the reflection request, matching a serving loop configured with
-    `reflection_with_reason`. `served_by` (an adapter name, or None for the base model; False: any
-    policy) keeps the batch to failures collected under that policy plus at most `replay_share` of
+    `reflection_with_reason`; `tool_call_parser` quotes the failed calls in the policy's format, as
+    that loop's `LoopConfig.tool_call_parser` does. `served_by` (an adapter name, or None for the base
+    model; False: any policy) keeps the batch to failures collected under that policy plus at most `replay_share` of
     it from earlier, still unsolved failures of other policies (`served_by_first`): a warm-started
     cycle learns from the mistakes of the policy it continues. Reads only; the caller owns the session.
     """
@@ -119,7 +122,7 @@ def build_failure_dataset(
     episodes = _load(session, [c.id for c in chosen])
     rows: list[FailureRow] = []
     for candidate in chosen:
-        row = failure_row(episodes[candidate.id], with_reason=with_reason)
+        row = failure_row(episodes[candidate.id], with_reason=with_reason, tool_call_parser=tool_call_parser)
         if row is not None:
             rows.append(row)
     rows.sort(key=lambda r: _hash_unit(seed, r["episode_id"]))
@@ -286,7 +289,9 @@ def _training_verifier(
     return spec, expected
 
 
-def failure_row(episode: Episode, *, with_reason: bool = False) -> FailureRow | None:
+def failure_row(
+    episode: Episode, *, with_reason: bool = False, tool_call_parser: str = DEFAULT_TOOL_CALL_PARSER
+) -> FailureRow | None:
     """The GRPO row of one failed episode, or None when it cannot be trained on."""
     attempts = sorted(episode.attempts, key=lambda a: a.index)
     if not attempts or attempts[0].kind != "answer":
@@ -298,7 +303,7 @@ def failure_row(episode: Episode, *, with_reason: bool = False) -> FailureRow | 
     task = list(episode.request_messages or [])
     if not task:
         return None
-    failed = prompts.failed_assistant_message(first.text, first.tool_calls)
+    failed = prompts.failed_assistant_message(first.text, first.tool_calls, tool_call_parser=tool_call_parser)
     reason = (first.reason or episode.feedback_reason) if with_reason else None
     history = prompts.reflection_messages(task, failed, reason or None, math=spec.math)
     return FailureRow(

@@ -7,7 +7,8 @@ Who calls it: TRL's GRPOTrainer, once per generation batch, with the sampled ref
 Per reflection: decode it as the serving engine would (special tokens skipped), build the retry
 conversation with `agent.prompts.retry_messages`, render it with the same chat template and tools,
 generate the retry with the CURRENT policy (`learner.trl_compat.generate_with_policy`, LoRA
-included), parse it as hermes text (`ModelOutput.from_text`) and run the stored verifier. The
+included), parse it in the model's tool-call format (`tool_call_parser`, vLLM's parser name;
+hermes by default, `tools.toolcall_formats`) and run the stored verifier. The
 retry tokens never reach TRL: only the reflection is a completion, so only reflection tokens
 enter the loss. Rewards are always 1.0 or 0.0, never None (None would silently zero an
 advantage); a row whose retry cannot be rendered or verified scores 0.0 and is logged.
@@ -26,6 +27,7 @@ from agent.prompts import retry_messages
 from learner.rows import decode_row, render_messages
 from learner.trl_compat import generate_with_policy
 from tools.spec import ToolSpec
+from tools.toolcall_formats import DEFAULT_TOOL_CALL_PARSER, tool_call_format
 from tools.verify import ModelOutput, effective_tool_choice, run_verifier
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,9 @@ class RetryReward:
         tokenizer: Any = None,
         trainer: Any = None,
         generate: Callable[[Any, Sequence[Sequence[int]], int, float], list[list[int]]] | None = None,
+        tool_call_parser: str = DEFAULT_TOOL_CALL_PARSER,
     ) -> None:
+        self.format = tool_call_format(tool_call_parser)  # an unknown name fails here, before training
         self.retry_max_tokens = retry_max_tokens
         self.retry_temperature = retry_temperature
         self.tokenizer = tokenizer
@@ -131,10 +135,12 @@ class RetryReward:
         tools = row.get("tools") or []
         specs = [ToolSpec.from_openai(t) for t in tools]
         tool_choice = effective_tool_choice(row.get("tool_choice"), bool(specs))
-        # The hermes parser needs the <tool_call> tags: vLLM keeps special tokens whenever tools may be called.
-        keep_special = bool(specs) and tool_choice != "none"
+        # As vLLM decodes for the parser: hermes and mistral keep special tokens (their tags) whenever
+        # tools may be called; llama3_json and pythonic do not.
+        keep_special = bool(specs) and tool_choice != "none" and self.format.keeps_special_tokens
         text = str(tokenizer.decode(body, skip_special_tokens=not keep_special, clean_up_tokenization_spaces=False))
-        output = ModelOutput.from_text(text)
+        parsed = self.format.parse(text)
+        output = ModelOutput(tool_calls=parsed.tool_calls, content=parsed.content, parse_error=parsed.error)
         if not finished:
             output = ModelOutput(
                 tool_calls=output.tool_calls,
@@ -142,6 +148,11 @@ class RetryReward:
                 parse_error=output.parse_error or "the output was cut off at max_tokens (finish_reason=length)",
             )
         verdict = run_verifier(
-            row["verifier"], output, tools=specs, tool_choice=tool_choice, expected=row.get("expected")
+            row["verifier"],
+            output,
+            tools=specs,
+            tool_choice=tool_choice,
+            expected=row.get("expected"),
+            messages=row.get("task_messages"),  # what `grounded` traces values to, as when serving
         )
         return text, verdict.ok

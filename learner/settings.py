@@ -64,6 +64,9 @@ class LearnerSettings(BaseSettings):
     adapter_drain_s: float | None = None
     train_config: Path | None = Field(default=None, description="JSON file of TrainConfig fields.")
     train_launcher: str | None = Field(default=None, description="Command in place of `python` for training.")
+    tool_call_parser: str | None = Field(
+        default=None, description="The policy's tool-call format (vLLM's --tool-call-parser name); default hermes."
+    )
     # the gate
     gate_margin: float | None = None
     gate_tolerance: float | None = None
@@ -112,6 +115,7 @@ class LearnerSettings(BaseSettings):
             "regression_limit": self.regression_limit,
             "max_lora_rank": self.max_lora_rank,
             "drain_s": self.adapter_drain_s,
+            "tool_call_parser": self.tool_call_parser,
         }
         values: dict[str, Any] = {k: v for k, v in chosen.items() if v is not None}
         gate: dict[str, Any] = {

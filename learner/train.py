@@ -289,7 +289,10 @@ def build_trainer(
         task_type="CAUSAL_LM",
     )
     reward = RetryReward(
-        retry_max_tokens=config.retry_max_tokens, retry_temperature=config.retry_temperature, tokenizer=tokenizer
+        retry_max_tokens=config.retry_max_tokens,
+        retry_temperature=config.retry_temperature,
+        tokenizer=tokenizer,
+        tool_call_parser=config.tool_call_parser,
     )
     reward_funcs: Any = reward
     model: Any = model_path

@@ -8,7 +8,9 @@ SQLite gets WAL, a busy timeout (30 s, or the statement timeout), foreign keys a
 IMMEDIATE`` transactions (a transaction that reads first and writes later cannot fail on a stale
 snapshot). File databases are pooled, and a pooled connection is checked on checkout against the
 file it opened (device and inode): a database file moved, deleted or replaced underneath is seen at
-once as an outage instead of writes going on into the old file. (Pooling matters: closing the last
+once as an outage instead of writes going on into the old file, and a file that has existed is
+never created again (connections open it with ``mode=rw``): a database moved or deleted underneath
+stays an outage until it is back, instead of becoming a new empty file. (Pooling matters: closing the last
 connection of a WAL database checkpoints and deletes the WAL, which reopening per transaction paid
 for every batch.) PostgreSQL URLs are normalised to the psycopg 3 driver and pooled with a pre-ping.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -163,10 +166,19 @@ def _file_identity(path: str) -> tuple[int, int] | None:
 
 
 def _check_sqlite_file(engine: Engine, path: str) -> None:
-    """Discard pooled connections whose database file is no longer the one at ``path``."""
+    """Discard pooled connections whose database file is no longer the one at ``path``, and never create
+    the file again once it has existed: a vanished database is an outage, not a new empty one."""
+    existed = [os.path.exists(path)]
+
+    @event.listens_for(engine, "do_connect")
+    def _open_existing(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> None:
+        if existed[0] and cargs and isinstance(cargs[0], str) and not cparams.get("uri"):
+            cargs[0] = "file:" + urllib.parse.quote(cargs[0]) + "?mode=rw"  # SQLite: open, never create
+            cparams["uri"] = True
 
     @event.listens_for(engine, "connect")
     def _remember(_dbapi_connection: Any, record: Any) -> None:
+        existed[0] = True
         record.info["rrr_file"] = _file_identity(path)
 
     @event.listens_for(engine, "checkout")

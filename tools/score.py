@@ -1,9 +1,12 @@
 """Score a predictions file against a dataset: the engine of ``rrr eval score``.
 
-Each ``DatasetItem`` is judged by ``tools.verify``: tool-call items with ``verify_reference``
-(BFCL AST-checker semantics against ``item.expected``, with the item's tools), countdown items
-with ``verify_countdown`` on the prediction's ``content``, BFCL ``live_relevance`` items by
-whether any call was made. A missing prediction is wrong ("no prediction").
+Each ``DatasetItem`` is judged by ``tools.verify``: tool-call items by the chosen scorer
+(``tools.scorers``: ``reference``, the default, is ``verify_reference``, BFCL AST-checker semantics
+against ``item.expected`` with the item's tools; ``bfcl`` is BFCL's own verdict, quirks included;
+``exact`` the paper's exact match), countdown items with ``verify_countdown`` on the prediction's
+``content``, BFCL ``live_relevance`` items by whether any call was made (every scorer, as BFCL
+does). A missing prediction is wrong ("no prediction"). Only ``reference`` accepts BFCL's original
+dotted function names besides the offered ones.
 
 Predictions file: JSON Lines of ``{"id", "tool_calls": [{"name", "arguments"}], "content"?}``
 (arguments an object or a JSON string; OpenAI's ``{"function": {...}}`` shape works too). A line
@@ -23,8 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from tools.formats import DatasetItem, openai_name
+from tools.scorers import check_scorer
 from tools.spec import ToolCall
-from tools.verify import ModelOutput, Verdict, verify_countdown, verify_reference, verify_relevance
+from tools.verify import (
+    ModelOutput,
+    Verdict,
+    verify_bfcl,
+    verify_countdown,
+    verify_exact,
+    verify_reference,
+    verify_relevance,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +57,7 @@ class ScoreReport:
     items: list[dict[str, Any]]
     categories: dict[str, dict[str, Any]] = field(default_factory=dict)
     unmatched: list[str] = field(default_factory=list)
+    scorer: str = "reference"
 
     @property
     def failures(self) -> dict[str, int]:
@@ -58,6 +71,7 @@ class ScoreReport:
     def to_dict(self) -> dict[str, Any]:
         """The ``rrr eval score --json`` object."""
         return {
+            "scorer": self.scorer,
             "total": self.total,
             "correct": self.correct,
             "accuracy": self.accuracy,
@@ -129,22 +143,29 @@ def _with_tool_names(item: DatasetItem, output: ModelOutput) -> ModelOutput:
     return ModelOutput(tool_calls=calls, content=output.content, parse_error=output.parse_error)
 
 
-def score_item(item: DatasetItem, output: ModelOutput | None) -> Verdict:
-    """The verdict for one item (``output`` None: no prediction)."""
+def score_item(item: DatasetItem, output: ModelOutput | None, scorer: str = "reference") -> Verdict:
+    """The verdict for one item (``output`` None: no prediction) by ``scorer`` (``tools.scorers.SCORERS``)."""
+    check_scorer(scorer)
     if output is None:
         return Verdict(ok=False, reason=NO_PREDICTION, details={}, code="no_call")
     if item.task == "countdown":
         return verify_countdown(output.content or "", item.extra["nums"], item.extra["target"])
     if item.extra.get("relevance"):
         return verify_relevance(output)
+    if scorer == "bfcl":
+        return verify_bfcl(output, item.expected, tools=item.tools)
+    if scorer == "exact":
+        return verify_exact(output, item.expected, tools=item.tools)
     return verify_reference(_with_tool_names(item, output), item.expected, tools=item.tools)
 
 
 def score_predictions(
     items: list[DatasetItem],
     predictions: Mapping[str, ModelOutput | list[ToolCall]] | str | Path,
+    scorer: str = "reference",
 ) -> ScoreReport:
-    """Judge every item; ``predictions`` is ``{id: calls or ModelOutput}`` or a predictions file."""
+    """Judge every item by ``scorer``; ``predictions`` is ``{id: calls or ModelOutput}`` or a predictions file."""
+    check_scorer(scorer)
     missing_truth = [i.id for i in items if i.extra.get("has_ground_truth") is False]
     if missing_truth:
         raise ValueError(
@@ -156,7 +177,7 @@ def score_predictions(
     categories: dict[str, dict[str, Any]] = {}
     for item in items:
         raw = preds.get(item.id)
-        verdict = score_item(item, _as_output(raw) if raw is not None else None)
+        verdict = score_item(item, _as_output(raw) if raw is not None else None, scorer)
         row = {"id": item.id, "ok": verdict.ok, "reason": verdict.reason, "code": verdict.code, "path": verdict.path}
         rows.append(row)
         if item.category is not None:
@@ -178,4 +199,5 @@ def score_predictions(
         items=rows,
         categories=dict(sorted(categories.items())),
         unmatched=unmatched,
+        scorer=scorer,
     )

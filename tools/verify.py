@@ -5,6 +5,8 @@ implementations live one per module in ``tools.verifiers``:
 
 * ``verify_schema`` — calls name offered tools, arguments fit their schemas, tool_choice holds;
 * ``verify_reference`` — BFCL AST-checker comparison with expected calls (``expected_from_calls``);
+* ``verify_bfcl`` / ``verify_exact`` — the other scorers of ``rrr eval`` (``tools.scorers``):
+  BFCL's own verdict, quirks included, and the paper's exact match; ``SCORERS`` names all three;
 * ``verify_execution`` — run registered Python functions in a subprocess with a timeout;
 * ``verify_relevance`` — BFCL live_relevance: some well-formed call, whichever;
 * ``verify_countdown`` — TinyZero's Countdown rules on the last ``<answer>``;
@@ -16,6 +18,7 @@ implementations live one per module in ``tools.verifiers``:
 None of them raises on model output: a failed call is a Verdict. Bad specs raise ValueError.
 """
 
+from tools.scorers import SCORERS, verify_bfcl, verify_exact
 from tools.verifiers.base import FAILURE_CODES, ModelOutput, Verdict, VerificationBudget
 from tools.verifiers.countdown import verify_countdown
 from tools.verifiers.execution import DEFAULT_EXECUTION_MODULES, verify_execution
@@ -29,8 +32,10 @@ from tools.verifiers.reference import (
 from tools.verifiers.relevance import verify_relevance
 from tools.verifiers.schema_check import effective_tool_choice, parse_tool_choice, verify_schema
 from tools.verifiers.specs import (
+    DEFAULT_CONTEXT,
     SCHEMA,
     VERIFIER_TYPES,
+    VerifierContext,
     VerifierSpec,
     is_rerunnable,
     normalize_spec,
@@ -38,14 +43,17 @@ from tools.verifiers.specs import (
 )
 
 __all__ = [
+    "DEFAULT_CONTEXT",
     "DEFAULT_EXECUTION_MODULES",
     "FAILURE_CODES",
     "SCHEMA",
+    "SCORERS",
     "VERIFIER_TYPES",
     "Expected",
     "ModelOutput",
     "Verdict",
     "VerificationBudget",
+    "VerifierContext",
     "VerifierSpec",
     "effective_tool_choice",
     "expected_from_calls",
@@ -55,7 +63,9 @@ __all__ = [
     "normalize_string",
     "parse_tool_choice",
     "run_verifier",
+    "verify_bfcl",
     "verify_countdown",
+    "verify_exact",
     "verify_execution",
     "verify_reference",
     "verify_relevance",

@@ -2,7 +2,8 @@
 
 Order: key (router dependency) → body read with a cap → strict JSON → shape, limits and tool
 schemas (``api.validate``) → model name resolved (unknown: 404) → the reflect/retry loop
-(``agent.loop.run_episode``) on the engine pool → the episode handed to the writer → the answer.
+(``agent.loop.run_episode``) on the engine pool → the episode handed to the writer and fsync'd to its
+journal (R5: awaited, so no answered episode is lost to a crash) → the answer.
 A rejection makes no model call; it is counted and, when cheap, stored as a ``rejected`` episode.
 
 The loop runs as its own task, so an episode is completed and recorded even if the client goes
@@ -26,6 +27,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -221,9 +223,23 @@ async def _run(
     )
     record = outcome_to_record(outcome, request, chat.options, adapter=resolved.adapter, client_key_id=principal.key_id)
     state.recent.add(episode_id, principal.key_id)
-    state.writer.submit(record)
+    durable = state.writer.submit_durable(record)
     state.metrics.record_outcome(outcome)
+    await _until_durable(state, durable, episode_id)
     return outcome
+
+
+async def _until_durable(state: AppState, durable: Future[bool], episode_id: str) -> None:
+    """R5: the answer leaves only once its episode is fsync'd to the journal (a group commit shared with
+    the requests that end meanwhile), at most ``writer_journal_wait_s``."""
+    wait_s = state.settings.writer_journal_wait_s
+    if wait_s <= 0:
+        return
+    try:
+        if not await asyncio.wait_for(asyncio.wrap_future(durable), wait_s):
+            log.warning("episode %s is not in the journal (refused or not writable); answering anyway", episode_id)
+    except TimeoutError:
+        log.warning("episode %s not journaled within %gs; answering anyway", episode_id, wait_s)
 
 
 @router.post(
@@ -242,7 +258,7 @@ async def create_chat_completion(request: Request) -> Response:
         )
     try:
         raw = await read_body(request, state.settings.max_body_bytes)
-        chat = parse_chat(parse_json(raw, state.settings.max_json_depth), state.settings)
+        chat = parse_chat(parse_json(raw, state.settings.max_json_depth), state.settings, state.policy)
     except Rejection as exc:
         _reject(state, principal, exc, exc.reason)
         raise

@@ -12,7 +12,7 @@ running generation, streamed or not, stops at its next token and a queued reques
 without generating. The queue is bounded: with `max_waiting_requests` requests waiting, one more is
 a 503 `ServiceUnavailableError` with `Retry-After` at once (rrr's client reads it as "overloaded").
 
-What it leaves to the engine: prompt rendering, generation, the hermes parse and the non-streaming
+What it leaves to the engine: prompt rendering, generation, the tool-call parse and the non-streaming
 response body (`LocalEngine.chat`), adapter validation on disk. What it adds: model routing over its
 own adapter registry (registry-only unload, in-place reload, `server.registry`), auth, streaming
 frames (`server.stream`), errors (`server.errors`) and metrics (`server.metrics`).
@@ -47,6 +47,7 @@ from engines.server.protocol import BearerAuth, ChatBody, LoadLoRABody, UnloadLo
 from engines.server.registry import LoraEntry, LoraRegistry
 from engines.server.stream import ChatStream
 from engines.wire import check_tool_request
+from tools.toolcall_formats import DEFAULT_TOOL_CALL_PARSER, tool_call_format
 
 log = logging.getLogger(__name__)
 
@@ -481,6 +482,8 @@ class EngineServer:
         def push(delta: str) -> None:  # called from the generation thread
             loop.call_soon_threadsafe(queue.put_nowait, delta)
 
+        parser = getattr(engine, "tool_call_parser", DEFAULT_TOOL_CALL_PARSER)
+        tool_format = tool_call_format(parser)
         work = functools.partial(
             engine.generate,
             prompt,
@@ -492,7 +495,7 @@ class EngineServer:
             repetition_penalty=body.repetition_penalty,
             seed=body.seed,
             stop=[body.stop] if isinstance(body.stop, str) else body.stop,
-            skip_special_tokens=not parse_tools,
+            skip_special_tokens=not (parse_tools and tool_format.keeps_special_tokens),
             cancel=cancel,
             deadline=None if timeout is None else time.monotonic() + timeout,
             on_text=push,
@@ -517,6 +520,7 @@ class EngineServer:
             parallel_tool_calls=body.parallel_tool_calls is not False,
             named_tool=isinstance(tool_choice, dict),
             include_usage=include_usage,
+            tool_call_parser=parser,
         )
 
         def stop() -> None:  # the response ended first: its client went away

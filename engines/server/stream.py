@@ -10,7 +10,10 @@ With tools active, text that could be the start of `<tool_call>` is held back; f
 `<tool_call>` on, the rest of the output is collected and split into calls when generation ends.
 As in vLLM's streaming path the arguments are not validated: a block whose JSON does not parse
 still streams if its name can be read (arguments = the raw text), and a block without a readable
-name is dropped, never sent as content. It does not generate text or validate requests.
+name is dropped, never sent as content. With another tool-call format (`tool_call_parser`:
+llama3_json, mistral, pythonic) the whole output is collected and parsed as the non-streaming
+response is (docs/vllm.md §3.9): calls stream if it found calls, else the text is one content delta.
+It does not generate text or validate requests.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from engines.server.errors import error_body
 from engines.wire import tool_call_id
 from tools.parse import TOOL_CALL_START
+from tools.toolcall_formats import DEFAULT_TOOL_CALL_PARSER, tool_call_format
 
 _BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>|<tool_call>(.*)", re.DOTALL)
 _NAME = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
@@ -92,7 +96,10 @@ class ChatStream:
         parallel_tool_calls: bool = True,
         named_tool: bool = False,
         include_usage: bool = False,
+        tool_call_parser: str = DEFAULT_TOOL_CALL_PARSER,
     ) -> None:
+        self.format = tool_call_format(tool_call_parser)
+        self.collect = parse_tools and tool_call_parser != DEFAULT_TOOL_CALL_PARSER
         self.id = "chatcmpl-" + secrets.token_hex(8)
         self.created = int(time.time())
         self.model = model
@@ -122,8 +129,8 @@ class ChatStream:
 
     def feed(self, delta: str) -> list[bytes]:
         """Frames for one text delta (possibly none while text is held back)."""
-        if self._tool_text is not None:
-            self._tool_text += delta
+        if self._tool_text is not None or self.collect:
+            self._tool_text = (self._tool_text or "") + delta
             return []
         text, self._pending = self._pending + delta, ""
         if not self.parse_tools:
@@ -157,7 +164,10 @@ class ChatStream:
     ) -> list[bytes]:
         """The remaining frames: tool calls, the finish chunk, the usage chunk and `[DONE]`."""
         frames: list[bytes] = []
-        calls = split_tool_calls(self._tool_text) if self._tool_text is not None else []
+        if self.collect:
+            calls = self._collected_calls(frames)
+        else:
+            calls = split_tool_calls(self._tool_text) if self._tool_text is not None else []
         if self._tool_text is None:
             frames += self._emit(self._pending)
         if not self.parallel_tool_calls:
@@ -201,6 +211,17 @@ class ChatStream:
             )
         frames.append(DONE)
         return frames
+
+    def _collected_calls(self, frames: list[bytes]) -> list[tuple[str, str]]:
+        """(name, arguments) of the collected output's calls; its content (all of it if no calls) goes to `frames`."""
+        text, self._tool_text = self._tool_text or "", None
+        parsed = self.format.parse(text)
+        if not (parsed.tools_called and parsed.tool_calls):
+            frames += self._emit(text)
+            return []
+        if parsed.content and parsed.content.strip():
+            frames += self._emit(parsed.content)
+        return [(c.name, json.dumps(c.arguments, ensure_ascii=False)) for c in parsed.tool_calls]
 
     def error(self, status: int, message: str, type_: str, param: str | None = None) -> list[bytes]:
         """An error after the 200 was sent: one error frame, then `[DONE]`."""

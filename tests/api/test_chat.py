@@ -89,7 +89,8 @@ def test_reference_verifier_uses_the_expected_calls(rrr: Rrr) -> None:
     completion, raw = _create(rrr, extra_body={"rrr": {"verifier": "reference", "expected_tool_calls": expected}})
     assert raw.headers["x-rrr-verified"] == "true"
     episode = rrr.episode(completion.model_extra["rrr"]["episode_id"])
-    assert episode["verifier"] == {"type": "reference"}
+    # the client's check is added to the server's default policy (schema), never in its place
+    assert episode["verifier"] == {"type": "all", "of": [{"type": "schema"}, {"type": "reference"}]}
     assert episode["expected_tool_calls"] == expected
     assert episode["trainable"] is True  # failed first, re-runnable verifier
 

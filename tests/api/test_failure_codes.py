@@ -77,3 +77,28 @@ def test_failure_codes_are_stored_filtered_counted_and_exported(db_rrr: Rrr) -> 
     line = 'rrr_verdict_failures_total{code="missing_argument",kind="answer"}'
     assert any(row.startswith(line) and float(row.split()[-1]) >= 2 for row in metrics.splitlines()), metrics[-2000:]
     assert INFER not in metrics
+
+
+def test_an_agent_loop_that_repeats_its_call_is_reflected_on_and_ends_in_text(db_rrr: Rrr) -> None:
+    from tests.api.conftest import TOOLS
+
+    called = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        ],
+    }
+    messages = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        called,
+        {"role": "tool", "tool_call_id": "c1", "content": '{"temp_c": 21, "sky": "clear"}'},
+    ]
+    db_rrr.reset(Script(answer=[GOOD], reflection=[text("I already have the result.")], retry=[text("21 °C, clear.")]))
+    response = db_rrr.chat(messages=messages, tools=TOOLS)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == "21 °C, clear." and body["rrr"]["status"] == "retry_ok"
+    db_rrr.flush()
+    episode = _get(db_rrr, f"/v1/episodes/{body['rrr']['episode_id']}")
+    assert episode["failure_code"] == "repeated_call"

@@ -14,7 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
+from tests.tools.test_scorers import expected_verdicts, write_quirks
 from tools.formats import DatasetItem, load_dataset
+from tools.scorers import SCORERS
 from tools.spec import ToolCall
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +108,8 @@ def test_reference_answers_score_100_percent(fmt: str, tmp_path: Path) -> None:
     items = load_dataset(DATASETS[fmt])
     preds = write_predictions(tmp_path / "p.jsonl", {i.id: reference_prediction(i) for i in items})
     report = score_json(DATASETS[fmt], preds)
-    assert set(report) == {"total", "correct", "accuracy", "failures", "items"} and report["failures"] == {}
+    assert set(report) == {"scorer", "total", "correct", "accuracy", "failures", "items"}
+    assert report["failures"] == {} and report["scorer"] == "reference"
     assert report["total"] == len(items)
     assert report["correct"] == len(items), [r for r in report["items"] if not r["ok"]]
     assert report["accuracy"] == 1.0
@@ -150,7 +153,8 @@ def test_table_output_with_categories(tmp_path: Path) -> None:
     assert lines[0].split() == ["total", "12"]
     assert lines[1].split() == ["correct", "11"]
     assert lines[2].split() == ["accuracy", "91.67%"]
-    table = {line.split()[0]: line.split()[1:] for line in lines[4:] if line.strip()}
+    assert lines[3].split() == ["scorer", "reference"]
+    table = {line.split()[0]: line.split()[1:] for line in lines[5:] if line.strip()}
     assert table["simple"] == ["1", "2", "50.00%"]
     assert table["live_parallel_multiple"] == ["1", "1", "100.00%"]
     assert table["no_call"] == ["1", "8.3%"]  # the per-code table: the one wrong item made no call
@@ -165,6 +169,7 @@ def test_table_without_categories(tmp_path: Path) -> None:
         ["total", "5"],
         ["correct", "5"],
         ["accuracy", "100.00%"],
+        ["scorer", "reference"],
     ]
 
 
@@ -241,6 +246,40 @@ def test_real_entry_point_in_a_subprocess(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert bad.stderr.strip() == "error: unknown dataset format 'nope' (expected one of xlam, bfcl, openai, countdown)"
     assert "Traceback" not in bad.stderr
+
+
+def test_the_scorer_changes_the_score_of_a_file_built_on_the_quirks(tmp_path: Path) -> None:
+    spec, predictions = write_quirks(tmp_path)
+    correct = {}
+    for scorer in SCORERS:
+        report = score_json(spec, predictions, "--scorer", scorer)
+        assert report["scorer"] == scorer
+        assert {r["id"]: r["ok"] for r in report["items"]} == expected_verdicts(scorer)
+        correct[scorer] = report["correct"]
+    assert correct == {"reference": 10, "bfcl": 11, "exact": 9}
+    assert score_json(spec, predictions)["correct"] == correct["reference"]  # the default
+    table = score("--dataset", spec, "--predictions", str(predictions), "--scorer", "bfcl")
+    assert table.exit_code == 0, table.stderr
+    assert table.stdout.splitlines()[3].split() == ["scorer", "bfcl"]
+    bad = score("--dataset", spec, "--predictions", str(predictions), "--scorer", "ast")
+    assert bad.exit_code == 1 and bad.stdout == ""
+    assert bad.stderr.strip() == "error: unknown scorer 'ast' (expected one of reference, bfcl, exact)"
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_bfcl_and_reference_agree_on_the_bfcl_fixture(mutation: str, tmp_path: Path) -> None:
+    items = load_dataset(DATASETS["bfcl"])
+    preds = {}
+    for item in items:
+        calls = reference_prediction(item)
+        mutated = MUTATIONS[mutation](calls[0], item) if item.expected else None
+        preds[item.id] = [mutated, *calls[1:]] if mutated is not None else calls
+    path = write_predictions(tmp_path / "p.jsonl", preds)
+    verdicts = {
+        scorer: [(r["id"], r["ok"], r["code"]) for r in score_json(DATASETS["bfcl"], path, "--scorer", scorer)["items"]]
+        for scorer in ("reference", "bfcl")
+    }
+    assert verdicts["reference"] == verdicts["bfcl"]
 
 
 SHARED = Path(os.environ.get("RRR_SHARED_DIR") or Path(__file__).resolve().parents[2] / ".." / "shared")

@@ -41,10 +41,14 @@ def test_accuracy_at_attempt_k_is_solved_within_k() -> None:
     assert [(x["correct"], x["total"]) for x in a["accuracy"]] == [(1, 3), (2, 3)]
     assert a["categories"]["simple"][1]["accuracy"] == 1.0 and a["categories"]["parallel"][0]["correct"] == 0
     assert (b["n"], c["n"]) == (1, 0)
-    table = format_table(summary).splitlines()
+    caption, *table = format_table(summary).splitlines()
+    assert caption == "scorer: reference" and summary["scorer"] == "reference"
     assert table[0].split() == ["model", "n", "attempt", "1", "attempt", "2", "gain", "1->2"]
     assert table[1].split() == ["a", "3", "33.3%", "[6.1,", "79.2]", "66.7%", "[20.8,", "93.9]", "+33.3", "pts"]
     assert table[2].split()[1] == "1/3" and table[3].split()[1] == "0/3"  # incomplete rows say so
+    assert "scored by the `reference` scorer" in format_markdown(summary)
+    other = summarize(results, models=["a"], item_ids=["1"], attempts=2, dataset="xlam:x", scorer="bfcl")
+    assert format_table(other).splitlines()[0] == "scorer: bfcl" and "`bfcl` scorer" in format_markdown(other)
     assert "| a | 3 | 33.3% [6.1, 79.2] | 66.7% [20.8, 93.9] | +33.3 pts |" in format_markdown(summary)
 
 

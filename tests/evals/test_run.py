@@ -24,7 +24,9 @@ from evals import wilson_interval
 from store.registry import create_adapter
 from tests.api.conftest import INFER, Rrr, running
 from tests.support.upstream import Script, classify, text, tool_call
+from tests.tools.test_scorers import QUIRKS, expected_verdicts, write_quirks
 from tools.formats import DatasetItem, load_dataset
+from tools.scorers import SCORERS
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 DATASETS = {
@@ -154,7 +156,8 @@ def test_every_format_scores_attempt_1_and_2_exactly(fmt: str, served: Rrr, plan
 
     # the printed table: one row per model, accuracy at attempt 1 and 2
     table, *failure_tables = result.stdout.strip().split("\n\n")
-    header, *rows = table.splitlines()
+    caption, header, *rows = table.splitlines()
+    assert caption == "scorer: reference" and summary["scorer"] == "reference"
     assert header.split()[:6] == ["model", "n", "attempt", "1", "attempt", "2"]
     (line,) = rows
     assert line.split()[:4] == ["base", str(n), f"{100 * first / n:.1f}%", f"[{100 * lo:.1f},"]
@@ -211,7 +214,7 @@ def test_several_model_names_give_one_row_each(served: Rrr, planner: Planner, tm
         assert [(a["correct"], a["total"]) for a in row["accuracy"]] == [(first, n), (second, n)]
     assert summary["models"][1]["adapters"] == ["rrr-v1"] and summary["models"][0]["adapters"] == []
     assert {m for m, _ in planner.calls("answer")} == {"base", "rrr-v1"}  # each name reached the engine
-    rows = result.stdout.strip().split("\n\n")[0].splitlines()[1:]
+    rows = result.stdout.strip().split("\n\n")[0].splitlines()[2:]
     assert [r.split()[0] for r in rows] == ["base", "rrr-v1"]
     assert rows[1].split()[2] == "100.0%" and rows[1].split()[-2:] == ["+0.0", "pts"]
     assert len(read_items(out)) == 2 * len(items)
@@ -359,7 +362,7 @@ def test_items_the_engine_fails_are_reported_and_retried_on_the_next_run(
         .splitlines()[-1]
         .startswith(f"error: 1 item(s) could not be evaluated (first: item {broken.id} on base:")
     )
-    assert failed.stdout.splitlines()[1].split()[1] == f"{len(items) - 1}/{len(items)}"  # n shows the gap
+    assert failed.stdout.splitlines()[2].split()[1] == f"{len(items) - 1}/{len(items)}"  # n shows the gap
     assert broken.id not in {r["id"] for r in read_items(out)}
 
     planner.log.clear()
@@ -369,6 +372,49 @@ def test_items_the_engine_fails_are_reported_and_retried_on_the_next_run(
     n, first, second = expected_accuracy(plans, "base")
     row = json.loads((out / "summary.json").read_text())["models"][0]
     assert [(a["correct"], a["total"]) for a in row["accuracy"]] == [(first, n), (second, n)]
+
+
+# --------------------------------------------------------------------------------- the scorer
+
+
+def _quirk_answer(body: dict[str, Any]) -> dict[str, Any]:
+    """The quirk dataset's prediction for the item the request asks (its user message is its id)."""
+    item_id = _query(body["messages"])
+    _, function, _, calls, _ = next(case for case in QUIRKS if case[0] == item_id)
+    if isinstance(calls, str):  # arguments that do not decode
+        return tool_call(function["name"].replace(".", "_"), calls)
+    return _message([{"name": name, "arguments": arguments} for name, arguments in calls])
+
+
+def test_the_scorer_is_chosen_kept_for_a_resumed_run_and_shown(served: Rrr, planner: Planner, tmp_path: Path) -> None:
+    spec, _ = write_quirks(tmp_path / "data")
+    served.upstream.script = Script(responder=_quirk_answer)
+    try:
+        correct = {}
+        for scorer in SCORERS:
+            out = tmp_path / scorer
+            result = run_eval(served, spec, out, "--attempts", "1", "--scorer", scorer)
+            assert result.exit_code == 0, result.stderr
+            assert result.stdout.splitlines()[0] == f"scorer: {scorer}"
+            summary = json.loads((out / "summary.json").read_text())
+            assert summary["scorer"] == scorer and json.loads((out / "run.json").read_text())["scorer"] == scorer
+            records = {r["id"]: r["attempts"][0]["ok"] for r in read_items(out)}
+            assert records == expected_verdicts(scorer)
+            correct[scorer] = summary["models"][0]["accuracy"][0]["correct"]
+        assert correct == {"reference": 10, "bfcl": 11, "exact": 9}
+        assert f"`{SCORERS[1]}` scorer" in (tmp_path / "bfcl" / "table.md").read_text()
+
+        # a rerun without --scorer keeps the folder's; another scorer is refused
+        again = run_eval(served, spec, tmp_path / "bfcl", "--attempts", "1")
+        assert again.exit_code == 0, again.stderr
+        assert again.stdout.splitlines()[0] == "scorer: bfcl"
+        other = run_eval(served, spec, tmp_path / "bfcl", "--attempts", "1", "--scorer", "exact")
+        assert other.exit_code == 1 and other.stdout == ""
+        assert "holds results of another evaluation (scorer 'bfcl', now 'exact')" in other.stderr
+        bad = run_eval(served, spec, tmp_path / "bad", "--attempts", "1", "--scorer", "ast")
+        assert bad.exit_code == 1 and "unknown scorer 'ast'" in bad.stderr
+    finally:
+        served.upstream.script = Script(responder=planner)
 
 
 # --------------------------------------------------------------------------------- no leak into training

@@ -148,7 +148,8 @@ def test_all_four_formats_against_rrr_serve(rrr_serve: str, tmp_path: Path) -> N
         summary = json.loads((out / "summary.json").read_text())
         (row,) = summary["models"]
         assert row["model"] == "rrr" and row["n"] == len(items)
-        assert done.stdout.splitlines()[1].split()[:2] == ["rrr", str(len(items))]
+        assert done.stdout.splitlines()[0] == "scorer: reference" and summary["scorer"] == "reference"
+        assert done.stdout.splitlines()[2].split()[:2] == ["rrr", str(len(items))]
         records = _items(out)
         assert sorted(r["id"] for r in records) == sorted(i.id for i in items)
         relevance = {i.id for i in items if i.extra.get("relevance")}

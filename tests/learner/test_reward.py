@@ -94,10 +94,13 @@ def score(
     reflections: list[str],
     generate: ScriptedRetry,
     broken_prompt: int | None = None,
+    tool_call_parser: str = "hermes",
 ) -> tuple[list[float], RetryReward, dict[str, Any]]:
     logged: dict[str, Any] = {}
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    reward = RetryReward(retry_max_tokens=64, tokenizer=tokenizer, generate=generate, trainer=trainer)
+    reward = RetryReward(
+        retry_max_tokens=64, tokenizer=tokenizer, generate=generate, trainer=trainer, tool_call_parser=tool_call_parser
+    )
     rendered = render_rows(rows, tokenizer)
     columns = {k: [r[k] for r in rendered] for k in rendered[0] if k != "prompt"}
     if broken_prompt is not None:  # a stored history the chat template cannot render
@@ -172,3 +175,37 @@ def test_schema_verifier_and_tool_choice_none(grpo_trainer: Any, tokenizer: Any)
 def test_reward_needs_its_trainer(tokenizer: Any) -> None:
     with pytest.raises(RuntimeError, match="trainer"):
         RetryReward(tokenizer=tokenizer)(prompts=[], completions=[], completion_ids=[])
+
+
+@pytest.mark.parametrize("parser", ["llama3_json", "mistral", "pythonic"])
+def test_a_correct_retry_in_the_policys_own_format_scores_one(grpo_trainer: Any, tokenizer: Any, parser: str) -> None:
+    """With a non-hermes policy the reward parses the retry in its format: right city 1, wrong city or
+    prose 0, a hermes block 0 except for llama3_json (vLLM's parser reads any JSON object with a name,
+    wherever it is); the failed call in the prompt is quoted in that format."""
+    from tools.spec import ToolCall
+    from tools.toolcall_formats import tool_call_format
+
+    fmt = tool_call_format(parser)
+    task = [{"role": "user", "content": "What is the weather in Paris?"}]
+    failed = prompts.failed_assistant_message(None, [call("Rome")], tool_call_parser=parser)
+    assert failed["content"] == fmt.render([ToolCall("get_weather", {"city": "Rome"})])
+    rows = [row("Paris", prompt_messages=prompts.reflection_messages(task, failed)) for _ in range(3)]
+    right = fmt.render([ToolCall("get_weather", {"city": "Paris"})])
+    wrong = fmt.render([ToolCall("get_weather", {"city": "Rome"})])
+    hermes = 1.0 if parser == "llama3_json" else 0.0
+    for text, expected in (
+        (right, 1.0),
+        (wrong, 0.0),
+        ("It is sunny in Paris.", 0.0),
+        (weather_call_text("Paris"), hermes),
+    ):
+        rewards, reward, _ = score(
+            grpo_trainer, tokenizer, rows[:1], ["Use Paris."], ScriptedRetry(tokenizer, text), tool_call_parser=parser
+        )
+        assert rewards == [expected], (parser, text)
+    assert reward.format.name == parser
+
+
+def test_an_unknown_parser_fails_when_the_reward_is_built(tokenizer: Any) -> None:
+    with pytest.raises(ValueError, match="hermes, llama3_json, mistral, pythonic"):
+        RetryReward(tokenizer=tokenizer, tool_call_parser="llama")

@@ -204,3 +204,37 @@ def test_eval_score_maps_each_bfcl_mutation_to_its_code() -> None:
         for name, calls in mutations.items():
             (row,) = score_predictions([item], {item.id: calls}).items
             assert (row["code"], row["path"]) == wanted[name], (item.id, name, row)
+
+
+def test_calling_the_same_tool_again_right_after_its_result_is_a_repeated_call() -> None:
+    from agent.loop import TaskOptions, verify_message
+
+    options = TaskOptions(verifier=VerifierSpec.parse({"type": "schema"}))
+    asked = [{"role": "user", "content": "Weather in Paris?"}]
+    called = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        ],
+    }
+    result = {"role": "tool", "tool_call_id": "c1", "content": '{"temp_c": 21}'}
+    again = {"role": "assistant", "content": None, "tool_calls": called["tool_calls"]}
+
+    def judge(message: dict[str, Any], conversation: list[dict[str, Any]]) -> Verdict:
+        return verify_message(
+            message, "stop", tools=TOOLS, tool_choice="auto", options=options, conversation=conversation
+        )
+
+    loop = judge(again, [*asked, called, result])
+    assert code_of(loop) == ("repeated_call", None) and "answer from the result" in loop.reason
+    assert judge({"role": "assistant", "content": "It is 21 °C in Paris."}, [*asked, called, result]).ok
+    other = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Lyon"}'}}
+        ],
+    }
+    assert judge(other, [*asked, called, result]).ok  # the next call, not the same one
+    assert judge(again, asked).ok  # no result yet: the first call is no repeat

@@ -67,6 +67,7 @@ def test_wrong_predictions_are_wrong_with_a_reason() -> None:
     assert report.categories["simple"] == {"total": 2, "correct": 1, "accuracy": 0.5}
     assert report.categories["multiple"] == {"total": 1, "correct": 1, "accuracy": 1.0}
     assert report.to_dict() == {
+        "scorer": "reference",
         "total": 12,
         "correct": 8,
         "accuracy": 8 / 12,

@@ -201,7 +201,10 @@ def test_a_verifier_spec_is_parsed_once_into_a_typed_value_that_round_trips() ->
     assert VerifierSpec.parse("schema") == SCHEMA and not SCHEMA.math and not SCHEMA.needs_reference
     # math: countdown problems only, the same rule for serving and for training prompts
     assert VerifierSpec.parse({"type": "countdown", "nums": [1], "target": 1}).math
-    assert not spec.math
+    assert spec.math  # the server policy's schema check rides along with a client's countdown
+    assert not VerifierSpec.parse(
+        {"type": "all", "of": ["reference", {"type": "countdown", "nums": [1], "target": 1}]}
+    ).math
     reference = VerifierSpec.parse({"type": "all", "of": ["schema", "reference"]})
     assert reference.needs_reference and not reference.rerunnable(None) and reference.rerunnable([])
     assert SCHEMA.rerunnable(None)

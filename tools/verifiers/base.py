@@ -56,6 +56,7 @@ FAILURE_CODES: dict[str, str] = {
     "execution_error": "running the call failed, or its result was refused",
     "timeout": "verification ran out of time",
     "verifier_error": "the verifier could not judge (a plugin raised, a webhook failed, no reference)",
+    "repeated_call": "the same call (name and arguments) again, right after its result came back",
 }
 """The closed set of failure codes (docs/design.md lists them too); a failed verdict has exactly one."""
 

@@ -1,19 +1,39 @@
-"""Compare tool calls with a reference answer using BFCL's AST-checker semantics.
+"""Compare tool calls with a reference answer using BFCL's AST-checker semantics (rrr's own rules).
 
 Expected calls have BFCL's ground-truth shape ``[{fname: {param: [acceptable values]}}]``; an
 empty list means the request is irrelevant to the tools and only "no call" is correct. Rules (the
-BFCL checker for Python, with its greedy parallel match replaced by a full bipartite match):
+BFCL checker for Python, made consistent at every depth):
 
 * the function name matches exactly; required parameters (the tool schema's ``required`` when the
   tool is known, else every parameter whose acceptable list lacks ``""``) are present;
 * a parameter the reference does not list (or the schema does not define) is an error; a ``""``
-  among the acceptable values lets the parameter be omitted;
+  among the acceptable values lets the parameter be omitted, and lets an array parameter be ``[]``;
 * strings compare after BFCL's normalisation (drop spaces and ``,./-_*^``, lower-case, ``'`` as ``"``);
 * an int is accepted where a float is expected (schema type ``number``, or a float among the
   acceptable values); a bool is never an int or a float;
+* a value of a type the schema does not allow is accepted only if it equals one acceptable value
+  exactly (BFCL's "variable" case: a placeholder such as ``"dontcare"`` for an integer parameter);
 * lists compare in order, element by element with these rules; a dict in the acceptable values
   maps each key to its own list of acceptable values (``""`` = the key may be left out);
 * parallel calls match in any order, with equal counts.
+
+Deliberate deviations from BFCL's own checker (``tools.scorers.verify_bfcl`` reproduces those,
+``rrr eval score --scorer bfcl``), each because BFCL's behaviour depends on where a value sits:
+
+* types are strict at every depth: BFCL compares values inside a dict and inside nested lists
+  with Python ``==`` (``20.0 == 20``, ``False == 0``); here a bool is never a number and a float is
+  never an integer anywhere;
+* int for float is accepted at every depth: BFCL converts only a top-level value (``[1, 3]`` fails
+  against ``[1.0, 3.0]`` when the items are floats);
+* strings are normalised at every depth: BFCL normalises a top-level string, the strings of a
+  top-level list and the string values of a dict, but not a list inside a dict or a nested list;
+* a dict inside a dict compares key by key (BFCL compares it with ``==`` against the wrapped form);
+* parallel calls are paired by a full bipartite match: BFCL pairs greedily, expected call by
+  expected call with the first model call that fits, and so fails some answers a pairing exists for;
+* a dotted BFCL name is accepted in its original form as well (``math.factorial`` besides the
+  ``math_factorial`` rrr offers; ``tools.score``); BFCL accepts one of the two, per model;
+* an output that does not parse fails, irrelevance items included (BFCL counts it as "no call",
+  which is right for an irrelevance item).
 """
 
 from __future__ import annotations
@@ -202,13 +222,51 @@ def _match_any(value: Any, acceptable: list[Any], schema: Any, float_ok: bool) -
     return (code, f"{clip(value)} is not one of the acceptable values {clip(acceptable, 160)}")
 
 
+def same_value(value: Any, acceptable: Any) -> bool:
+    """Exact equality of JSON values: no string normalisation, a bool is not a number, 5 == 5.0;
+    a dict in BFCL's acceptable shape maps each key to its own acceptable list (``""`` = may be left out)."""
+    if isinstance(acceptable, dict):
+        if not isinstance(value, dict) or any(key not in acceptable for key in value):
+            return False
+        return all(
+            any(same_value(value[key], option) for option in _as_list(options))
+            if key in value
+            else "" in _as_list(options)
+            for key, options in acceptable.items()
+        )
+    if isinstance(acceptable, list):
+        return (
+            isinstance(value, list)
+            and len(value) == len(acceptable)
+            and all(same_value(v, a) for v, a in zip(value, acceptable, strict=True))
+        )
+    if isinstance(acceptable, bool) or isinstance(value, bool) or not isinstance(acceptable, int | float):
+        return type(value) is type(acceptable) and value == acceptable
+    return isinstance(value, int | float) and value == acceptable
+
+
+def _is_array(schema: Any, acceptable: list[Any]) -> bool:
+    """An array parameter: by its schema, or without a schema type by its other acceptable values."""
+    types = _schema_types(schema)
+    if types:
+        return "array" in types
+    others = [a for a in acceptable if a != ""]
+    return bool(others) and all(isinstance(a, list) for a in others)
+
+
 def _check_param(value: Any, acceptable: list[Any], schema: Any) -> Mismatch | None:
+    if value == [] and "" in acceptable and _is_array(schema, acceptable):
+        return None  # an optional array may be given empty (BFCL: "" compares as an empty list)
     types = _schema_types(schema)
     if types and not any(_has_type(value, t) for t in types):
-        # BFCL's "variable" case: a value of the reference's own type is accepted
+        # BFCL's "variable" case: a value of the reference's own type (a placeholder such as
+        # "dontcare" for an integer) is accepted only if it equals an acceptable value exactly
         reference_types = {_json_type(a) for a in acceptable if a != ""}
         if _json_type(value) not in reference_types:
             return _type(f"expected type {'/'.join(sorted(types))}, got {_json_type(value)} {clip(value)}")
+        if any(same_value(value, a) for a in acceptable if a != ""):
+            return None
+        return _value(f"{clip(value)} is not exactly one of the acceptable values {clip(acceptable, 160)}")
     return _match_any(value, acceptable, schema, False)
 
 
@@ -240,7 +298,7 @@ def check_call(call: ToolCall, name: str, params: dict[str, list[Any]], tool: To
     return None
 
 
-def _perfect_matching(ok: list[list[bool]]) -> list[int] | None:
+def perfect_matching(ok: list[list[bool]]) -> list[int] | None:
     """Kuhn's augmenting paths: for each expected call, the index of its model call, or None."""
     n = len(ok)
     owner = [-1] * n  # model call -> expected call
@@ -296,7 +354,7 @@ def verify_reference(output: ModelOutput, expected: Any, tools: list[ToolSpec] |
     for entry in reference:
         name, params = next(iter(entry.items()))
         reasons.append([_unknown(check_call(call, name, params, by_name.get(name)), call, by_name) for call in calls])
-    assignment = _perfect_matching([[reason is None for reason in row] for row in reasons])
+    assignment = perfect_matching([[reason is None for reason in row] for row in reasons])
     if assignment is not None:
         return passed(matching=assignment)
     if len(calls) == 1:
