@@ -47,7 +47,13 @@ from typing import Any
 
 from tools.spec import ToolCall, ToolSpec
 from tools.verifiers.base import ModelOutput, Problem, Verdict, clip, failed, failed_problem, failed_with, passed
-from tools.verifiers.reference import MAX_CALLS, normalize_expected, normalize_string, perfect_matching, same_value
+from tools.verifiers.reference import (
+    count_mismatch,
+    normalize_expected,
+    normalize_string,
+    perfect_matching,
+    same_value,
+)
 
 SCORERS = ("reference", "bfcl", "exact")
 """The scorers ``rrr eval score --scorer`` and ``rrr eval run --scorer`` take; ``reference`` is the default."""
@@ -253,27 +259,6 @@ def _exact_call(call: ToolCall, name: str, params: dict[str, list[Any]]) -> Prob
     return None
 
 
-def _counted(output: ModelOutput, reference: list[dict[str, Any]], calls: list[ToolCall]) -> Verdict | None:
-    """The verdict when the calls cannot match for their number alone; None when the counts agree."""
-    if not reference:
-        if calls:
-            return failed(
-                "no tool call was expected (the request is irrelevant to the tools), "
-                f"but the model called {output.describe_calls()}",
-                code="unexpected_call",
-            )
-        return passed()
-    names = ", ".join(next(iter(entry)) for entry in reference)
-    if not calls:
-        return failed(f"expected a call to {names}, but the model made no tool call", code="no_call")
-    if len(calls) != len(reference) or len(calls) > MAX_CALLS:
-        return failed(
-            f"expected {len(reference)} tool call(s) ({names}), got {len(calls)} ({output.describe_calls()})",
-            code="wrong_call_count",
-        )
-    return None
-
-
 def _unknown(problem: Problem, call: ToolCall, offered: set[str]) -> Problem:
     if problem.code == "wrong_tool" and offered and call.name not in offered:
         return Problem("unknown_tool", problem.message, problem.path)
@@ -306,7 +291,7 @@ def verify_bfcl(output: ModelOutput, expected: Any, tools: list[ToolSpec] | None
     if output.parse_error:
         return failed(f"malformed tool call: {output.parse_error}", code="parse_error")
     calls = output.tool_calls
-    counted = _counted(output, reference, calls)
+    counted = count_mismatch(output, reference, calls)
     if counted is not None:
         return counted
     by_name = {tool.name: tool for tool in tools or []}
@@ -333,7 +318,7 @@ def verify_exact(output: ModelOutput, expected: Any, tools: list[ToolSpec] | Non
     if output.parse_error:
         return failed(f"malformed tool call: {output.parse_error}", code="parse_error")
     calls = output.tool_calls
-    counted = _counted(output, reference, calls)
+    counted = count_mismatch(output, reference, calls)
     if counted is not None:
         return counted
     offered = {tool.name for tool in tools or []}

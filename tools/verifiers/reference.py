@@ -321,16 +321,8 @@ def perfect_matching(ok: list[list[bool]]) -> list[int] | None:
     return assigned
 
 
-# Complexity: BFCL's call-level rules, one branch each.
-def verify_reference(output: ModelOutput, expected: Any, tools: list[ToolSpec] | None = None) -> Verdict:  # noqa: C901
-    """Pass if the calls match the reference answer (BFCL AST semantics, parallel order-free).
-
-    ``expected`` is BFCL-shaped (plain calls are wrapped); a malformed reference raises ValueError.
-    """
-    reference = normalize_expected(expected)
-    if output.parse_error:
-        return failed(f"malformed tool call: {output.parse_error}", code="parse_error")
-    calls = output.tool_calls
+def count_mismatch(output: ModelOutput, reference: list[dict[str, Any]], calls: list[ToolCall]) -> Verdict | None:
+    """The verdict when the calls cannot match for their number alone; None when the counts agree."""
     if not reference:
         if calls:
             return failed(
@@ -342,13 +334,28 @@ def verify_reference(output: ModelOutput, expected: Any, tools: list[ToolSpec] |
     names = ", ".join(next(iter(entry)) for entry in reference)
     if not calls:
         return failed(f"expected a call to {names}, but the model made no tool call", code="no_call")
-    if len(calls) != len(reference):
+    if len(calls) != len(reference) or len(calls) > MAX_CALLS:
         return failed(
             f"expected {len(reference)} tool call(s) ({names}), got {len(calls)} ({output.describe_calls()})",
             code="wrong_call_count",
         )
-    if len(calls) > MAX_CALLS:
-        return failed(f"too many tool calls ({len(calls)}) to compare", code="wrong_call_count")
+    return None
+
+
+# Complexity: BFCL's call-level rules, one branch each.
+def verify_reference(output: ModelOutput, expected: Any, tools: list[ToolSpec] | None = None) -> Verdict:
+    """Pass if the calls match the reference answer (BFCL AST semantics, parallel order-free).
+
+    ``expected`` is BFCL-shaped (plain calls are wrapped); a malformed reference raises ValueError.
+    """
+    reference = normalize_expected(expected)
+    if output.parse_error:
+        return failed(f"malformed tool call: {output.parse_error}", code="parse_error")
+    calls = output.tool_calls
+    counted = count_mismatch(output, reference, calls)
+    if counted is not None:
+        return counted
+    names = ", ".join(next(iter(entry)) for entry in reference)
     by_name = {tool.name: tool for tool in tools or []}
     reasons = []
     for entry in reference:
