@@ -34,7 +34,7 @@ from agent.policy import PolicyResolver
 from api.auth import KeyRing, check_bind
 from api.errors import install_error_handlers
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import adapters, chat, episodes, health, models, runs, stats, verifiers
+from api.routes import adapters, chat, episodes, health, models, responses, runs, stats, verifiers
 from api.settings import Settings
 from api.state import AppState, ModelResolver
 from engines.base import Engine, EngineError
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 ROUTERS = (
     chat.router,
+    responses.router,
     models.router,
     episodes.feedback_router,
     episodes.router,

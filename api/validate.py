@@ -2,7 +2,9 @@
 
 The chat route calls ``read_body`` (size capped while reading), ``parse_json`` (strict JSON,
 nesting capped) and ``parse_chat`` (the request's shape, limits, tool schemas compiled safely by
-``tools.schema``, the ``rrr`` extension). Every rejection is an ``ApiError`` (400 or 413) whose
+``tools.schema``, the ``rrr`` extension; any other field is refused, never ignored). The Responses
+route calls ``parse_responses``, which translates its body into a chat body and checks that with
+``parse_chat``. Every rejection is an ``ApiError`` (400 or 413) whose
 message says what to change; ``Rejection.reason`` names the limit for the metrics. Nothing here
 calls a model, touches the database or resolves the model name.
 """
@@ -36,6 +38,25 @@ PASSTHROUGH_NUMBERS = {
     "frequency_penalty": (-2.0, 2.0),
     "repetition_penalty": (0.0, 10.0),
     "min_p": (0.0, 1.0),
+}
+# Chat fields rrr reads (the rest of ``parse_chat``); a field outside these is refused, never ignored.
+CHAT_FIELDS = frozenset(
+    {
+        "model", "messages", "tools", "tool_choice", "parallel_tool_calls", "stream", "stream_options", "max_tokens",
+        "max_completion_tokens", "temperature", "top_p", "seed", "stop", "n", "top_k", "rrr", *PASSTHROUGH_NUMBERS,
+    }
+)  # fmt: skip
+# Fields with no effect on the answer (identifiers and hints for OpenAI's own accounting): accepted as strings.
+HINT_FIELDS = ("user", "safety_identifier", "prompt_cache_key")
+# Fields accepted only at the value that asks for nothing rrr cannot do: name -> (accepted values, why not).
+DEFAULT_ONLY: dict[str, tuple[tuple[Any, ...], str]] = {
+    "logprobs": ((False,), "the engine's log probabilities are not returned by rrr"),
+    "top_logprobs": ((0,), "the engine's log probabilities are not returned by rrr"),
+    "logit_bias": (({},), "rrr does not pass logit biases to the engine"),
+    "response_format": (({"type": "text"},), "rrr verifies tool calls; structured output formats are not supported"),
+    "modalities": ((["text"],), "rrr answers in text only"),
+    "service_tier": (("auto", "default"), "rrr has a single service tier"),
+    "store": ((True,), "rrr records every chat completion as an episode (use /v1/responses for `store: false`)"),
 }
 MAX_MODEL_NAME = 200
 MAX_TASK_CHARS = 200
@@ -260,6 +281,23 @@ def _task_options(body: dict[str, Any], settings: Settings, policy: VerifierPoli
     )
 
 
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    """Every field of the body is honoured or refused with a 400 naming it; none is silently ignored."""
+    for name, value in body.items():
+        if name in CHAT_FIELDS or value is None:
+            continue
+        if name in HINT_FIELDS:
+            if not isinstance(value, str) or len(value) > 512:
+                raise _reject(f"`{name}` must be a string of at most 512 characters.", "shape", name)
+            continue
+        if name in DEFAULT_ONLY:
+            allowed, why = DEFAULT_ONLY[name]
+            if any(type(value) is type(ok) and value == ok for ok in allowed):
+                continue
+            raise _reject(f"`{name}` is not supported: {why}.", "unsupported", name)
+        raise _reject(f"`{name}` is not supported by rrr; remove it from the request.", "unsupported", name)
+
+
 def _include_attempts(body: dict[str, Any]) -> bool:
     ext = body.get("rrr")
     value = ext.get("include_attempts", False) if isinstance(ext, dict) else False
@@ -300,6 +338,7 @@ def parse_chat(body: Any, settings: Settings, policy: VerifierPolicy | None = No
     """Check a chat-completion body against the shape and the limits; raise Rejection if it fails."""
     if not isinstance(body, dict):
         raise _reject("The request body must be a JSON object.", "shape")
+    _refuse_unsupported(body)
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or len(model) > MAX_MODEL_NAME):
         raise _reject("`model` must be a model name (see GET /v1/models).", "shape", "model")
@@ -394,3 +433,254 @@ def is_valid_id(value: str, max_chars: int = 36) -> bool:
     """Whether a path id can name a stored row (ids are UUIDs): short, printable, no NUL. Anything
     else is unknown (404) without asking the database, which refuses a NUL in a query on PostgreSQL."""
     return 0 < len(value) <= max_chars and value.isprintable()
+
+
+# --- The Responses API (``POST /v1/responses``): translated into a chat body, then checked by ``parse_chat``. ---
+
+RESPONSES_FIELDS = frozenset(
+    {
+        "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "max_output_tokens",
+        "temperature", "top_p", "stream", "store", "previous_response_id", "metadata", "rrr", *HINT_FIELDS,
+    }
+)  # fmt: skip
+RESPONSES_DEFAULT_ONLY: dict[str, tuple[tuple[Any, ...], str]] = {
+    "truncation": (("disabled",), "rrr never truncates the conversation"),
+    "include": (([],), "rrr has no extra output data to include"),
+    "background": ((False,), "rrr answers in the foreground only"),
+    "reasoning": (({},), "rrr does not configure reasoning"),
+    "text": (
+        ({"format": {"type": "text"}}, {}),
+        "rrr verifies tool calls; structured output formats are not supported",
+    ),
+    "service_tier": (("auto", "default"), "rrr has a single service tier"),
+    "top_logprobs": ((0,), "the engine's log probabilities are not returned by rrr"),
+}
+# A chat field named in a rejection, as the Responses request calls it.
+_RESPONSES_PARAMS = {
+    "messages": "input",
+    "max_completion_tokens": "max_output_tokens",
+    "max_tokens": "max_output_tokens",
+}
+RESPONSE_ID_PREFIX = "resp_"
+MAX_METADATA = 16
+
+
+@dataclass(frozen=True)
+class ResponsesInput:
+    """A validated Responses request: the chat input it runs as, and what its answer echoes."""
+
+    chat: ChatInput
+    store: bool
+    instructions: str | None
+    tools: list[dict[str, Any]]
+    tool_choice: Any
+    metadata: dict[str, str]
+    previous_response_id: str | None
+
+
+def episode_of_response(response_id: str) -> str | None:
+    """The episode id a response id names (``resp_`` + the episode UUID's 32 hex digits), or None."""
+    digits = response_id[len(RESPONSE_ID_PREFIX) :]
+    if not response_id.startswith(RESPONSE_ID_PREFIX) or len(digits) != 32:
+        return None
+    if any(c not in "0123456789abcdef" for c in digits):
+        return None
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+def previous_response_id(body: Any) -> str | None:
+    """``previous_response_id`` if the body has one (a string); the route loads that episode."""
+    if not isinstance(body, dict):
+        raise _reject("The request body must be a JSON object.", "shape")
+    value = body.get("previous_response_id")
+    if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 100):
+        raise _reject("`previous_response_id` must be a response id.", "shape", "previous_response_id")
+    return value
+
+
+def _refuse_unsupported_responses(body: dict[str, Any]) -> None:
+    for name, value in body.items():
+        if name in RESPONSES_FIELDS or value is None:
+            continue
+        if name in RESPONSES_DEFAULT_ONLY:
+            allowed, why = RESPONSES_DEFAULT_ONLY[name]
+            if any(type(value) is type(ok) and value == ok for ok in allowed):
+                continue
+            raise _reject(f"`{name}` is not supported: {why}.", "unsupported", name)
+        raise _reject(f"`{name}` is not supported by rrr; remove it from the request.", "unsupported", name)
+
+
+def _text_parts(content: Any, where: str, kinds: frozenset[str]) -> str:
+    """The text of a content string or of an array of text parts; any other part is refused."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _reject(f"{where}.content must be a string or an array of content parts.", "shape", "input")
+    texts = []
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in kinds or not isinstance(part.get("text"), str):
+            raise _reject(
+                f"{where}.content[{index}] of type {kind!r} is not supported; rrr takes text parts "
+                f"({', '.join(sorted(kinds))}).",
+                "unsupported",
+                "input",
+            )
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+_INPUT_PARTS = frozenset({"input_text", "text"})
+_ASSISTANT_PARTS = frozenset({"output_text", "input_text", "text", "refusal"})
+
+
+def _function_call(item: dict[str, Any], where: str) -> dict[str, Any]:
+    call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
+    if not isinstance(call_id, str) or not call_id or not isinstance(name, str) or not name:
+        raise _reject(f"{where} (function_call) needs string `call_id` and `name`.", "shape", "input")
+    if not isinstance(arguments, str):
+        raise _reject(f"{where}.arguments must be a JSON string.", "shape", "input")
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _input_messages(value: Any) -> list[dict[str, Any]]:
+    """Responses ``input`` as chat messages: messages, ``function_call`` and ``function_call_output`` items."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise _reject("`input` must be a string or a non-empty array of input items.", "shape", "input")
+    messages: list[dict[str, Any]] = []
+    for index, item in enumerate(value):
+        where = f"input[{index}]"
+        if not isinstance(item, dict):
+            raise _reject(f"{where} must be an object.", "shape", "input")
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "system", "developer", "assistant"):
+                raise _reject(f"{where}.role must be user, system, developer or assistant.", "shape", "input")
+            parts = _ASSISTANT_PARTS if role == "assistant" else _INPUT_PARTS
+            messages.append({"role": role, "content": _text_parts(item.get("content"), where, parts)})
+        elif kind == "function_call":
+            call = _function_call(item, where)
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant":  # parallel calls form one assistant turn
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            call_id = item.get("call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise _reject(f"{where} (function_call_output) needs a string `call_id`.", "shape", "input")
+            output = _text_parts(item.get("output"), where, _INPUT_PARTS | {"output_text"})
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
+        else:
+            raise _reject(
+                f"{where} of type {kind!r} is not supported; rrr takes message, function_call and "
+                "function_call_output items.",
+                "unsupported",
+                "input",
+            )
+    return messages
+
+
+def _responses_tools(value: Any) -> list[dict[str, Any]] | None:
+    """Responses function tools (flat: type, name, description, parameters, strict) as chat tools."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise _reject("`tools` must be an array of function tools.", "shape", "tools")
+    tools = []
+    for index, tool in enumerate(value):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind != "function":
+            raise _reject(
+                f"tools[{index}] of type {kind!r} is not supported; rrr serves function tools only.",
+                "unsupported",
+                "tools",
+            )
+        fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
+        tools.append({"type": "function", "function": fn})
+    return tools
+
+
+def _responses_tool_choice(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict) and value.get("type") == "function" and set(value) <= {"type", "name"}:
+        return {"type": "function", "function": {"name": value.get("name")}}
+    raise _reject(
+        '`tool_choice` must be "none", "auto", "required" or {"type": "function", "name": ...}.',
+        "unsupported",
+        "tool_choice",
+    )
+
+
+def _short(value: Any, limit: int) -> bool:
+    return isinstance(value, str) and len(value) <= limit
+
+
+def _metadata(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if (
+        not isinstance(value, dict)
+        or len(value) > MAX_METADATA
+        or not all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in value.items()
+        )
+    ):
+        raise _reject(
+            f"`metadata` must map at most {MAX_METADATA} keys (64 characters) to strings (512 characters).",
+            "shape",
+            "metadata",
+        )
+    return dict(value)
+
+
+def parse_responses(
+    body: Any, settings: Settings, policy: VerifierPolicy | None = None, previous: list[dict[str, Any]] | None = None
+) -> ResponsesInput:
+    """Check a Responses body and translate it into the chat input that runs it (``previous``: the messages
+    of the ``previous_response_id`` chain, its answer included). Every field is honoured or refused."""
+    previous_id = previous_response_id(body)
+    _refuse_unsupported_responses(body)
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise _reject("`instructions` must be a string.", "shape", "instructions")
+    store = body.get("store", True)
+    if store is None:
+        store = True
+    if not isinstance(store, bool):
+        raise _reject("`store` must be a boolean.", "shape", "store")
+    messages = [*(previous or []), *_input_messages(body.get("input"))]
+    if instructions:  # they apply to this response only: the previous response's are replaced
+        if previous and messages[0].get("role") == "system":
+            messages = messages[1:]
+        messages.insert(0, {"role": "system", "content": instructions})
+    chat_body: dict[str, Any] = {
+        "model": body.get("model"),
+        "messages": messages,
+        "tools": _responses_tools(body.get("tools")),
+        "tool_choice": _responses_tool_choice(body.get("tool_choice")),
+        "parallel_tool_calls": body.get("parallel_tool_calls"),
+        "max_completion_tokens": body.get("max_output_tokens"),
+        "temperature": body.get("temperature"),
+        "top_p": body.get("top_p"),
+        "stream": body.get("stream"),
+        "rrr": body.get("rrr"),
+    }
+    try:
+        chat = parse_chat({k: v for k, v in chat_body.items() if v is not None}, settings, policy)
+    except Rejection as exc:
+        param = _RESPONSES_PARAMS.get(exc.param or "", exc.param)
+        raise Rejection(exc.status, exc.message, exc.reason, param) from None
+    return ResponsesInput(
+        chat=chat,
+        store=store,
+        instructions=instructions,
+        tools=list(body.get("tools") or []),
+        tool_choice=body.get("tool_choice") or "auto",
+        metadata=_metadata(body.get("metadata")),
+        previous_response_id=previous_id,
+    )

@@ -7,7 +7,8 @@ usage is summed over every model call of the episode, and rrr's additions ride u
 Streams carry the already verified answer: a role chunk, content, per tool call a header chunk
 (index, id, type, name) then its arguments, the finish chunk (with ``rrr``), an optional usage
 chunk and ``data: [DONE]``. An error after the 200 is one ``data: {"error": ...}`` frame and no
-``[DONE]``. This module does no I/O.
+``[DONE]``. The Responses API's ``response`` objects and their SSE events are built here too
+(``response_body``, ``response_events``). This module does no I/O.
 """
 
 from __future__ import annotations
@@ -207,3 +208,117 @@ class ChunkWriter:
 def error_frame(body: dict[str, Any]) -> bytes:
     """An error after the 200 was sent (the stream then closes without ``[DONE]``)."""
     return sse(body)
+
+
+# --- The Responses API: ``response`` objects and their SSE events. ---
+
+
+def response_id(episode_id: str) -> str:
+    """``resp_`` + the episode id's hex digits: ``previous_response_id`` names the stored episode."""
+    return "resp_" + episode_id.replace("-", "")
+
+
+def response_output(outcome: Outcome) -> list[dict[str, Any]]:
+    """The answer as Responses output items: a ``message`` (``output_text``) and/or ``function_call`` items."""
+    assert outcome.answer is not None
+    message = wire_message(outcome.answer.message)
+    hexid = outcome.episode_id.replace("-", "")
+    items: list[dict[str, Any]] = []
+    if message["content"]:
+        text = {"type": "output_text", "text": message["content"], "annotations": [], "logprobs": []}
+        items.append(
+            {"type": "message", "id": f"msg_{hexid}", "status": "completed", "role": "assistant", "content": [text]}
+        )
+    for index, call in enumerate(message.get("tool_calls", [])):
+        fn = call["function"]
+        items.append(
+            {
+                "type": "function_call",
+                "id": f"fc_{hexid}_{index}",
+                "call_id": call["id"],
+                "name": fn["name"],
+                "arguments": fn["arguments"],
+                "status": "completed",
+            }
+        )
+    return items
+
+
+def response_body(
+    outcome: Outcome, *, model: str, created: int, rrr: dict[str, Any], echo: dict[str, Any], response: str
+) -> dict[str, Any]:
+    """The ``response`` object for an outcome that has an answer; ``echo`` holds the request fields it repeats
+    (instructions, tools, tool_choice, parallel_tool_calls, temperature, top_p, max_output_tokens, store, ...)."""
+    assert outcome.answer is not None
+    counts = usage(outcome)
+    truncated = outcome.answer.finish_reason == "length"
+    return {
+        "id": response,
+        "object": "response",
+        "created_at": created,
+        "status": "incomplete" if truncated else "completed",
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if truncated else None,
+        "model": model,
+        "output": response_output(outcome),
+        **echo,
+        "usage": {
+            "input_tokens": counts["prompt_tokens"],
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": counts["completion_tokens"],
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": counts["total_tokens"],
+        },
+        "rrr": rrr,
+    }
+
+
+def response_events(body: dict[str, Any]) -> list[bytes]:
+    """A finished ``response`` as the Responses SSE event stream, each event with its ``sequence_number``:
+    created, in_progress, per output item added → text or argument delta/done → item done, completed."""
+    frames: list[bytes] = []
+
+    def event(kind: str, **fields: Any) -> None:
+        payload = {"type": kind, "sequence_number": len(frames), **fields}
+        frames.append(f"event: {kind}\n".encode() + sse(payload))
+
+    pending = {k: v for k, v in body.items() if k != "rrr"}  # the verdict rides in the last event only
+    pending.update(status="in_progress", output=[], usage=None, incomplete_details=None)
+    event("response.created", response=pending)
+    event("response.in_progress", response=pending)
+    for index, item in enumerate(body["output"]):
+        ids = {"output_index": index, "item_id": item["id"]}
+        if item["type"] == "message":
+            event(
+                "response.output_item.added", output_index=index, item={**item, "status": "in_progress", "content": []}
+            )
+            for c_index, part in enumerate(item["content"]):
+                at = {**ids, "content_index": c_index}
+                event("response.content_part.added", **at, part={**part, "text": ""})
+                event("response.output_text.delta", **at, delta=part["text"], logprobs=[])
+                event("response.output_text.done", **at, text=part["text"], logprobs=[])
+                event("response.content_part.done", **at, part=part)
+        else:
+            event(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
+            event("response.function_call_arguments.delta", **ids, delta=item["arguments"])
+            event("response.function_call_arguments.done", **ids, arguments=item["arguments"], name=item["name"])
+        event("response.output_item.done", output_index=index, item=item)
+    event("response.incomplete" if body["status"] == "incomplete" else "response.completed", response=body)
+    return frames
+
+
+def response_error_event(body: dict[str, Any], error: dict[str, Any], sequence_number: int) -> bytes:
+    """``response.failed`` after the 200 was sent: the engine failed before any answer."""
+    inner = error.get("error", error)
+    failed = {
+        **body,
+        "status": "failed",
+        "output": [],
+        "error": {"code": inner.get("code"), "message": inner.get("message")},
+    }
+    payload = {"type": "response.failed", "sequence_number": sequence_number, "response": failed}
+    return b"event: response.failed\n" + sse(payload)

@@ -1,1 +1,1 @@
-"""One router per resource: chat, models, episodes, stats, training runs, adapters, verifiers, health."""
+"""One router per resource: chat, responses, models, episodes, stats, training runs, adapters, verifiers, health."""

@@ -26,9 +26,10 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_inference)])
 
 RETRY_AFTER_S = "1"
+T = TypeVar("T")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 _MESSAGE = {
@@ -188,7 +190,7 @@ def _trace(outcome: Outcome) -> list[dict[str, Any]]:
     ]
 
 
-def _rrr(outcome: Outcome, resolved: Resolved, *, trace: bool = False) -> dict[str, Any]:
+def rrr_info(outcome: Outcome, resolved: Resolved, *, trace: bool = False) -> dict[str, Any]:
     answer = outcome.answer
     verdict = answer.verdict if answer is not None else None
     info: dict[str, Any] = {
@@ -216,15 +218,23 @@ def _reject(state: AppState, principal: Principal, exc: ApiError, reason: str) -
 
 
 async def _run(
-    state: AppState, chat: ChatInput, request: ChatRequest, resolved: Resolved, principal: Principal, episode_id: str
+    state: AppState,
+    chat: ChatInput,
+    request: ChatRequest,
+    resolved: Resolved,
+    principal: Principal,
+    episode_id: str,
+    record: bool,
 ) -> Outcome:
     outcome = await run_episode(
         state.engine, request, chat.options, state.loop_config, tools=chat.specs, episode_id=episode_id
     )
-    record = outcome_to_record(outcome, request, chat.options, adapter=resolved.adapter, client_key_id=principal.key_id)
-    state.recent.add(episode_id, principal.key_id)
-    durable = state.writer.submit_durable(record)
     state.metrics.record_outcome(outcome)
+    if not record:  # the Responses API's `store: false`: nothing of the episode is kept
+        return outcome
+    kept = outcome_to_record(outcome, request, chat.options, adapter=resolved.adapter, client_key_id=principal.key_id)
+    state.recent.add(episode_id, principal.key_id)
+    durable = state.writer.submit_durable(kept)
     await _until_durable(state, durable, episode_id)
     return outcome
 
@@ -242,13 +252,7 @@ async def _until_durable(state: AppState, durable: Future[bool], episode_id: str
         log.warning("episode %s not journaled within %gs; answering anyway", episode_id, wait_s)
 
 
-@router.post(
-    "/v1/chat/completions", openapi_extra=CHAT_OPENAPI, response_model=None, summary="Create a verified chat completion"
-)
-async def create_chat_completion(request: Request) -> Response:
-    """OpenAI's chat completions; tool calls are verified, reflected on and retried before the answer."""
-    state = get_state(request)
-    principal: Principal = request.state.principal
+def ensure_open(state: AppState) -> None:
     if state.draining:
         raise ApiError(
             503,
@@ -256,12 +260,39 @@ async def create_chat_completion(request: Request) -> Response:
             code="shutting_down",
             headers={"Retry-After": RETRY_AFTER_S},
         )
+
+
+async def read_request(request: Request, state: AppState, principal: Principal) -> Any:
+    """The body as strict JSON within the size and depth caps (a rejection is counted)."""
     try:
-        raw = await read_body(request, state.settings.max_body_bytes)
-        chat = parse_chat(parse_json(raw, state.settings.max_json_depth), state.settings, state.policy)
+        return parse_json(await read_body(request, state.settings.max_body_bytes), state.settings.max_json_depth)
     except Rejection as exc:
         _reject(state, principal, exc, exc.reason)
         raise
+
+
+def checked(state: AppState, principal: Principal, parse: Callable[[], T]) -> T:
+    """``parse()``, its rejection counted (and recorded as a ``rejected`` episode when configured)."""
+    try:
+        return parse()
+    except Rejection as exc:
+        _reject(state, principal, exc, exc.reason)
+        raise
+
+
+@dataclass(frozen=True)
+class Started:
+    """An episode running as its own task (it completes and is recorded even if the client goes away)."""
+
+    task: asyncio.Task[Outcome]
+    resolved: Resolved
+    episode_id: str
+    model: str
+    created: int
+
+
+async def start_episode(state: AppState, principal: Principal, chat: ChatInput, *, record: bool = True) -> Started:
+    """Resolve the model (unknown: 404) and start the reflect/retry loop; the one path of every inference route."""
     try:
         resolved = await state.models.resolve(chat.model)
     except ApiError as exc:
@@ -271,23 +302,45 @@ async def create_chat_completion(request: Request) -> Response:
     engine_request = dataclasses.replace(chat.request, model=resolved.engine_model)
     episode_id = str(uuid.uuid4())
     task = state.track(
-        asyncio.get_running_loop().create_task(_run(state, chat, engine_request, resolved, principal, episode_id))
+        asyncio.get_running_loop().create_task(
+            _run(state, chat, engine_request, resolved, principal, episode_id, record)
+        )
     )
-    public_model = chat.model or ALIAS
-    created = int(time.time())
-    if chat.stream:
-        return await _stream(state, task, chat, resolved, public_model, episode_id, created)
-    outcome = await asyncio.shield(task)
+    return Started(task, resolved, episode_id, chat.model or ALIAS, int(time.time()))
+
+
+async def answered(state: AppState, started: Started) -> Outcome:
+    """The outcome once the loop ended; R1's error when the engine failed before any answer."""
+    outcome = await asyncio.shield(started.task)
     if outcome.answer is None:
         raise upstream_error(
-            outcome.error or EngineError(), model=public_model, deadline_s=state.loop_config.deadline_s
+            outcome.error or EngineError(), model=started.model, deadline_s=state.loop_config.deadline_s
         )
-    rrr = _rrr(outcome, resolved, trace=chat.include_attempts)
-    body = completion_body(outcome, model=public_model, created=created, rrr=rrr)
-    return json_response(body, headers=_verdict_headers(outcome))
+    return outcome
 
 
-def _verdict_headers(outcome: Outcome) -> dict[str, str]:
+@router.post(
+    "/v1/chat/completions", openapi_extra=CHAT_OPENAPI, response_model=None, summary="Create a verified chat completion"
+)
+async def create_chat_completion(request: Request) -> Response:
+    """OpenAI's chat completions; tool calls are verified, reflected on and retried before the answer."""
+    state = get_state(request)
+    principal: Principal = request.state.principal
+    ensure_open(state)
+    body = await read_request(request, state, principal)
+    chat = checked(state, principal, lambda: parse_chat(body, state.settings, state.policy))
+    started = await start_episode(state, principal, chat)
+    if chat.stream:
+        return await _stream(
+            state, started.task, chat, started.resolved, started.model, started.episode_id, started.created
+        )
+    outcome = await answered(state, started)
+    rrr = rrr_info(outcome, started.resolved, trace=chat.include_attempts)
+    body = completion_body(outcome, model=started.model, created=started.created, rrr=rrr)
+    return json_response(body, headers=verdict_headers(outcome))
+
+
+def verdict_headers(outcome: Outcome) -> dict[str, str]:
     return {"x-rrr-verified": "true" if outcome.verified else "false", "x-rrr-episode-id": outcome.episode_id}
 
 
@@ -306,10 +359,10 @@ async def _stream(
         outcome = task.result()
         if outcome.answer is None:
             raise upstream_error(outcome.error or EngineError(), model=model, deadline_s=state.loop_config.deadline_s)
-        rrr = _rrr(outcome, resolved, trace=chat.include_attempts)
+        rrr = rrr_info(outcome, resolved, trace=chat.include_attempts)
         frames = [writer.role(), *writer.answer(outcome, rrr=rrr, include_usage=chat.include_usage)]
         return StreamingResponse(
-            _frames(frames), media_type="text/event-stream", headers={**SSE_HEADERS, **_verdict_headers(outcome)}
+            _frames(frames), media_type="text/event-stream", headers={**SSE_HEADERS, **verdict_headers(outcome)}
         )
 
     async def late() -> AsyncIterator[bytes]:
@@ -330,7 +383,7 @@ async def _stream(
             state.metrics.stream_errors.inc()
             yield error_frame(error.body())
             return  # no [DONE]: the client must not take this for a complete answer
-        rrr = _rrr(outcome, resolved, trace=chat.include_attempts)
+        rrr = rrr_info(outcome, resolved, trace=chat.include_attempts)
         for frame in writer.answer(outcome, rrr=rrr, include_usage=chat.include_usage):
             yield frame
 

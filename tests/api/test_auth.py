@@ -23,7 +23,12 @@ OPEN = {
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/openapi.json"),
 }
-INFERENCE = {("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("POST", "/v1/episodes/{episode_id}/feedback")}
+INFERENCE = {
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/responses"),
+    ("GET", "/v1/models"),
+    ("POST", "/v1/episodes/{episode_id}/feedback"),
+}
 # Every other route needs an admin key: a new route is admin-only until it is listed above.
 
 
