@@ -340,6 +340,15 @@ async def create_chat_completion(request: Request) -> Response:
     return json_response(body, headers=verdict_headers(outcome))
 
 
+async def keepalive_until_done(task: asyncio.Task[Any], every_s: float) -> AsyncIterator[bytes]:
+    """SSE keep-alive comments every ``every_s`` until ``task`` ends (chat and responses streams alike)."""
+    while True:
+        finished, _ = await asyncio.wait({task}, timeout=every_s)
+        if finished:
+            return
+        yield KEEPALIVE
+
+
 def verdict_headers(outcome: Outcome) -> dict[str, str]:
     return {"x-rrr-verified": "true" if outcome.verified else "false", "x-rrr-episode-id": outcome.episode_id}
 
@@ -367,11 +376,8 @@ async def _stream(
 
     async def late() -> AsyncIterator[bytes]:
         yield writer.role()
-        while True:
-            finished, _ = await asyncio.wait({task}, timeout=state.settings.stream_keepalive_s)
-            if finished:
-                break
-            yield KEEPALIVE
+        async for comment in keepalive_until_done(task, state.settings.stream_keepalive_s):
+            yield comment
         try:
             outcome = task.result()
         except Exception:  # logged by the task's done callback

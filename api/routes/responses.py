@@ -31,6 +31,7 @@ from api.routes.chat import (
     answered,
     checked,
     ensure_open,
+    keepalive_until_done,
     read_request,
     rrr_info,
     start_episode,
@@ -44,7 +45,7 @@ from api.validate import (
     parse_responses,
     previous_response_id,
 )
-from api.wire import KEEPALIVE, response_body, response_error_event, response_events, response_id, wire_tool_calls
+from api.wire import response_body, response_error_event, response_events, response_id, wire_tool_calls
 from engines.base import EngineError
 from store.episodes import get_episode
 
@@ -186,11 +187,8 @@ async def _stream(state: AppState, started: Started, ri: ResponsesInput, echo: d
         head = response_events(skeleton)[:2]  # response.created, response.in_progress
         for frame in head:
             yield frame
-        while True:
-            finished, _ = await asyncio.wait({task}, timeout=state.settings.stream_keepalive_s)
-            if finished:
-                break
-            yield KEEPALIVE
+        async for comment in keepalive_until_done(task, state.settings.stream_keepalive_s):
+            yield comment
         try:
             outcome = task.result()
         except Exception:  # logged by the task's done callback
