@@ -281,17 +281,18 @@ def _task_options(body: dict[str, Any], settings: Settings, policy: VerifierPoli
     )
 
 
-def _refuse_unsupported(body: dict[str, Any]) -> None:
-    """Every field of the body is honoured or refused with a 400 naming it; none is silently ignored."""
+def _refuse_unsupported(body: dict[str, Any], known: Any, default_only: dict[str, Any], hints: Any = ()) -> None:
+    """Every field of the body is honoured (``known``; ``hints``: short strings that change no answer;
+    ``default_only``: accepted at their harmless values) or refused with a 400 naming it."""
     for name, value in body.items():
-        if name in CHAT_FIELDS or value is None:
+        if name in known or value is None:
             continue
-        if name in HINT_FIELDS:
+        if name in hints:
             if not isinstance(value, str) or len(value) > 512:
                 raise _reject(f"`{name}` must be a string of at most 512 characters.", "shape", name)
             continue
-        if name in DEFAULT_ONLY:
-            allowed, why = DEFAULT_ONLY[name]
+        if name in default_only:
+            allowed, why = default_only[name]
             if any(type(value) is type(ok) and value == ok for ok in allowed):
                 continue
             raise _reject(f"`{name}` is not supported: {why}.", "unsupported", name)
@@ -338,7 +339,7 @@ def parse_chat(body: Any, settings: Settings, policy: VerifierPolicy | None = No
     """Check a chat-completion body against the shape and the limits; raise Rejection if it fails."""
     if not isinstance(body, dict):
         raise _reject("The request body must be a JSON object.", "shape")
-    _refuse_unsupported(body)
+    _refuse_unsupported(body, CHAT_FIELDS, DEFAULT_ONLY, HINT_FIELDS)
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or len(model) > MAX_MODEL_NAME):
         raise _reject("`model` must be a model name (see GET /v1/models).", "shape", "model")
@@ -498,18 +499,6 @@ def previous_response_id(body: Any) -> str | None:
     return value
 
 
-def _refuse_unsupported_responses(body: dict[str, Any]) -> None:
-    for name, value in body.items():
-        if name in RESPONSES_FIELDS or value is None:
-            continue
-        if name in RESPONSES_DEFAULT_ONLY:
-            allowed, why = RESPONSES_DEFAULT_ONLY[name]
-            if any(type(value) is type(ok) and value == ok for ok in allowed):
-                continue
-            raise _reject(f"`{name}` is not supported: {why}.", "unsupported", name)
-        raise _reject(f"`{name}` is not supported by rrr; remove it from the request.", "unsupported", name)
-
-
 def _text_parts(content: Any, where: str, kinds: frozenset[str]) -> str:
     """The text of a content string or of an array of text parts; any other part is refused."""
     if isinstance(content, str):
@@ -644,7 +633,7 @@ def parse_responses(
     """Check a Responses body and translate it into the chat input that runs it (``previous``: the messages
     of the ``previous_response_id`` chain, its answer included). Every field is honoured or refused."""
     previous_id = previous_response_id(body)
-    _refuse_unsupported_responses(body)
+    _refuse_unsupported(body, RESPONSES_FIELDS, RESPONSES_DEFAULT_ONLY)
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise _reject("`instructions` must be a string.", "shape", "instructions")
